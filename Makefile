@@ -1,0 +1,35 @@
+# `make test` and `make demo` work on a fresh machine: they create the virtual environment they need.
+# torch==2.13.0 goes in first when no torch is present, so a CPU-only box never pulls the CUDA wheels;
+# a torch the environment already has is kept.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_PIN ?= torch==2.13.0
+# The oldest transformers we support: the GPU image runs it, so CI tests the engine against it too.
+COMPAT_VENV ?= .venv-compat
+COMPAT_TRANSFORMERS ?= transformers==5.17.0
+
+.PHONY: install test test-compat lint demo clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q $(TORCH_PIN)
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+test: install
+	$(PY) -m pytest -q
+	$(VENV)/bin/ruff check .
+
+$(COMPAT_VENV)/.installed: pyproject.toml
+	test -x $(COMPAT_VENV)/bin/python || python3 -m venv $(COMPAT_VENV)
+	$(COMPAT_VENV)/bin/python -c "import torch" 2>/dev/null || $(COMPAT_VENV)/bin/python -m pip install -q $(TORCH_PIN)
+	$(COMPAT_VENV)/bin/python -m pip install -q -e '.[test]' '$(COMPAT_TRANSFORMERS)'
+	touch $@
+
+test-compat: $(COMPAT_VENV)/.installed
+	$(COMPAT_VENV)/bin/python -m pytest -q -m engine
+
+clean:
+	rm -rf $(VENV) $(COMPAT_VENV) build *.egg-info
