@@ -1,0 +1,400 @@
+"""The staged layer loop: batched prefill that drops image tokens between stages, then cached greedy decoding.
+
+We drive the language model's own decoder layers (no forked modeling code). Sequences are LEFT padded, so the last
+column is every sample's last prompt token, the PyramidDrop query. After each stage the survivors of every sample
+are gathered and re-padded in one vectorised step; each layer's KV cache holds only its own stage's tokens, so decode
+steps in late layers attend to few image tokens. Nothing about a call is stored on the model.
+
+Entry points:
+- `generate_from_embeds`: any HF decoder-only causal LM, from `inputs_embeds` + an image-token mask.
+- `prefill`: one prefill pass (optionally with forced kept sets), returning last-position logits and the state that
+  decoding continues from; used by `generate_from_embeds` and by recomputation checks.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from transformers import DynamicCache
+
+from pdrop_eval.errors import PdropEvalError
+from pdrop_eval.pyramid.ranking import last_query_attention, random_scores
+from pdrop_eval.pyramid.schedule import DropSchedule
+
+SUPPORTED_ATTENTION = ("sdpa", "eager", "flash_attention_2")
+
+
+@dataclass
+class DecoderParts:
+    """The pieces of a causal LM the staged loop calls, found once per model."""
+
+    embed_tokens: nn.Module
+    layers: nn.ModuleList
+    norm: nn.Module
+    rotary_emb: nn.Module
+    lm_head: nn.Module
+    config: object
+    attn_implementation: str
+    cache_keyword: str
+
+    @classmethod
+    def from_model(cls, model: nn.Module) -> DecoderParts:
+        """Accepts a VLM (`model.model.language_model`) or a causal LM (`model.model`)."""
+        inner = getattr(model, "model", None)
+        decoder = getattr(inner, "language_model", None) or inner
+        if decoder is None or not hasattr(decoder, "layers"):
+            raise PdropEvalError(
+                f"{type(model).__name__} has no decoder layers where a LLaVA-style or causal LM keeps them "
+                "(model.model.language_model.layers or model.model.layers)"
+            )
+        layer = decoder.layers[0]
+        for part in ("input_layernorm", "self_attn"):
+            if not hasattr(layer, part):
+                raise PdropEvalError(f"{type(layer).__name__} has no {part}: this architecture is not supported")
+        for part in ("q_proj", "k_proj"):
+            if not hasattr(layer.self_attn, part):
+                raise PdropEvalError(
+                    f"{type(layer.self_attn).__name__} has no {part}: ranking needs separate q/k projections"
+                )
+        config = decoder.config
+        attn = getattr(config, "_attn_implementation", None) or "eager"
+        if attn not in SUPPORTED_ATTENTION:
+            raise PdropEvalError(f"attention {attn!r} is not supported by the engine: use one of {SUPPORTED_ATTENTION}")
+        params = inspect.signature(layer.forward).parameters
+        cache_keyword = "cache" if "cache" in params else "past_key_values"
+        return cls(
+            embed_tokens=decoder.embed_tokens,
+            layers=decoder.layers,
+            norm=decoder.norm,
+            rotary_emb=decoder.rotary_emb,
+            lm_head=model.get_output_embeddings(),
+            config=config,
+            attn_implementation=attn,
+            cache_keyword=cache_keyword,
+        )
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+
+@dataclass
+class SampleTrace:
+    """What happened to one sample: enough to count FLOPs and draw the kept patches."""
+
+    num_image_tokens: int
+    prompt_tokens: int
+    kept_image_indices: list[list[int]] = field(default_factory=list)
+    tokens_per_layer: list[int] = field(default_factory=list)
+    image_tokens_per_layer: list[int] = field(default_factory=list)
+    generated_tokens: int = 0
+
+
+@dataclass
+class Timings:
+    """Seconds spent per phase for a whole batch; rank is part of prefill."""
+
+    vision_s: float = 0.0
+    prefill_s: float = 0.0
+    rank_s: float = 0.0
+    decode_s: float = 0.0
+
+
+@dataclass
+class Generation:
+    token_ids: list[int]
+    trace: SampleTrace
+
+
+@dataclass
+class BatchGeneration:
+    generations: list[Generation]
+    timings: Timings
+    step_logits: torch.Tensor | None = None  # [B, steps, vocab] float32, when asked for
+
+
+@dataclass
+class _Stage:
+    """One stage's decode-time state: its layers, which cached keys are real, and the next RoPE position."""
+
+    start: int
+    end: int
+    key_valid: torch.Tensor  # [B, L_s] bool
+    next_position: torch.Tensor  # [B] long
+
+
+@dataclass
+class PrefillResult:
+    logits: torch.Tensor  # [B, vocab] at the last prompt token
+    cache: DynamicCache | None
+    stages: list[_Stage]
+    traces: list[SampleTrace]
+    rank_s: float
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def build_attention_mask(key_valid: torch.Tensor, query_length: int, attn_implementation: str, dtype: torch.dtype):
+    """The mask every layer of a stage gets, in the form its attention kernel expects.
+
+    Queries are the last `query_length` keys. A query sees valid keys at or before it, and always itself, so padding
+    rows are never fully masked (SDPA would turn those into NaN). SDPA takes bool (True = attend); eager an additive
+    float mask (a bool mask there would be silently wrong); flash-attention the 2D padding mask.
+    """
+    if attn_implementation == "flash_attention_2":
+        return key_valid.long()
+    key_length = key_valid.shape[1]
+    key_index = torch.arange(key_length, device=key_valid.device)
+    query_index = key_index[key_length - query_length :, None]
+    allowed = (key_index[None, :] <= query_index) & key_valid[:, None, :]
+    allowed |= key_index[None, :] == query_index
+    allowed = allowed[:, None]  # [B, 1, q, k]
+    if attn_implementation == "eager":
+        return torch.zeros(allowed.shape, dtype=dtype, device=key_valid.device).masked_fill(
+            ~allowed, torch.finfo(dtype).min
+        )
+    return allowed
+
+
+def _compact_positions(valid: torch.Tensor) -> torch.Tensor:
+    return (valid.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def _run_layers(
+    parts: DecoderParts,
+    hidden: torch.Tensor,
+    start: int,
+    end: int,
+    mask,
+    positions: torch.Tensor,
+    position_embeddings,
+    cache: DynamicCache | None,
+    keep_input_of: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Runs layers [start, end); also returns the input of layer `keep_input_of` (FastV ranks with it)."""
+    kept_input = None
+    cache_kwargs = {parts.cache_keyword: cache, "use_cache": cache is not None}
+    for index in range(start, end):
+        if index == keep_input_of:
+            kept_input = hidden
+        output = parts.layers[index](
+            hidden,
+            attention_mask=mask,
+            position_ids=positions,
+            position_embeddings=position_embeddings,
+            **cache_kwargs,
+        )
+        hidden = output[0] if isinstance(output, tuple) else output
+    return hidden, kept_input
+
+
+def _select_image_tokens(
+    scores: torch.Tensor, image_mask: torch.Tensor, keep_counts: torch.Tensor, max_keep: int
+) -> torch.Tensor:
+    """Top-`keep_counts[b]` image tokens per sample by score, as a [B, L] bool mask (order is kept by the mask)."""
+    masked = scores.masked_fill(~image_mask, float("-inf"))
+    top = masked.topk(max_keep, dim=-1).indices
+    within = torch.arange(max_keep, device=scores.device)[None, :] < keep_counts[:, None]
+    return torch.zeros_like(image_mask).scatter_(1, top, within)
+
+
+def _forced_selection(
+    forced: Sequence[Sequence[Sequence[int]]], stage: int, image_ordinal: torch.Tensor, image_mask: torch.Tensor
+) -> torch.Tensor:
+    """The [B, L] mask of image tokens whose ordinals a caller fixed for this stage."""
+    table = torch.zeros(image_ordinal.shape[0], int(image_ordinal.max()) + 2, dtype=torch.bool)
+    for row, per_stage in enumerate(forced):
+        table[row, torch.as_tensor(list(per_stage[stage]), dtype=torch.long)] = True
+    table = table.to(image_ordinal.device)
+    return table.gather(1, image_ordinal.clamp(min=0)) & image_mask
+
+
+def _left_repack(keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Source column of each slot after moving each row's kept tokens to the right end, and the new valid mask."""
+    batch, length = keep.shape
+    counts = keep.sum(-1)
+    new_length = int(counts.max())
+    destination = new_length - counts[:, None] + keep.long().cumsum(-1) - 1
+    destination = torch.where(keep, destination, new_length)  # dropped tokens land in a spare column
+    source = torch.zeros(batch, new_length + 1, dtype=torch.long, device=keep.device)
+    source.scatter_(1, destination, torch.arange(length, device=keep.device).expand(batch, length))
+    valid = torch.arange(new_length, device=keep.device)[None, :] >= (new_length - counts)[:, None]
+    return source[:, :new_length], valid
+
+
+@torch.no_grad()
+def prefill(
+    parts: DecoderParts,
+    inputs_embeds: torch.Tensor,
+    attention_mask: torch.Tensor,
+    image_token_mask: torch.Tensor,
+    schedule: DropSchedule,
+    *,
+    sample_seeds: Sequence[int] | None = None,
+    forced_keep: Sequence[Sequence[Sequence[int]]] | None = None,
+    use_cache: bool = True,
+) -> PrefillResult:
+    """Runs the prompt through all layers, dropping image tokens at the schedule's boundaries.
+
+    inputs_embeds: [B, L, d] LEFT padded; attention_mask: [B, L] (1 = real token); image_token_mask: [B, L].
+    forced_keep[b][s] fixes the image-token ordinals sample b keeps after stage s instead of ranking.
+    """
+    schedule.validate_for_depth(parts.num_layers)
+    if not bool(attention_mask[:, -1].all()):
+        raise PdropEvalError("the engine needs LEFT-padded inputs: the last column must be a real token in every row")
+    device = inputs_embeds.device
+    valid = attention_mask.bool()
+    image_mask = image_token_mask.bool() & valid
+    batch = valid.shape[0]
+    num_images = image_mask.sum(-1)
+    image_ordinal = torch.where(image_mask, image_mask.long().cumsum(-1) - 1, -1)
+    positions = _compact_positions(valid)
+    num_images_list = num_images.tolist()
+    prompt_lengths = valid.sum(-1)
+    traces = [SampleTrace(num_image_tokens=n, prompt_tokens=int(p)) for n, p in zip(num_images_list, prompt_lengths)]
+    if sample_seeds is None:
+        sample_seeds = list(range(batch))
+
+    cache = DynamicCache(config=parts.config) if use_cache else None
+    hidden = inputs_embeds
+    stages: list[_Stage] = []
+    rank_s = 0.0
+    ranges = schedule.stage_ranges(parts.num_layers)
+    for stage, (start, end) in enumerate(ranges):
+        mask = build_attention_mask(valid, valid.shape[1], parts.attn_implementation, hidden.dtype)
+        position_embeddings = parts.rotary_emb(hidden, positions)
+        fastv_layer = end - 1 if schedule.ranker == "fastv" and stage < len(ranges) - 1 else None
+        hidden, fastv_input = _run_layers(
+            parts, hidden, start, end, mask, positions, position_embeddings, cache, keep_input_of=fastv_layer
+        )
+        lengths = valid.sum(-1).tolist()
+        image_counts = image_mask.sum(-1).tolist()
+        for trace, length, count in zip(traces, lengths, image_counts):
+            trace.tokens_per_layer.extend([length] * (end - start))
+            trace.image_tokens_per_layer.extend([count] * (end - start))
+        next_position = valid.sum(-1) if schedule.positions == "compact" else prompt_lengths.clone()
+        stages.append(_Stage(start, end, valid, next_position))
+        if stage == len(ranges) - 1:
+            break
+
+        _synchronize(device)
+        rank_start = time.perf_counter()
+        if forced_keep is not None:
+            keep_images = _forced_selection(forced_keep, stage, image_ordinal, image_mask)
+        else:
+            keep_list = [schedule.keep_count(n, stage) for n in num_images_list]
+            keep_counts = torch.tensor(keep_list, device=device)
+            if schedule.ranker == "random":
+                scores = random_scores(image_ordinal, num_images_list, list(sample_seeds), schedule.seed, stage)
+            elif schedule.ranker == "fastv":
+                scores = last_query_attention(parts.layers[end - 1], fastv_input, position_embeddings, valid)
+            else:
+                scores = last_query_attention(parts.layers[end], hidden, position_embeddings, valid)
+            keep_images = _select_image_tokens(scores, image_mask, keep_counts, max(keep_list))
+        keep = valid & (~image_mask | keep_images)
+        source, valid = _left_repack(keep)
+        hidden = hidden.gather(1, source[..., None].expand(-1, -1, hidden.shape[-1]))
+        image_mask = image_mask.gather(1, source) & valid
+        image_ordinal = torch.where(image_mask, image_ordinal.gather(1, source), -1)
+        if schedule.positions == "compact":
+            positions = _compact_positions(valid)
+        else:
+            positions = positions.gather(1, source)
+        for trace, row_ordinals, row_mask in zip(traces, image_ordinal.cpu(), image_mask.cpu()):
+            trace.kept_image_indices.append(row_ordinals[row_mask].tolist())
+        _synchronize(device)
+        rank_s += time.perf_counter() - rank_start
+
+    logits = parts.lm_head(parts.norm(hidden[:, -1:]))[:, 0]
+    return PrefillResult(logits=logits, cache=cache, stages=stages, traces=traces, rank_s=rank_s)
+
+
+@torch.no_grad()
+def _decode_step(parts: DecoderParts, tokens: torch.Tensor, state: PrefillResult, step: int) -> torch.Tensor:
+    """One greedy step for the whole batch: each stage's layers attend to that stage's (shorter) cache."""
+    hidden = parts.embed_tokens(tokens[:, None])
+    for stage in state.stages:
+        stage.key_valid = torch.cat([stage.key_valid, stage.key_valid.new_ones(stage.key_valid.shape[0], 1)], dim=1)
+        positions = (stage.next_position + step)[:, None]
+        mask = build_attention_mask(stage.key_valid, 1, parts.attn_implementation, hidden.dtype)
+        position_embeddings = parts.rotary_emb(hidden, positions)
+        hidden, _ = _run_layers(parts, hidden, stage.start, stage.end, mask, positions, position_embeddings, state.cache)
+    return parts.lm_head(parts.norm(hidden))[:, 0]
+
+
+@torch.no_grad()
+def generate_from_embeds(
+    model: nn.Module | DecoderParts,
+    inputs_embeds: torch.Tensor,
+    attention_mask: torch.Tensor,
+    image_token_mask: torch.Tensor,
+    schedule: DropSchedule | None = None,
+    *,
+    max_new_tokens: int = 128,
+    eos_token_ids: Sequence[int] = (),
+    pad_token_id: int = 0,
+    stop: Callable[[int, list[int]], bool] | None = None,
+    sample_seeds: Sequence[int] | None = None,
+    return_logits: bool = False,
+) -> BatchGeneration:
+    """Greedy generation with image tokens dropped per `schedule`, for any HF decoder-only causal LM.
+
+    `stop(row, token_ids)` may end a sample early (stop strings); EOS and `max_new_tokens` always do. Finished rows
+    keep stepping with `pad_token_id` until the whole batch is done, as HF `generate` does.
+    """
+    parts = model if isinstance(model, DecoderParts) else DecoderParts.from_model(model)
+    schedule = schedule or DropSchedule.none()
+    if max_new_tokens < 1:
+        raise PdropEvalError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+    device = inputs_embeds.device
+    timings = Timings()
+
+    _synchronize(device)
+    start = time.perf_counter()
+    state = prefill(parts, inputs_embeds, attention_mask, image_token_mask, schedule, sample_seeds=sample_seeds)
+    _synchronize(device)
+    timings.prefill_s = time.perf_counter() - start
+    timings.rank_s = state.rank_s
+
+    start = time.perf_counter()
+    batch = inputs_embeds.shape[0]
+    eos = torch.tensor(list(eos_token_ids), dtype=torch.long, device=device)
+    done = torch.zeros(batch, dtype=torch.bool, device=device)
+    generated = torch.zeros(batch, dtype=torch.long, device=device)
+    steps: list[torch.Tensor] = []
+    step_logits: list[torch.Tensor] = []
+    logits = state.logits
+    for step in range(max_new_tokens):
+        tokens = logits.argmax(-1).masked_fill(done, pad_token_id)
+        steps.append(tokens)
+        if return_logits:
+            step_logits.append(logits.float())
+        generated += ~done
+        done |= torch.isin(tokens, eos)
+        if stop is not None:
+            history = torch.stack(steps, dim=1).tolist()
+            for row in range(batch):
+                if not done[row] and stop(row, history[row]):
+                    done[row] = True
+        if step == max_new_tokens - 1 or bool(done.all()):
+            break
+        logits = _decode_step(parts, tokens, state, step)
+    _synchronize(device)
+    timings.decode_s = time.perf_counter() - start
+
+    token_rows = torch.stack(steps, dim=1).tolist()
+    counts = generated.tolist()
+    generations = []
+    for trace, row, count in zip(state.traces, token_rows, counts):
+        trace.generated_tokens = count
+        generations.append(Generation(token_ids=row[:count], trace=trace))
+    logits_out = torch.stack(step_logits, dim=1) if return_logits else None
+    return BatchGeneration(generations=generations, timings=timings, step_logits=logits_out)

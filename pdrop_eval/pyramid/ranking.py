@@ -1,0 +1,89 @@
+"""How image tokens are ranked at a drop boundary.
+
+PyramidDrop ranks by the attention that the last prompt token (the last instruction token) pays to each image
+token in the NEXT layer; FastV by that of the layer that just ran. Only that one query row is needed, so we project
+q for one token per sample instead of the whole sequence as the official code does.
+"""
+
+from __future__ import annotations
+
+import sys
+import zlib
+
+import torch
+from torch import nn
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Llama-style rotary embedding; x is [B, H, L, hd], cos/sin are [B, L, hd]."""
+    return x * cos.unsqueeze(1) + _rotate_half(x) * sin.unsqueeze(1)
+
+
+def _model_rope(attention: nn.Module):
+    """The architecture's own `apply_rotary_pos_emb` where its modeling module has one, so the ranking rotates
+    q and k exactly as the layer itself will."""
+    apply = getattr(sys.modules.get(type(attention).__module__), "apply_rotary_pos_emb", None)
+    if apply is None:
+        return _rope
+
+    def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        return apply(x, x, cos, sin)[0]
+
+    return rope
+
+
+def last_query_attention(
+    layer: nn.Module,
+    hidden_states: torch.Tensor,
+    position_embeddings: tuple[torch.Tensor, torch.Tensor],
+    key_valid: torch.Tensor,
+) -> torch.Tensor:
+    """Head-averaged softmax attention of the last token over all keys, as `layer` would compute it.
+
+    hidden_states: [B, L, d], the layer's input (left padded, so the last column is every sample's last prompt
+    token). key_valid: [B, L] bool, False for padding. Returns [B, L] float32; padding gets 0.
+    """
+    attention = layer.self_attn
+    head_dim = attention.head_dim
+    normed = layer.input_layernorm(hidden_states)
+    batch, length, _ = normed.shape
+
+    query = attention.q_proj(normed[:, -1:]).view(batch, 1, -1, head_dim)
+    key = attention.k_proj(normed).view(batch, length, -1, head_dim)
+    if getattr(attention, "q_norm", None) is not None:
+        query = attention.q_norm(query)
+    if getattr(attention, "k_norm", None) is not None:
+        key = attention.k_norm(key)
+    query, key = query.transpose(1, 2), key.transpose(1, 2)  # [B, H, 1, hd], [B, Hkv, L, hd]
+
+    cos, sin = position_embeddings
+    rope = _model_rope(attention)
+    query = rope(query, cos[:, -1:], sin[:, -1:])
+    key = rope(key, cos, sin)
+
+    heads, kv_heads = query.shape[1], key.shape[1]
+    query = query.float().view(batch, kv_heads, heads // kv_heads, head_dim)  # group query heads by kv head
+    logits = torch.matmul(query, key.float().transpose(-1, -2)) * attention.scaling  # [B, Hkv, groups, L]
+    logits = logits.masked_fill(~key_valid[:, None, None, :], float("-inf"))
+    return logits.softmax(dim=-1).mean(dim=(1, 2))
+
+
+def random_scores(
+    image_ordinal: torch.Tensor, num_image_tokens: list[int], sample_seeds: list[int], seed: int, stage: int
+) -> torch.Tensor:
+    """Uniform scores drawn per sample from (schedule seed, sample seed, stage) and indexed by each image token's
+    original ordinal, so a sample gets the same random drops whatever batch (and padding) it lands in.
+
+    image_ordinal: [B, L], the index of each image token among its sample's image tokens, -1 elsewhere.
+    """
+    rows = []
+    for row, count, sample_seed in zip(image_ordinal.cpu(), num_image_tokens, sample_seeds):
+        generator = torch.Generator().manual_seed(zlib.crc32(f"{seed}:{sample_seed}:{stage}".encode()))
+        draws = torch.rand(max(count, 1), generator=generator)
+        rows.append(torch.where(row >= 0, draws[row.clamp(min=0)], 0.0))
+    return torch.stack(rows).to(image_ordinal.device)
