@@ -137,7 +137,7 @@ class PrefillResult:
     rank_s: float
 
 
-def _synchronize(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -285,7 +285,7 @@ def prefill(
         if stage == len(ranges) - 1:
             break
 
-        _synchronize(device)
+        synchronize(device)
         rank_start = time.perf_counter()
         if forced_keep is not None:
             keep_images = _forced_selection(forced_keep, stage, image_ordinal, image_mask)
@@ -310,7 +310,7 @@ def prefill(
             positions = positions.gather(1, source)
         for trace, row_ordinals, row_mask in zip(traces, image_ordinal.cpu(), image_mask.cpu()):
             trace.kept_image_indices.append(row_ordinals[row_mask].tolist())
-        _synchronize(device)
+        synchronize(device)
         rank_s += time.perf_counter() - rank_start
 
     logits = parts.lm_head(parts.norm(hidden[:, -1:]))[:, 0]
@@ -357,10 +357,10 @@ def generate_from_embeds(
     device = inputs_embeds.device
     timings = Timings()
 
-    _synchronize(device)
+    synchronize(device)
     start = time.perf_counter()
     state = prefill(parts, inputs_embeds, attention_mask, image_token_mask, schedule, sample_seeds=sample_seeds)
-    _synchronize(device)
+    synchronize(device)
     timings.prefill_s = time.perf_counter() - start
     timings.rank_s = state.rank_s
 
@@ -387,7 +387,7 @@ def generate_from_embeds(
         if step == max_new_tokens - 1 or bool(done.all()):
             break
         logits = _decode_step(parts, tokens, state, step)
-    _synchronize(device)
+    synchronize(device)
     timings.decode_s = time.perf_counter() - start
 
     token_rows = torch.stack(steps, dim=1).tolist()

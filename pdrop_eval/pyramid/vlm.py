@@ -1,0 +1,117 @@
+"""PyramidDrop generation for LLaVA-style models: vision tower + projector once, then the staged layer loop.
+
+Image features are a separate step (`encode_images`) so a sweep can encode each image once and reuse the features
+for every schedule.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+from pdrop_eval.errors import PdropEvalError
+from pdrop_eval.pyramid.engine import BatchGeneration, DecoderParts, generate_from_embeds, synchronize
+from pdrop_eval.pyramid.schedule import DropSchedule
+
+
+def image_token_id(model: nn.Module) -> int:
+    config = model.config
+    token = getattr(config, "image_token_id", None)
+    return int(token if token is not None else config.image_token_index)
+
+
+@torch.no_grad()
+def encode_images(
+    model: nn.Module, pixel_values: torch.Tensor, image_sizes: torch.Tensor | None = None
+) -> list[torch.Tensor]:
+    """Projected features per image ([N_i, d] each; N_i varies with LLaVA-NeXT's anyres tiles)."""
+    config = model.config
+    kwargs = {
+        "pixel_values": pixel_values,
+        "vision_feature_layer": config.vision_feature_layer,
+        "vision_feature_select_strategy": config.vision_feature_select_strategy,
+    }
+    if image_sizes is not None:
+        kwargs["image_sizes"] = image_sizes
+    output = model.model.get_image_features(**kwargs)
+    features = getattr(output, "pooler_output", output)
+    if isinstance(features, torch.Tensor) and features.dim() == 2:
+        return [features]
+    return list(features)
+
+
+def embed_with_images(
+    model: nn.Module, input_ids: torch.Tensor, image_features: Sequence[torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompt embeddings with each image's features written over its placeholder tokens, and the image mask."""
+    image_mask = input_ids == image_token_id(model)
+    embeds = model.get_input_embeddings()(input_ids)
+    features = torch.cat(list(image_features), dim=0).to(embeds.device, embeds.dtype)
+    placeholders = int(image_mask.sum())
+    if placeholders != features.shape[0]:
+        raise PdropEvalError(
+            f"the prompts hold {placeholders} image placeholder tokens but the images give {features.shape[0]} "
+            "features: build inputs with pdrop_eval.models (one <image> per prompt, expanded to the image's count)"
+        )
+    return embeds.masked_scatter(image_mask[..., None], features), image_mask
+
+
+def prompt_seeds(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[int]:
+    """A per-sample seed from the prompt's own tokens, so random drops do not depend on batch composition."""
+    return [
+        zlib.crc32(row[mask.bool()].cpu().numpy().tobytes()) for row, mask in zip(input_ids, attention_mask)
+    ]
+
+
+@torch.no_grad()
+def generate(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    schedule: DropSchedule | None = None,
+    *,
+    pixel_values: torch.Tensor | None = None,
+    image_sizes: torch.Tensor | None = None,
+    image_features: Sequence[torch.Tensor] | None = None,
+    max_new_tokens: int = 128,
+    eos_token_ids: Sequence[int] = (),
+    pad_token_id: int = 0,
+    stop: Callable[[int, list[int]], bool] | None = None,
+    sample_seeds: Sequence[int] | None = None,
+    return_logits: bool = False,
+    parts: DecoderParts | None = None,
+) -> BatchGeneration:
+    """Greedy generation for a LLaVA / LLaVA-NeXT batch (left padded), dropping image tokens per `schedule`.
+
+    Pass `pixel_values` (and `image_sizes` for NeXT), or `image_features` from `encode_images` to reuse them.
+    """
+    if image_features is None:
+        if pixel_values is None:
+            raise PdropEvalError("generate needs pixel_values or precomputed image_features")
+        synchronize(input_ids.device)
+        start = time.perf_counter()
+        image_features = encode_images(model, pixel_values, image_sizes)
+        synchronize(input_ids.device)
+        vision_s = time.perf_counter() - start
+    else:
+        vision_s = 0.0
+    embeds, image_mask = embed_with_images(model, input_ids, image_features)
+    result = generate_from_embeds(
+        parts or DecoderParts.from_model(model),
+        embeds,
+        attention_mask,
+        image_mask,
+        schedule,
+        max_new_tokens=max_new_tokens,
+        eos_token_ids=eos_token_ids,
+        pad_token_id=pad_token_id,
+        stop=stop,
+        sample_seeds=sample_seeds if sample_seeds is not None else prompt_seeds(input_ids, attention_mask),
+        return_logits=return_logits,
+    )
+    result.timings.vision_s = vision_s
+    return result
