@@ -1,0 +1,62 @@
+"""Opening images the way every benchmark needs them: RGB, from a file, raw bytes or base64.
+
+LLaVA's own MMBench path forgets to convert to RGB (grayscale crashes, palette images turn black), so every
+image goes through `to_rgb`. Decoding errors name the sample and the file so a corrupt download is found fast.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+
+from pdrop_eval.errors import PdropEvalError
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any PIL mode (L, RGBA, P, CMYK, I;16...) to RGB; palette transparency goes through RGBA first."""
+    if image.mode == "RGB":
+        return image
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    return image.convert("RGB")
+
+
+def _decode(data: bytes, sample_id: object, where: str) -> Image.Image:
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            return to_rgb(image)
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        raise PdropEvalError(
+            f"sample {sample_id!r}: cannot decode the image from {where} ({err}); the file looks corrupt, "
+            "download it again"
+        ) from err
+
+
+def open_image_file(path: Path, sample_id: object) -> Image.Image:
+    """Read an image file; a missing or unreadable file raises an error naming the sample and the path."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as err:
+        raise PdropEvalError(f"sample {sample_id!r}: cannot read image file {path} ({err.strerror})") from err
+    return _decode(data, sample_id, str(path))
+
+
+def decode_image_bytes(data: bytes | None, sample_id: object, where: str) -> Image.Image:
+    """Decode encoded image bytes (PNG/JPEG...) held in a parquet or arrow table."""
+    if not data:
+        raise PdropEvalError(f"sample {sample_id!r}: the image in {where} is empty")
+    return _decode(data, sample_id, where)
+
+
+def decode_base64_image(text: str, sample_id: object, where: str) -> Image.Image:
+    """Decode a base64 image cell of a TSV (VLMEvalKit, MMBench)."""
+    try:
+        data = base64.b64decode(text, validate=False)
+    except (binascii.Error, ValueError) as err:
+        raise PdropEvalError(f"sample {sample_id!r}: the base64 image in {where} is not valid base64 ({err})") from err
+    return decode_image_bytes(data, sample_id, where)
