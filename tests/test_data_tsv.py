@@ -1,0 +1,97 @@
+"""VLMEvalKit TSVs in $LMUData: literal answer lists, image references, MMStar inline options, fixed subsets."""
+
+from __future__ import annotations
+
+import pytest
+
+from pdrop_eval.errors import PdropEvalError
+from pdrop_eval.registry import get_task, load_samples
+from tests.fixtures_data import (
+    MCQ_SUFFIX,
+    b64_image,
+    write_mmbench_tsv,
+    write_mmstar_tsv,
+    write_tsv,
+    write_vqa_tsv,
+)
+
+
+def _load(name: str, lmu, tmp_path, **kwargs):
+    return load_samples(get_task(name), tmp_path / "none", lmu_data=lmu, hf_cache=tmp_path / "hub", **kwargs)
+
+
+@pytest.mark.parametrize(("task", "filename"), [("docvqa", "DocVQA_VAL.tsv"), ("infovqa", "InfoVQA_VAL.tsv")])
+def test_anls_tasks_parse_python_literal_answer_lists(tmp_path, task, filename):
+    expected = write_vqa_tsv(tmp_path / filename)
+    samples = _load(task, tmp_path, tmp_path)
+    assert [s.id for s in samples] == expected["ids"]
+    assert [s.gold for s in samples] == expected["gold"]
+    assert [s.prompt for s in samples] == expected["prompts"]
+    assert samples[1].question == "What is the total?\n(in dollars)"
+    assert samples[1].load_image().tobytes() == samples[0].load_image().tobytes()
+    assert samples[2].load_image().mode == "RGB"
+
+
+def test_chartqa_split_is_named_as_the_metric_expects(tmp_path):
+    write_vqa_tsv(tmp_path / "ChartQA_TEST.tsv", with_split=True)
+    samples = _load("chartqa", tmp_path, tmp_path)
+    assert [s.meta["split"] for s in samples] == ["human_test", "augmented_test", "human_test"]
+
+
+def test_ocrvqa_uses_a_fixed_subset_in_file_order(tmp_path):
+    header = ["index", "image", "question", "answer"]
+    rows = [[i, b64_image() if i == 0 else "0", f"Who wrote book {i}?", f"['author {i}']"] for i in range(6000)]
+    write_tsv(tmp_path / "OCRVQA_TEST.tsv", header, rows)
+    first = _load("ocrvqa", tmp_path, tmp_path)
+    again = _load("ocrvqa", tmp_path, tmp_path)
+    assert len(first) == 5000
+    assert [s.id for s in first] == [s.id for s in again]
+    assert [s.id for s in first] == sorted(s.id for s in first)
+    assert first[0].gold == [f"author {first[0].id}"]
+
+
+def test_mmstar_options_stay_inside_the_question_and_are_parsed_for_the_matcher(tmp_path):
+    expected = write_mmstar_tsv(tmp_path / "MMStar.tsv")
+    samples = _load("mmstar", tmp_path, tmp_path)
+    assert [s.id for s in samples] == expected["ids"]
+    assert [s.prompt for s in samples] == expected["prompts"]
+    assert [s.gold for s in samples] == expected["gold"]
+    assert [s.meta["options"] for s in samples] == expected["options"]
+    assert samples[0].meta["category"] == "coarse perception"
+    assert samples[0].meta["l2-category"] == "image scene and topic"
+    assert samples[1].load_image().mode == "RGB"
+
+
+def test_mmbench_from_vlmevalkit_tsv(tmp_path):
+    expected = write_mmbench_tsv(tmp_path / "MMBench_DEV_EN.tsv")
+    samples = _load("mmbench", tmp_path, tmp_path)
+    assert [s.prompt for s in samples] == expected["prompts"]
+    assert samples[1].prompt.endswith(MCQ_SUFFIX)
+
+
+def test_gqa_from_vlmevalkit_tsv_keeps_a_plain_string_gold(tmp_path):
+    write_tsv(tmp_path / "GQA_TestDev_Balanced.tsv", ["index", "image", "question", "answer"],
+              [[0, b64_image(), "Is it sunny?", "yes"]])
+    (sample,) = _load("gqa", tmp_path, tmp_path)
+    assert sample.gold == "yes" and sample.id == 0
+
+
+def test_dangling_image_reference_names_the_sample_and_file(tmp_path):
+    write_tsv(tmp_path / "DocVQA_VAL.tsv", ["index", "image", "question", "answer"],
+              [[1, "99", "q?", "['a']"]])
+    with pytest.raises(PdropEvalError, match=r"sample 1.*DocVQA_VAL\.tsv"):
+        _load("docvqa", tmp_path, tmp_path)
+
+
+def test_corrupt_base64_image_names_the_sample_and_file(tmp_path):
+    junk = "QUJD" * 40
+    write_tsv(tmp_path / "DocVQA_VAL.tsv", ["index", "image", "question", "answer"], [[5, junk, "q?", "['a']"]])
+    (sample,) = _load("docvqa", tmp_path, tmp_path)
+    with pytest.raises(PdropEvalError, match=r"sample 5.*DocVQA_VAL\.tsv"):
+        sample.load_image()
+
+
+def test_missing_column_is_reported(tmp_path):
+    write_tsv(tmp_path / "DocVQA_VAL.tsv", ["index", "image", "question"], [[5, b64_image(), "q?"]])
+    with pytest.raises(PdropEvalError, match="lacks the column"):
+        _load("docvqa", tmp_path, tmp_path)
