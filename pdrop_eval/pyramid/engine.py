@@ -89,10 +89,12 @@ class SampleTrace:
 
     num_image_tokens: int
     prompt_tokens: int
+    drop_layers: list[int] = field(default_factory=list)
     kept_image_indices: list[list[int]] = field(default_factory=list)
     tokens_per_layer: list[int] = field(default_factory=list)
     image_tokens_per_layer: list[int] = field(default_factory=list)
     generated_tokens: int = 0
+    vision_crops: int = 0
 
 
 @dataclass
@@ -259,7 +261,10 @@ def prefill(
     positions = _compact_positions(valid)
     num_images_list = num_images.tolist()
     prompt_lengths = valid.sum(-1)
-    traces = [SampleTrace(num_image_tokens=n, prompt_tokens=int(p)) for n, p in zip(num_images_list, prompt_lengths)]
+    traces = [
+        SampleTrace(num_image_tokens=n, prompt_tokens=int(p), drop_layers=list(schedule.layers))
+        for n, p in zip(num_images_list, prompt_lengths)
+    ]
     if sample_seeds is None:
         sample_seeds = list(range(batch))
 

@@ -44,6 +44,19 @@ def encode_images(
     return list(features)
 
 
+def count_crops(model: nn.Module, image_sizes: torch.Tensor | None, batch: int) -> list[int]:
+    """Vision-tower passes per image: one for LLaVA-1.5; the base view plus anyres tiles for LLaVA-NeXT."""
+    if image_sizes is None:
+        return [1] * batch
+    from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
+
+    config = model.config
+    return [
+        int(image_size_to_num_patches(size, config.image_grid_pinpoints, config.vision_config.image_size))
+        for size in image_sizes.tolist()
+    ]
+
+
 def embed_with_images(
     model: nn.Module, input_ids: torch.Tensor, image_features: Sequence[torch.Tensor]
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -84,10 +97,13 @@ def generate(
     sample_seeds: Sequence[int] | None = None,
     return_logits: bool = False,
     parts: DecoderParts | None = None,
+    vision_crops: Sequence[int] | None = None,
 ) -> BatchGeneration:
     """Greedy generation for a LLaVA / LLaVA-NeXT batch (left padded), dropping image tokens per `schedule`.
 
     Pass `pixel_values` (and `image_sizes` for NeXT), or `image_features` from `encode_images` to reuse them.
+    Each trace records the vision-tower passes its image needs (`vision_crops`, derived from `image_sizes` unless
+    given), so FLOPs count the tower even when its features were reused.
     """
     if image_features is None:
         if pixel_values is None:
@@ -114,4 +130,7 @@ def generate(
         return_logits=return_logits,
     )
     result.timings.vision_s = vision_s
+    crops = vision_crops if vision_crops is not None else count_crops(model, image_sizes, input_ids.shape[0])
+    for generation, count in zip(result.generations, crops):
+        generation.trace.vision_crops = count
     return result

@@ -1,0 +1,85 @@
+"""Full-size model shapes as HF configs, for FLOPs from the config alone and for random-weight speed benchmarks.
+
+The numbers are those of the published checkpoints (REFERENCE §3), so no download is needed to count what they
+cost or to time a model of their size.
+"""
+
+from __future__ import annotations
+
+from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaNextConfig
+
+from pdrop_eval.errors import PdropEvalError
+
+_CLIP_L_336 = {
+    "hidden_size": 1024,
+    "intermediate_size": 4096,
+    "num_hidden_layers": 24,
+    "num_attention_heads": 16,
+    "image_size": 336,
+    "patch_size": 14,
+    "projection_dim": 768,
+}
+_VICUNA_7B = {
+    "hidden_size": 4096,
+    "intermediate_size": 11008,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 32,
+    "vocab_size": 32064,
+    "max_position_embeddings": 4096,
+    "rms_norm_eps": 1e-5,
+}
+_VICUNA_13B = {
+    **_VICUNA_7B,
+    "hidden_size": 5120,
+    "intermediate_size": 13824,
+    "num_hidden_layers": 40,
+    "num_attention_heads": 40,
+    "num_key_value_heads": 40,
+}
+# Scaled for 2 CPU cores: the real 576 image tokens and 32 layers, narrow widths.
+_CPU_SMALL_TEXT = {
+    **_VICUNA_7B,
+    "hidden_size": 256,
+    "intermediate_size": 688,
+    "num_attention_heads": 8,
+    "num_key_value_heads": 8,
+    "vocab_size": 4096,
+}
+_CPU_SMALL_VISION = {**_CLIP_L_336, "hidden_size": 64, "intermediate_size": 256, "num_hidden_layers": 4}
+_NEXT_PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
+
+
+def _llava(text: dict, vision: dict) -> LlavaConfig:
+    return LlavaConfig(
+        vision_config=CLIPVisionConfig(**vision),
+        text_config=LlamaConfig(**text),
+        image_token_id=32000,
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+    )
+
+
+def _llava_next(text: dict, vision: dict) -> LlavaNextConfig:
+    return LlavaNextConfig(
+        vision_config=CLIPVisionConfig(**vision),
+        text_config=LlamaConfig(**text),
+        image_token_id=32000,
+        image_grid_pinpoints=_NEXT_PINPOINTS,
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+    )
+
+
+PRESETS = {
+    "llava-1.5-7b": lambda: _llava(_VICUNA_7B, _CLIP_L_336),
+    "llava-1.5-13b": lambda: _llava(_VICUNA_13B, _CLIP_L_336),
+    "llava-next-vicuna-7b": lambda: _llava_next(_VICUNA_7B, _CLIP_L_336),
+    "cpu-small": lambda: _llava(_CPU_SMALL_TEXT, _CPU_SMALL_VISION),
+}
+
+
+def preset_config(name: str) -> LlavaConfig | LlavaNextConfig:
+    if name not in PRESETS:
+        raise PdropEvalError(f"unknown shape preset {name!r}: choose one of {', '.join(PRESETS)}")
+    return PRESETS[name]()

@@ -1,0 +1,163 @@
+"""What a generation cost, in two honestly labelled conventions.
+
+- `paper`: the PyramidDrop paper's count, which reproduces every TFLOPs figure it prints: per LLM layer
+  4·n·d² + 2·n²·d + 3·n·d·m multiply-accumulates with n = IMAGE tokens entering the layer; text tokens, the vision
+  tower, decoding and ranking are not counted.
+- `exact`: real FLOPs (2 per multiply-accumulate) of every matrix product that runs for a sample: all its tokens,
+  grouped-query key/value widths, SwiGLU's three matrices, the LM head where logits are taken, the vision tower
+  (every layer the HF vision model runs) and projector, the rank-and-drop overhead, and each decode step. Attention
+  is counted dense (n × keys), as the SDPA math kernel computes it; elementwise work (norms, RoPE, softmax,
+  activations) is left out, as torch's FlopCounterMode does, and is well under 1% of the total.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pdrop_eval.pyramid.engine import SampleTrace
+from pdrop_eval.pyramid.schedule import DropSchedule
+
+
+@dataclass(frozen=True)
+class TextShape:
+    hidden: int
+    ffn: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+    gated_mlp: bool = True
+
+
+@dataclass(frozen=True)
+class VisionShape:
+    hidden: int
+    ffn: int
+    layers: int
+    image_size: int
+    patch_size: int
+    channels: int = 3
+
+    @property
+    def tokens(self) -> int:
+        """Patches plus the CLS token the tower runs on."""
+        return (self.image_size // self.patch_size) ** 2 + 1
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    text: TextShape
+    vision: VisionShape | None = None
+    projector_hidden: int | None = None
+
+    @classmethod
+    def from_config(cls, config) -> ModelShape:
+        """From a LLaVA / LLaVA-NeXT config (text_config + vision_config) or a bare decoder config."""
+        text_config = getattr(config, "text_config", None) or config
+        heads = text_config.num_attention_heads
+        text = TextShape(
+            hidden=text_config.hidden_size,
+            ffn=text_config.intermediate_size,
+            layers=text_config.num_hidden_layers,
+            heads=heads,
+            kv_heads=getattr(text_config, "num_key_value_heads", None) or heads,
+            head_dim=getattr(text_config, "head_dim", None) or text_config.hidden_size // heads,
+            vocab=text_config.vocab_size,
+        )
+        vision_config = getattr(config, "vision_config", None)
+        if vision_config is None:
+            return cls(text=text)
+        vision = VisionShape(
+            hidden=vision_config.hidden_size,
+            ffn=vision_config.intermediate_size,
+            layers=vision_config.num_hidden_layers,
+            image_size=vision_config.image_size,
+            patch_size=vision_config.patch_size,
+            channels=getattr(vision_config, "num_channels", 3),
+        )
+        return cls(text=text, vision=vision, projector_hidden=text.hidden)
+
+
+def image_tokens_per_layer(schedule: DropSchedule, num_layers: int, num_image_tokens: int) -> list[int]:
+    """Image tokens entering each layer under `schedule`, from the schedule alone (what the engine will keep)."""
+    counts = []
+    for stage, (start, end) in enumerate(schedule.stage_ranges(num_layers)):
+        kept = num_image_tokens if stage == 0 else schedule.keep_count(num_image_tokens, stage - 1)
+        counts.extend([kept] * (end - start))
+    return counts
+
+
+def average_retained_tokens(image_tokens: list[int]) -> float:
+    """"Retain K tokens" as in-LLM pruning papers report it: the mean image tokens per layer."""
+    return sum(image_tokens) / len(image_tokens)
+
+
+def paper_flops(shape: TextShape, image_tokens: list[int]) -> float:
+    """The paper's count in multiply-accumulates: 4nd² + 2n²d + 3ndm per layer, n = image tokens (REFERENCE §2)."""
+    d, m = shape.hidden, shape.ffn
+    return float(sum(4 * n * d * d + 2 * n * n * d + 3 * n * d * m for n in image_tokens))
+
+
+def _layer_flops(shape: TextShape, queries: int, keys: int) -> int:
+    """Real FLOPs of one decoder layer for `queries` new tokens attending over `keys` keys."""
+    d, hd = shape.hidden, shape.head_dim
+    q_width, kv_width = shape.heads * hd, shape.kv_heads * hd
+    projections = 2 * queries * d * (q_width + 2 * kv_width) + 2 * queries * q_width * d
+    attention = 2 * 2 * shape.heads * queries * keys * hd
+    mlp = 2 * queries * d * shape.ffn * (3 if shape.gated_mlp else 2)
+    return projections + attention + mlp
+
+
+def _rank_flops(shape: TextShape, keys: int) -> int:
+    """One query row projected, all keys projected, one score row per head."""
+    d, hd = shape.hidden, shape.head_dim
+    return 2 * d * shape.heads * hd + 2 * keys * d * shape.kv_heads * hd + 2 * shape.heads * keys * hd
+
+
+def vision_flops(vision: VisionShape, projector_hidden: int, num_crops: int) -> int:
+    """The CLIP tower over each crop (every layer runs) plus the two-layer projector over each crop's patches
+    (LLaVA-NeXT projects every crop before it unpads and packs them)."""
+    n, d = vision.tokens, vision.hidden
+    patches = n - 1
+    embed = 2 * patches * vision.channels * vision.patch_size**2 * d
+    layer = 2 * n * d * d * 4 + 2 * 2 * n * n * d + 2 * 2 * n * d * vision.ffn
+    projector = 2 * num_crops * patches * (d * projector_hidden + projector_hidden * projector_hidden)
+    return num_crops * (embed + vision.layers * layer) + projector
+
+
+@dataclass(frozen=True)
+class SampleFlops:
+    paper: float  # multiply-accumulates, paper convention
+    exact: float  # FLOPs of everything that ran
+    exact_prefill: float
+    exact_decode: float
+    exact_vision: float
+    exact_rank: float
+    retained_tokens: float
+    kv_cache_bytes: int
+
+
+def sample_flops(shape: ModelShape, trace: SampleTrace, kv_bytes_per_element: int = 2) -> SampleFlops:
+    """Both conventions for one generated sample, from the engine's trace."""
+    text = shape.text
+    prefill = sum(_layer_flops(text, n, n) for n in trace.tokens_per_layer) + 2 * text.hidden * text.vocab
+    rank = sum(_rank_flops(text, trace.tokens_per_layer[layer - 1]) for layer in trace.drop_layers)
+    decode = 0
+    for step in range(1, trace.generated_tokens):
+        decode += sum(_layer_flops(text, 1, n + step) for n in trace.tokens_per_layer)
+        decode += 2 * text.hidden * text.vocab
+    vision = 0
+    if shape.vision is not None:
+        vision = vision_flops(shape.vision, shape.projector_hidden or text.hidden, trace.vision_crops)
+    kv_cache = 2 * sum(trace.tokens_per_layer) * text.kv_heads * text.head_dim * kv_bytes_per_element
+    return SampleFlops(
+        paper=paper_flops(text, trace.image_tokens_per_layer),
+        exact=float(prefill + rank + decode + vision),
+        exact_prefill=float(prefill),
+        exact_decode=float(decode),
+        exact_vision=float(vision),
+        exact_rank=float(rank),
+        retained_tokens=average_retained_tokens(trace.image_tokens_per_layer),
+        kv_cache_bytes=kv_cache,
+    )

@@ -1,0 +1,110 @@
+"""FLOPs: the paper's published TFLOPs from the config alone, and the exact count against torch's FlopCounterMode."""
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from pdrop_eval.models.presets import preset_config
+from pdrop_eval.pyramid.flops import (
+    ModelShape,
+    average_retained_tokens,
+    image_tokens_per_layer,
+    paper_flops,
+    sample_flops,
+)
+from pdrop_eval.pyramid.schedule import DropSchedule
+from pdrop_eval.pyramid.vlm import generate
+
+LLAVA_7B = ModelShape.from_config(preset_config("llava-1.5-7b"))
+
+
+@pytest.mark.parametrize(
+    ("schedule", "published"),
+    [
+        (DropSchedule.none(), 3.82),
+        (DropSchedule.pyramid(0.5), 1.78),
+        (DropSchedule.pyramid(0.4), 1.54),
+        (DropSchedule.pyramid(0.6), 2.06),
+        (DropSchedule.fastv(k=2, r=0.5), 2.01),
+    ],
+)
+def test_paper_convention_reproduces_published_tflops(schedule, published):
+    tokens = image_tokens_per_layer(schedule, LLAVA_7B.text.layers, 576)
+    assert round(paper_flops(LLAVA_7B.text, tokens) / 1e12, 2) == published
+
+
+def test_shapes_from_config():
+    assert LLAVA_7B.text.hidden == 4096 and LLAVA_7B.text.ffn == 11008 and LLAVA_7B.text.layers == 32
+    assert LLAVA_7B.vision.tokens == 577
+    thirteen = ModelShape.from_config(preset_config("llava-1.5-13b"))
+    assert (thirteen.text.hidden, thirteen.text.layers, thirteen.text.heads) == (5120, 40, 40)
+
+
+def test_average_retained_tokens():
+    assert average_retained_tokens(image_tokens_per_layer(DropSchedule.pyramid(0.5), 32, 576)) == 270
+    assert average_retained_tokens(image_tokens_per_layer(DropSchedule.none(), 32, 576)) == 576
+    fastv = image_tokens_per_layer(DropSchedule.fastv(k=2, r=0.5), 32, 576)
+    assert average_retained_tokens(fastv) == (2 * 576 + 30 * 288) / 32
+
+
+def _tiny_llava(kind: str):
+    from transformers import (
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        Qwen2Config,
+    )
+
+    vision = CLIPVisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=56, patch_size=14
+    )
+    text_args = {
+        "vocab_size": 200,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 8,
+        "num_attention_heads": 4,
+    }
+    text = LlamaConfig(num_key_value_heads=4, **text_args) if kind == "llama" else Qwen2Config(
+        num_key_value_heads=2, **text_args
+    )
+    config = LlavaConfig(vision_config=vision, text_config=text, image_token_id=199)
+    torch.manual_seed(0)
+    model = LlavaForConditionalGeneration(config).eval()
+    model.set_attn_implementation("eager")  # FlopCounterMode does not see CPU SDPA kernels; eager is plain matmuls
+    return model
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+@pytest.mark.parametrize(
+    "schedule",
+    [DropSchedule.none(), DropSchedule.pyramid(0.5, layers=(2, 4, 6)), DropSchedule.fastv(k=2, r=0.5)],
+    ids=lambda schedule: schedule.label,
+)
+def test_exact_convention_matches_flop_counter(kind, schedule):
+    model = _tiny_llava(kind)
+    ids = torch.randint(3, 190, (1, 34))
+    ids[0, 4:20] = 199
+    pixels = torch.randn(1, 3, 56, 56)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        result = generate(model, ids, torch.ones_like(ids), schedule, pixel_values=pixels, max_new_tokens=4)
+    trace = result.generations[0].trace
+    assert trace.generated_tokens == 4 and trace.vision_crops == 1
+    counted = sample_flops(ModelShape.from_config(model.config), trace)
+    assert counted.exact == pytest.approx(counter.get_total_flops(), rel=0.02)
+    assert counted.exact_rank > 0 if schedule.drops else counted.exact_rank == 0
+
+
+def test_trace_tokens_match_schedule_and_kv_bytes():
+    model = _tiny_llava("llama")
+    ids = torch.randint(3, 190, (1, 30))
+    ids[0, 4:20] = 199
+    schedule = DropSchedule.pyramid(0.5, layers=(2, 4, 6))
+    result = generate(model, ids, torch.ones_like(ids), schedule, pixel_values=torch.randn(1, 3, 56, 56))
+    trace = result.generations[0].trace
+    assert trace.image_tokens_per_layer == image_tokens_per_layer(schedule, 8, 16)
+    counted = sample_flops(ModelShape.from_config(model.config), trace, kv_bytes_per_element=4)
+    assert counted.kv_cache_bytes == 2 * sum(trace.tokens_per_layer) * 4 * 16 * 4
+    assert counted.retained_tokens == (2 * 16 + 2 * 8 + 2 * 4 + 2 * 2) / 8
