@@ -260,3 +260,27 @@ def load_samples(
         raise PdropEvalError(f"task {task.name}: sample ids repeat in {resolved.where} (e.g. {repeated[:5]})")
     return samples if limit is None else samples[:limit]
 
+
+
+def describe_tasks(
+    tasks_dir: str | Path | None = None,
+    data_root: str | Path | None = None,
+    *,
+    lmu_data: str | Path | None = None,
+    hf_cache: str | Path | None = None,
+) -> str:
+    """What `--list-tasks` prints: per task its size, metrics, whether and where data was found, its sources in
+    search order and where the data is published. Cheap: files are looked up, never read."""
+    locations = DataLocations.from_env(data_root, lmu_data, hf_cache)
+    blocks = []
+    for name, task in sorted(available_tasks(tasks_dir).items()):
+        found = find_data(task, locations)
+        status = (f"found ({found.source.format}, {found.where})" if found is not None
+                  else "not found (see --data-root / $PDROP_DATA, $LMUData, $HF_HUB_CACHE)")
+        blocks.append("\n".join([
+            f"{name}  [{task.size} samples, metrics: {', '.join(task.metrics)}]",
+            f"  data: {status}",
+            f"  sources, in search order: {', '.join(source.format for source in task.sources)}",
+            *(f"  published: {where}" for where in task.published),
+        ]))
+    return "\n".join(blocks)
