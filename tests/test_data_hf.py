@@ -64,6 +64,15 @@ def test_mmbench_nan_strings_stop_options_and_drop_hints(tmp_path):
     assert samples[0].meta["l2-category"] == "finegrained_perception (instance-level)"
 
 
+def test_mmbench_en_config_with_string_index_and_capitalised_l2_column(tmp_path):
+    write_parquet_shards(tmp_path / "hf/lmms-lab/MMBench/en", "dev", mmbench_hf_rows(index_as_string=True), 1)
+    samples = _load("mmbench", tmp_path)
+    assert [s.id for s in samples] == ["12", "1000012"]
+    assert [s.meta["index"] for s in samples] == [12, 1000012]
+    assert samples[1].meta["l2-category"] == "finegrained_perception (instance-level)"
+    assert [s.prompt for s in samples] == MMBENCH_HF_PROMPTS
+
+
 def test_mmstar_root_level_parquet(tmp_path):
     rows = [{"index": 0, "question": MMSTAR_QUESTION, "image": image_cell("P"), "answer": "A",
              "category": "coarse perception", "l2_category": "image scene and topic", "meta_info": {"source": "x"}}]

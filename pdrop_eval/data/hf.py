@@ -11,6 +11,7 @@ Two on-disk shapes are read for each table a card names:
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
@@ -44,8 +45,7 @@ def read_rows(table: HFTable) -> list[dict[str, Any]]:
     """Every row of the table as a dict; image columns stay encoded ({"bytes", "path"}) until a sample needs them."""
     if table.disk_dir is not None:
         return _read_disk(table)
-    import pyarrow.parquet as pq
-
+    pq = _optional_import("pyarrow.parquet", "pyarrow")
     rows: list[dict[str, Any]] = []
     for path in table.parquet_files:
         try:
@@ -55,8 +55,18 @@ def read_rows(table: HFTable) -> list[dict[str, Any]]:
     return rows
 
 
+def _optional_import(module: str, package: str) -> Any:
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        raise PdropEvalError(
+            f"reading Hugging Face data needs the `{package}` package, which is not installed: pip install {package} "
+            "(or use the LLaVA folder / VLMEvalKit TSV copy of the data)"
+        ) from err
+
+
 def _read_disk(table: HFTable) -> list[dict[str, Any]]:
-    import datasets
+    datasets = _optional_import("datasets", "datasets")
 
     try:
         loaded = datasets.load_from_disk(str(table.disk_dir))

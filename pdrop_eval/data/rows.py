@@ -127,6 +127,14 @@ def vqa_samples(
     return samples
 
 
+def _circular_index(sample_id: Any, where: str) -> int:
+    """MMBench's `index` as an int (lmms-lab stores it as a string): circular groups are `index % 1_000_000`."""
+    try:
+        return int(sample_id)
+    except (TypeError, ValueError) as err:
+        raise PdropEvalError(f"{where}: multiple-choice index {sample_id!r} is not an integer") from err
+
+
 def mcq_samples(
     rows: Sequence[Mapping[str, Any]], options: Mapping[str, Any], suffix: str, open_image: ImageOpener, where: str
 ) -> list[Sample]:
@@ -142,7 +150,7 @@ def mcq_samples(
         listed = leading_options(row)
         meta = fields.meta_of(row)
         meta["options"] = listed or inline_options(question)
-        meta["index"] = int(sample_id)
+        meta["index"] = _circular_index(sample_id, where)
         samples.append(
             Sample(
                 id=sample_id,
