@@ -1,0 +1,182 @@
+"""The engine on the tiny LLaVA, LLaVA-NeXT and LLaVA-Qwen2 models, loaded through `load_vlm` as users load theirs."""
+
+import functools
+
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from pdrop_eval.models import build_batch, load_vlm
+from pdrop_eval.pyramid.engine import DecoderParts, prefill
+from pdrop_eval.pyramid.schedule import DropSchedule
+from pdrop_eval.pyramid.vlm import embed_with_images, encode_images, generate
+
+pytestmark = pytest.mark.engine
+
+TINY = ["tiny-llava", "tiny-llava-next", "tiny-llava-qwen2"]
+PROMPTS = [
+    "What color is the circle?\nAnswer the question using a single word or phrase.",
+    "How many squares are there?",
+    "Is there a red triangle in the image? Answer yes or no.",
+    "Describe the picture.",
+]
+SIZES = [(64, 48), (40, 80), (96, 96), (120, 60)]  # different aspect ratios: NeXT gives different token counts
+
+
+@functools.cache
+def _loaded(name: str, attn: str = "sdpa"):
+    return load_vlm(name, attn=attn)
+
+
+def _images():
+    images = []
+    for index, size in enumerate(SIZES):
+        image = Image.new("RGB", size, (20 * index, 200 - 30 * index, 90))
+        ImageDraw.Draw(image).ellipse((5, 5, size[0] // 2, size[1] // 2), fill=(255, 40 * index, 0))
+        images.append(image)
+    return images
+
+
+def _schedule(name: str) -> DropSchedule:
+    return DropSchedule.pyramid(0.5, layers=(8, 16, 24))
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_no_drop_equals_hf_generate(name):
+    loaded = _loaded(name)
+    batch = build_batch(loaded, PROMPTS[:2], _images()[:2])
+    reference = loaded.model.generate(
+        **batch.model_inputs(),
+        max_new_tokens=6,
+        do_sample=False,
+        output_logits=True,
+        return_dict_in_generate=True,
+        pad_token_id=loaded.pad_token_id,
+        eos_token_id=None,
+    )
+    ours = generate(
+        loaded.model,
+        batch.input_ids,
+        batch.attention_mask,
+        DropSchedule.none(),
+        pixel_values=batch.pixel_values,
+        image_sizes=batch.image_sizes,
+        max_new_tokens=6,
+        return_logits=True,
+        pad_token_id=loaded.pad_token_id,
+    )
+    prompt_length = batch.input_ids.shape[1]
+    assert [g.token_ids for g in ours.generations] == reference.sequences[:, prompt_length:].tolist()
+    torch.testing.assert_close(ours.step_logits, torch.stack(reference.logits, dim=1), atol=1e-5, rtol=0)
+    assert len(set(ours.generations[0].token_ids)) > 1, "tiny model output is degenerate"
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_batch_of_four_equals_four_single_runs(name):
+    loaded = _loaded(name)
+    images = _images()
+    batch = build_batch(loaded, PROMPTS, images)
+    if name == "tiny-llava-next":
+        assert len(set(batch.image_token_counts)) > 1
+    schedule = _schedule(name)
+    batched = generate(
+        loaded.model,
+        batch.input_ids,
+        batch.attention_mask,
+        schedule,
+        pixel_values=batch.pixel_values,
+        image_sizes=batch.image_sizes,
+        max_new_tokens=5,
+        return_logits=True,
+    )
+    for row in range(len(PROMPTS)):
+        single_batch = build_batch(loaded, PROMPTS[row : row + 1], images[row : row + 1])
+        single = generate(
+            loaded.model,
+            single_batch.input_ids,
+            single_batch.attention_mask,
+            schedule,
+            pixel_values=single_batch.pixel_values,
+            image_sizes=single_batch.image_sizes,
+            max_new_tokens=5,
+            return_logits=True,
+        )
+        mine, theirs = single.generations[0], batched.generations[row]
+        assert mine.trace.num_image_tokens == batch.image_token_counts[row]
+        assert [len(k) for k in theirs.trace.kept_image_indices] == [
+            int(batch.image_token_counts[row] * r) for r in schedule.ratios
+        ]
+        assert mine.trace.kept_image_indices == theirs.trace.kept_image_indices
+        assert mine.token_ids == theirs.token_ids
+        torch.testing.assert_close(single.step_logits[0], batched.step_logits[row], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_cached_decoding_equals_recomputation(name):
+    loaded = _loaded(name)
+    batch = build_batch(loaded, PROMPTS[:1], _images()[:1])
+    schedule = _schedule(name)
+    result = generate(
+        loaded.model,
+        batch.input_ids,
+        batch.attention_mask,
+        schedule,
+        pixel_values=batch.pixel_values,
+        image_sizes=batch.image_sizes,
+        max_new_tokens=4,
+        return_logits=True,
+    )
+    generation = result.generations[0]
+    features = encode_images(loaded.model, batch.pixel_values, batch.image_sizes)
+    ids = batch.input_ids
+    for step in range(len(generation.token_ids)):
+        if step:
+            ids = torch.cat([ids, torch.tensor([[generation.token_ids[step - 1]]])], dim=1)
+        embeds, image_mask = embed_with_images(loaded.model, ids, features)
+        recomputed = prefill(
+            DecoderParts.from_model(loaded.model),
+            embeds,
+            torch.ones_like(ids),
+            image_mask,
+            schedule,
+            forced_keep=[generation.trace.kept_image_indices],
+            use_cache=False,
+        )
+        torch.testing.assert_close(recomputed.logits[0], result.step_logits[0, step], atol=1e-5, rtol=0)
+
+
+def test_eager_attention_equals_sdpa():
+    sdpa, eager = _loaded("tiny-llava"), _loaded("tiny-llava", "eager")
+    batch = build_batch(sdpa, PROMPTS[:3], _images()[:3])
+    outputs = []
+    for loaded in (sdpa, eager):
+        result = generate(
+            loaded.model,
+            batch.input_ids,
+            batch.attention_mask,
+            DropSchedule.pyramid(0.5),
+            pixel_values=batch.pixel_values,
+            max_new_tokens=4,
+            return_logits=True,
+        )
+        outputs.append(result)
+    assert [g.trace.kept_image_indices for g in outputs[0].generations] == [
+        g.trace.kept_image_indices for g in outputs[1].generations
+    ]
+    torch.testing.assert_close(outputs[0].step_logits, outputs[1].step_logits, atol=1e-5, rtol=1e-5)
+
+
+def test_reused_image_features_give_the_same_result():
+    loaded = _loaded("tiny-llava")
+    batch = build_batch(loaded, PROMPTS[:2], _images()[:2])
+    features = encode_images(loaded.model, batch.pixel_values)
+    common = {"max_new_tokens": 4, "return_logits": True}
+    fresh = generate(
+        loaded.model, batch.input_ids, batch.attention_mask, DropSchedule.fastv(), pixel_values=batch.pixel_values, **common
+    )
+    reused = generate(
+        loaded.model, batch.input_ids, batch.attention_mask, DropSchedule.fastv(), image_features=features, **common
+    )
+    assert fresh.timings.vision_s > 0 and reused.timings.vision_s == 0
+    torch.testing.assert_close(fresh.step_logits, reused.step_logits, atol=0, rtol=0)
+    assert [g.trace.vision_crops for g in reused.generations] == [1, 1]
