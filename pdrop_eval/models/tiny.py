@@ -6,8 +6,9 @@ shrink everything else, so the whole suite can build and run them on a CPU in se
 seeded generator in a fixed parameter order, so the same version builds the same model on every transformers
 release. The scales are chosen so the model is not degenerate: large token embeddings and output rows give peaked,
 token-dependent logits (greedy decoding wanders instead of repeating one token, and argmax margins are wide
-enough that equivalent computations agree), small decoder weights keep 32 layers from washing out the token,
-and a strong vision path makes the answer depend on the image.
+enough that equivalent computations agree); large query/key weights make attention peaked, so image tokens get
+clearly different PyramidDrop scores; small value/output and MLP weights keep 32 layers from washing out the
+token; a strong vision path makes the answer depend on the image.
 """
 
 from __future__ import annotations
@@ -38,10 +39,12 @@ from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from pdrop_eval.models.cache import build_once, cache_root
 from pdrop_eval.models.tiny_tokenizer import IMAGE_TOKEN, build_tiny_tokenizer
 
-TINY_VERSION = 1
+TINY_VERSION = 2
 SEED = 1234
 EMBED_STD = 1.0
-DECODER_STD = 0.03
+QUERY_KEY_STD = 0.3
+VALUE_OUTPUT_STD = 0.1
+MLP_STD = 0.03
 VISION_STD = 0.3
 PATCH_SIZE = 14
 
@@ -184,7 +187,9 @@ def _init_std(name: str) -> float:
     if "embed_tokens" in name or name.startswith("lm_head"):
         return EMBED_STD
     if "language_model.layers" in name:
-        return DECODER_STD
+        if ".q_proj." in name or ".k_proj." in name:
+            return QUERY_KEY_STD
+        return VALUE_OUTPUT_STD if ".v_proj." in name or ".o_proj." in name else MLP_STD
     return VISION_STD
 
 

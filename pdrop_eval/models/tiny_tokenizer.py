@@ -52,8 +52,11 @@ def training_corpus() -> list[str]:
     return [line for line in (template_text + "\n" + _BENCHMARK_TEXT).splitlines() if line.strip()]
 
 
-def build_tiny_tokenizer() -> LlamaTokenizer:
-    """Train the BPE (deterministic: same corpus, same settings) and wrap it as a transformers LlamaTokenizer."""
+def build_base_tokenizer() -> LlamaTokenizer:
+    """Train the BPE (deterministic: same corpus, same settings) and wrap it as a transformers LlamaTokenizer.
+
+    This is the language model's own tokenizer, as an original-format LLaVA checkpoint ships it (no `<image>`).
+    """
     trained = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
     trained.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True)
     trainer = trainers.BpeTrainer(
@@ -62,7 +65,7 @@ def build_tiny_tokenizer() -> LlamaTokenizer:
     trained.train_from_iterator(training_corpus(), trainer)
     model_spec = json.loads(trained.to_str())["model"]
     merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model_spec["merges"]]
-    tokenizer = LlamaTokenizer(
+    return LlamaTokenizer(
         vocab=model_spec["vocab"],
         merges=merges,
         legacy=False,
@@ -72,6 +75,11 @@ def build_tiny_tokenizer() -> LlamaTokenizer:
         bos_token="<s>",
         eos_token="</s>",
     )
+
+
+def build_tiny_tokenizer() -> LlamaTokenizer:
+    """The base tokenizer plus `<image>` and `<pad>`, as llava-hf models ship it."""
+    tokenizer = build_base_tokenizer()
     tokenizer.add_tokens(
         [AddedToken(IMAGE_TOKEN, special=True, normalized=False), AddedToken(PAD_TOKEN, special=True, normalized=False)],
         special_tokens=True,
