@@ -50,11 +50,16 @@ _CPU_SMALL_VISION = {**_CLIP_L_336, "hidden_size": 64, "intermediate_size": 256,
 _NEXT_PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
 
 
+def _image_token_id(text: dict) -> int:
+    """llava-hf puts `<image>` at 32000, the first of 64 padding rows past Vicuna's 32000 tokens."""
+    return text["vocab_size"] - 64
+
+
 def _llava(text: dict, vision: dict) -> LlavaConfig:
     return LlavaConfig(
         vision_config=CLIPVisionConfig(**vision),
         text_config=LlamaConfig(**text),
-        image_token_id=32000,
+        image_token_id=_image_token_id(text),
         vision_feature_layer=-2,
         vision_feature_select_strategy="default",
     )
@@ -64,7 +69,7 @@ def _llava_next(text: dict, vision: dict) -> LlavaNextConfig:
     return LlavaNextConfig(
         vision_config=CLIPVisionConfig(**vision),
         text_config=LlamaConfig(**text),
-        image_token_id=32000,
+        image_token_id=_image_token_id(text),
         image_grid_pinpoints=_NEXT_PINPOINTS,
         vision_feature_layer=-2,
         vision_feature_select_strategy="default",
