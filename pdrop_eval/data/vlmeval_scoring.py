@@ -24,7 +24,8 @@ def require_vlmeval() -> ModuleType:
     except ImportError as err:
         raise PdropEvalError(
             "--scorer vlmeval needs the `vlmeval` package (VLMEvalKit, https://github.com/open-compass/VLMEvalKit), "
-            "which is not installed here; install it (pip install vlmeval) or use the default --scorer native"
+            "which is not installed here; install it (`pip install -e .` in a VLMEvalKit checkout) or use the default "
+            "--scorer native"
         ) from err
     return vlmeval
 
