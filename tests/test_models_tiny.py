@@ -13,7 +13,10 @@ from pdrop_eval.models.tiny import tiny_model_dir, write_tiny_model
 
 pytestmark = pytest.mark.engine
 
-PROMPTS = ["What color is the circle?", "How many red squares are there?\nAnswer the question using a single word or phrase."]
+PROMPTS = [
+    "What color is the circle?",
+    "How many red squares are there?\nAnswer the question using a single word or phrase.",
+]
 
 
 def scene(size: tuple[int, int], color: tuple[int, int, int]) -> Image.Image:
@@ -86,12 +89,12 @@ def test_hf_generate_on_left_padded_batch(name, tiny_vlm):
     assert batch.attention_mask[0].sum() != batch.attention_mask[1].sum()
     with torch.no_grad():
         out = loaded.model.generate(**batch.model_inputs(), max_new_tokens=6, do_sample=False)
-    generated = out[:, batch.input_ids.shape[1]:]
+    generated = out[:, batch.input_ids.shape[1] :]
     for row, (prompt, image) in enumerate(zip(PROMPTS, images())):
         single = build_batch(loaded, [prompt], [image])
         with torch.no_grad():
             alone = loaded.model.generate(**single.model_inputs(), max_new_tokens=6, do_sample=False)
-        assert alone[0, single.input_ids.shape[1]:].tolist() == generated[row].tolist()
+        assert alone[0, single.input_ids.shape[1] :].tolist() == generated[row].tolist()
         assert len(set(generated[row].tolist())) > 2, "greedy decoding should not repeat one token"
         assert isinstance(decode(loaded, generated[row]), str)
     assert not set(generated.flatten().tolist()) & {loaded.image_token_id, loaded.pad_token_id}

@@ -63,7 +63,9 @@ def image_token_count(loaded: LoadedVLM, image: Image.Image) -> int:
 def build_batch(loaded: LoadedVLM, prompts: Sequence[str], images: Sequence[Image.Image]) -> VLMBatch:
     """One image per prompt; each prompt is the bare user message, the template and `<image>\\n` are added here."""
     if len(prompts) != len(images):
-        raise PdropEvalError(f"build_batch needs one image per prompt, got {len(prompts)} prompts, {len(images)} images")
+        raise PdropEvalError(
+            f"build_batch needs one image per prompt, got {len(prompts)} prompts, {len(images)} images"
+        )
     if not prompts:
         raise PdropEvalError("build_batch needs at least one prompt")
     images = [to_rgb(image) for image in images]
@@ -79,8 +81,8 @@ def build_batch(loaded: LoadedVLM, prompts: Sequence[str], images: Sequence[Imag
     input_ids = torch.full((len(rows), length), loaded.pad_token_id, dtype=torch.long)
     attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
     for index, row in enumerate(rows):
-        input_ids[index, length - len(row):] = torch.tensor(row, dtype=torch.long)
-        attention_mask[index, length - len(row):] = 1
+        input_ids[index, length - len(row) :] = torch.tensor(row, dtype=torch.long)
+        attention_mask[index, length - len(row) :] = 1
 
     if loaded.kind == "llava_next":
         pixel_values, image_sizes = preprocess_anyres(images, loaded.image_processor)

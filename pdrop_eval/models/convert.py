@@ -104,7 +104,9 @@ def convert_original(src: Path, vision_tower_dir: Path, out_dir: Path) -> None:
         image_seq_length=(vision_config.image_size // vision_config.patch_size) ** 2,
         projector_hidden_act="gelu",
         vision_feature_layer=int(raw_config.get("mm_vision_select_layer", -2)),
-        vision_feature_select_strategy="full" if raw_config.get("mm_vision_select_feature") == "cls_patch" else "default",
+        vision_feature_select_strategy="full"
+        if raw_config.get("mm_vision_select_feature") == "cls_patch"
+        else "default",
         multimodal_projector_bias=True,
         tie_word_embeddings=False,
     )
@@ -141,7 +143,7 @@ def convert_state_dict(
         if key.endswith(".rotary_emb.inv_freq"):
             continue
         if key.startswith(_EMBEDDED_VISION_PREFIX):
-            out["model.vision_tower." + key[len(_EMBEDDED_VISION_PREFIX):]] = tensor
+            out["model.vision_tower." + key[len(_EMBEDDED_VISION_PREFIX) :]] = tensor
             continue
         new_key = _map_key(key)
         if new_key is None:
@@ -149,7 +151,9 @@ def convert_state_dict(
         else:
             out[new_key] = tensor
     if unknown:
-        raise PdropEvalError(f"unexpected tensors in the original LLaVA checkpoint: {unknown[:5]} ({len(unknown)} in all)")
+        raise PdropEvalError(
+            f"unexpected tensors in the original LLaVA checkpoint: {unknown[:5]} ({len(unknown)} in all)"
+        )
     embed_key = "model.language_model.embed_tokens.weight"
     out.setdefault("lm_head.weight", out[embed_key].clone())
     for key in (embed_key, "lm_head.weight"):

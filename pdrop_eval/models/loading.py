@@ -100,7 +100,9 @@ def _parse_dtype(dtype: str | torch.dtype) -> torch.dtype | str:
 
 def _check_attn(attn: str, device: str, dtype: torch.dtype | str) -> None:
     if attn not in ATTN_IMPLEMENTATIONS:
-        raise PdropEvalError(f"unknown attention implementation {attn!r}; choose one of {', '.join(ATTN_IMPLEMENTATIONS)}")
+        raise PdropEvalError(
+            f"unknown attention implementation {attn!r}; choose one of {', '.join(ATTN_IMPLEMENTATIONS)}"
+        )
     if attn != "flash_attention_2":
         return
     if importlib.util.find_spec("flash_attn") is None:

@@ -195,5 +195,5 @@ def _init_std(name: str) -> float:
 
 @torch.no_grad()
 def _never_generate(model: PreTrainedModel, token_ids: list[int]) -> None:
-    """Zero output rows score 0 against random rows' spread of about +-8, so `<image>`/`<pad>` are never greedy picks."""
+    """Zero output rows score 0 against random rows spread about +-8: `<image>`, `<pad>` are never greedy picks."""
     model.lm_head.weight[token_ids] = 0.0

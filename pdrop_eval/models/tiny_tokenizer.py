@@ -81,7 +81,10 @@ def build_tiny_tokenizer() -> LlamaTokenizer:
     """The base tokenizer plus `<image>` and `<pad>`, as llava-hf models ship it."""
     tokenizer = build_base_tokenizer()
     tokenizer.add_tokens(
-        [AddedToken(IMAGE_TOKEN, special=True, normalized=False), AddedToken(PAD_TOKEN, special=True, normalized=False)],
+        [
+            AddedToken(IMAGE_TOKEN, special=True, normalized=False),
+            AddedToken(PAD_TOKEN, special=True, normalized=False),
+        ],
         special_tokens=True,
     )
     tokenizer.pad_token = PAD_TOKEN
