@@ -8,45 +8,192 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-from pdrop_eval.data.vlmeval_scoring import require_vlmeval
 from pdrop_eval.errors import PdropEvalError
-from pdrop_eval.registry import describe_tasks
+
+EXAMPLES = """examples:
+  python run_eval.py --model llava-hf/llava-1.5-7b-hf --tasks gqa,mmstar --lambda 0.5
+  python run_eval.py --tasks pope --lambda 0.3,0.4,0.5,0.6 --layers 8,16,24 --layers 4,12,20 --baselines vanilla,fastv
+  python run_eval.py --tasks textvqa --budget 192,128,64
+  torchrun --nproc_per_node 8 run_eval.py --tasks gqa --lambda 0.5 --batch-size 16
+  python run_eval.py report results/demo            # rebuild the spreadsheet and report from disk
+  python run_eval.py --list-tasks
+"""
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="pdrop-eval", description="Evaluate PyramidDrop and other visual-token pruning on LLaVA-style models."
+        prog="pdrop-eval",
+        description="Evaluate PyramidDrop and other visual-token pruning on LLaVA-style models.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--list-tasks", action="store_true",
-                        help="list the tasks with their size, whether their data was found and where it is published")
-    parser.add_argument("--data-root", default=None,
-                        help="root of LLaVA eval folders (gqa/, textvqa/, pope/, mmbench/) and of Hugging Face "
-                             "copies under <root>/hf/<owner>/<name>; default $PDROP_DATA, else ./data")
-    parser.add_argument("--tasks-dir", default=None,
-                        help="folder of extra task cards (*.yaml); a card replaces a built-in task of the same name")
-    parser.add_argument("--scorer", choices=("native", "vlmeval"), default="native",
-                        help="native: pdrop_eval's scorers (default); vlmeval: VLMEvalKit's own dataset classes for "
-                             "MMStar, DocVQA, ChartQA, MMBench, InfoVQA, OCRVQA (needs the vlmeval package)")
+    add = parser.add_argument
+    add("--list-tasks", action="store_true",
+        help="list the tasks with their size, whether their data was found and where it is published")
+    add("--model", default="llava-hf/llava-1.5-7b-hf",
+        help="HF id in the local cache, a local directory (HF or original LLaVA format), or tiny-llava / "
+             "tiny-llava-next / tiny-llava-qwen2 (default: %(default)s)")
+    add("--tasks", default=None, help="comma-separated task names, e.g. gqa,mmstar (see --list-tasks)")
+    add("--lambda", dest="lambdas", default=None,
+        help="PDrop λ values, each in (0, 1]; keep ratios are λ, λ², λ³ after each layer, e.g. 0.3,0.4,0.5,0.6")
+    add("--layers", action="append", default=None,
+        help="drop layers of one schedule, e.g. 8,16,24; repeat the flag or separate with ';' for several "
+             "(default 8,16,24)")
+    add("--ratios", action="append", default=None,
+        help="explicit cumulative keep ratios per drop layer, e.g. 0.5,0.25,0.125 (repeatable, or ';')")
+    add("--baselines", default=None,
+        help="comma-separated baselines to add to the sweep: vanilla, fastv (K=2, R=50%%), random, e.g. vanilla,fastv")
+    add("--budget", default=None,
+        help="average retained image tokens per layer, e.g. 192,128,64: for each layer list, the λ closest to each "
+             "budget is chosen and printed (cannot be combined with --lambda or --ratios)")
+    add("--position-mode", default="compact", choices=("compact", "original"),
+        help="RoPE positions of surviving tokens: compact re-indexes them (official PDrop, default) or original")
+    add("--limit", type=int, default=None, help="only the first N samples of each task, e.g. --limit 100")
+    add("--batch-size", type=int, default=8, help="samples per batch (default 8)")
+    add("--dtype", default="auto", choices=("auto", "float32", "float16", "bfloat16"),
+        help="model dtype; auto = float16 on GPU (as LLaVA's evaluation), float32 on CPU")
+    add("--device", default="auto", help="auto (this rank's GPU, else CPU), cpu, cuda, cuda:1 ...")
+    add("--attn", default="sdpa", choices=("sdpa", "eager", "flash_attention_2"), help="attention kernel")
+    add("--max-new-tokens", type=int, default=None, help="override the task cards' generation length, e.g. 16")
+    add("--output-dir", default="results", help="where run folders go (default: %(default)s)")
+    add("--run-name", default=None, help="folder name under --output-dir (default: model name and tasks)")
+    add("--data-root", default=None,
+        help="root of LLaVA eval folders (gqa/, textvqa/, pope/, mmbench/) and of Hugging Face copies under "
+             "<root>/hf/<owner>/<name>; default $PDROP_DATA, else ./data")
+    add("--tasks-dir", default=None,
+        help="folder of extra task cards (*.yaml); a card replaces a built-in task of the same name")
+    add("--seed", type=int, default=0, help="seed for the random baseline (default 0)")
+    add("--overwrite", action="store_true", help="delete this run's earlier predictions and start afresh")
+    add("--no-report", action="store_true", help="skip the spreadsheet and sweep report at the end")
+    add("--scorer", choices=("native", "vlmeval"), default="native",
+        help="native: pdrop_eval's scorers (default); vlmeval: VLMEvalKit's own dataset classes for "
+             "MMStar, DocVQA, ChartQA, MMBench, InfoVQA, OCRVQA (needs the vlmeval package)")
     return parser
 
 
-def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+def build_report_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pdrop-eval report",
+        description="Rebuild results.xlsx and report.md/html from run folders on disk (no model needed); "
+                    "several folders are merged into one comparison.",
+    )
+    parser.add_argument("run_dirs", nargs="+", help="run folders holding metrics.json")
+    parser.add_argument("--out", default=None, help="output folder (required when merging several runs)")
+    return parser
+
+
+def _positive(value: int | None, flag: str) -> None:
+    if value is not None and value < 1:
+        raise PdropEvalError(f"{flag} must be at least 1, got {value}")
+
+
+def plan_from_args(args: argparse.Namespace, argv: Sequence[str]):
+    from pdrop_eval.plan import (
+        DEFAULT_LAYERS,
+        RunPlan,
+        build_schedules,
+        parse_layer_lists,
+        parse_number_list,
+        parse_ratio_lists,
+        validate_run_name,
+    )
+
+    if not args.tasks:
+        raise PdropEvalError("--tasks is required, e.g. --tasks gqa,mmstar (see --list-tasks)")
+    if args.budget and (args.lambdas or args.ratios):
+        raise PdropEvalError("--budget chooses λ itself: give either --budget or --lambda/--ratios, not both")
+    _positive(args.limit, "--limit")
+    _positive(args.batch_size, "--batch-size")
+    _positive(args.max_new_tokens, "--max-new-tokens")
+    tasks = tuple(dict.fromkeys(name.strip() for name in args.tasks.split(",") if name.strip()))
+    lambdas = parse_number_list(args.lambdas, "--lambda") if args.lambdas else ()
+    layer_lists = parse_layer_lists(args.layers or [])
+    ratio_lists = parse_ratio_lists(args.ratios or [])
+    baselines = tuple(name.strip() for name in args.baselines.split(",") if name.strip()) if args.baselines else ()
+    budgets = parse_number_list(args.budget, "--budget") if args.budget else ()
+    if any(budget <= 0 for budget in budgets):
+        raise PdropEvalError(f"--budget values must be positive token counts, got {list(budgets)}")
+    if budgets and not (lambdas or ratio_lists or baselines):
+        schedules = ()
+    else:
+        schedules = build_schedules(lambdas, layer_lists, ratio_lists, baselines, args.position_mode, args.seed)
+    model_name = Path(args.model.rstrip("/")).name
+    run_name = validate_run_name(args.run_name or f"{model_name}_{'-'.join(tasks)}")
+    return RunPlan(
+        model=args.model,
+        tasks=tasks,
+        schedules=schedules,
+        run_name=run_name,
+        output_dir=Path(args.output_dir),
+        batch_size=args.batch_size,
+        limit=args.limit,
+        dtype=args.dtype,
+        device=args.device,
+        attn=args.attn,
+        max_new_tokens=args.max_new_tokens,
+        data_root=args.data_root,
+        tasks_dir=args.tasks_dir,
+        seed=args.seed,
+        overwrite=args.overwrite,
+        scorer=args.scorer,
+        budgets=budgets,
+        budget_layers=layer_lists or (DEFAULT_LAYERS,),
+        position_mode=args.position_mode,
+        command=tuple(argv),
+    )
+
+
+def _report(argv: Sequence[str]) -> int:
+    from pdrop_eval.report import build_reports
+
+    args = build_report_parser().parse_args(argv)
+    paths = build_reports([Path(d) for d in args.run_dirs], Path(args.out) if args.out else None)
+    print(f"wrote {paths.spreadsheet}\nwrote {paths.markdown}\nwrote {paths.html}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from pdrop_eval.runner import format_table, run
+
+    plan = plan_from_args(args, argv)
+    payload = run(plan)
+    if payload is None:
+        return 0
+    print(format_table(payload["results"]))
+    print(f"predictions and metrics.json in {plan.run_dir}")
+    if not args.no_report:
+        from pdrop_eval.report import build_reports
+
+        paths = build_reports([plan.run_dir])
+        print(f"spreadsheet {paths.spreadsheet}; report {paths.html}")
+    return 0
+
+
+def _run(argv: Sequence[str]) -> int:
+    if argv and argv[0] == "report":
+        return _report(argv[1:])
+    args = build_parser().parse_args(argv)
     if args.scorer == "vlmeval":
+        from pdrop_eval.data.vlmeval_scoring import require_vlmeval
+
         require_vlmeval()
     if args.list_tasks:
+        from pdrop_eval.registry import describe_tasks
+
         print(describe_tasks(args.tasks_dir, args.data_root))
         return 0
-    parser.print_usage(sys.stderr)
-    print("error: nothing to do; try --list-tasks", file=sys.stderr)
-    return 2
+    return _evaluate(args, argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        return _run(args, parser)
+        return _run(argv)
     except PdropEvalError as err:
         print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted: predictions written so far are kept; rerun the same command to resume", file=sys.stderr)
+        return 130

@@ -1,0 +1,485 @@
+"""The evaluation loop: data checked first, model loaded once, each image encoded once for the whole sweep.
+
+For every batch of a task the vision tower runs once, then every schedule that still lacks those samples generates
+from the same features, so a sweep of N schedules costs clearly less than N runs. Predictions are appended and
+fsynced per batch (resume is the default); rank 0 merges the shards of all processes, scores, and writes
+metrics.json atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import platform
+import subprocess
+import sys
+import time
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from pdrop_eval import __version__
+from pdrop_eval.data.sample import Sample
+from pdrop_eval.distributed import World, barrier, current_world, device_for, finish, init, shard
+from pdrop_eval.errors import PdropEvalError
+from pdrop_eval.metrics import ScoredRecord, get_metric
+from pdrop_eval.models import LoadedVLM, build_batch, decode, image_token_count, load_vlm
+from pdrop_eval.models.images import expand_to_square, to_rgb
+from pdrop_eval.plan import RunPlan, budget_schedules, schedule_record
+from pdrop_eval.pyramid.engine import DecoderParts, synchronize
+from pdrop_eval.pyramid.flops import ModelShape, sample_flops
+from pdrop_eval.pyramid.schedule import DropSchedule
+from pdrop_eval.pyramid.vlm import count_crops, encode_images, generate
+from pdrop_eval.registry import ResolvedSource, Task, check_data, get_task, load_samples
+from pdrop_eval.store import ShardWriter, merge_shards, read_predictions, write_json_atomic
+from pdrop_eval.store import merged_path as predictions_path
+
+SAMPLE_IMAGES_PER_TASK = 4
+RESUME_SETTINGS = ("model", "dtype", "attn", "max_new_tokens", "seed", "scorer")
+
+
+@dataclass
+class TaskData:
+    task: Task
+    source: ResolvedSource
+    samples: list[Sample]
+
+
+def _resolved_dtype(dtype: str, device: torch.device) -> str:
+    """`auto`: float16 on GPU (as LLaVA's own evaluation runs), float32 on CPU."""
+    if dtype != "auto":
+        return dtype
+    return "float16" if device.type == "cuda" else "float32"
+
+
+def _check_writable(run_dir: Path) -> None:
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / f".write-probe-{current_world().rank}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as error:
+        raise PdropEvalError(
+            f"cannot write to the output directory {run_dir} ({error.strerror}): choose another with --output-dir"
+        ) from error
+
+
+def _settings(plan: RunPlan, dtype: str) -> dict[str, Any]:
+    return {
+        "model": plan.model,
+        "dtype": dtype,
+        "attn": plan.attn,
+        "max_new_tokens": plan.max_new_tokens,
+        "seed": plan.seed,
+        "scorer": plan.scorer,
+    }
+
+
+def _check_resume(run_dir: Path, settings: dict[str, Any], world: World) -> None:
+    """Refuse to mix predictions made under other settings into this run; say which setting differs."""
+    path = run_dir / "run.json"
+    if path.exists():
+        try:
+            stored = json.loads(path.read_text())
+        except json.JSONDecodeError as error:
+            raise PdropEvalError(f"{path} is not valid JSON: rerun with --overwrite to start afresh") from error
+        for key in RESUME_SETTINGS:
+            if stored.get(key) != settings.get(key):
+                raise PdropEvalError(
+                    f"run {run_dir} was made with {key}={stored.get(key)!r} but this command asks for "
+                    f"{settings.get(key)!r}: use the same setting to resume, another --run-name, or --overwrite"
+                )
+    elif world.is_main:
+        write_json_atomic(path, settings)
+
+
+def _clear_run(run_dir: Path) -> None:
+    import shutil
+
+    for name in ("predictions", "samples", "metrics.json", "run.json"):
+        target = run_dir / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+
+
+def prepare_tasks(plan: RunPlan) -> list[TaskData]:
+    """Every task's card and data, before any model is loaded: a missing file should cost seconds, not a load."""
+    tasks = [get_task(name, plan.tasks_dir) for name in plan.tasks]
+    sources = [check_data(task, plan.data_root) for task in tasks]
+    for task in tasks:
+        for metric in task.metrics:
+            get_metric(metric)
+    return [
+        TaskData(task, source, load_samples(task, plan.data_root, plan.limit, source=source.source.format))
+        for task, source in zip(tasks, sources)
+    ]
+
+
+def _sample_key(sample: Sample) -> str:
+    return str(sample.id)
+
+
+def _sample_seed(task: str, sample: Sample) -> int:
+    return zlib.crc32(f"{task}:{sample.id}".encode())
+
+
+def _trim_left_padding(input_ids: torch.Tensor, attention_mask: torch.Tensor):
+    """Drop leading columns that are padding in every row (a sub-batch may not need the batch's longest prompt)."""
+    first = int(attention_mask.any(0).nonzero()[0])
+    return input_ids[:, first:], attention_mask[:, first:]
+
+
+def _record(
+    task: Task,
+    sample: Sample,
+    prediction: str,
+    generation,
+    shape: ModelShape,
+    timing: dict[str, float],
+) -> dict[str, Any]:
+    trace = generation.trace
+    scores = {name: get_metric(name).score(prediction, sample.gold, sample.meta) for name in task.metrics}
+    flops = sample_flops(shape, trace)
+    return {
+        "id": sample.id,
+        "prompt": sample.prompt,
+        "prediction": prediction,
+        "gold": sample.gold,
+        "score": scores[task.metrics[0]],
+        "scores": scores,
+        "meta": sample.meta,
+        "image_source": sample.image_source,
+        "num_image_tokens": trace.num_image_tokens,
+        "kept_image_indices": trace.kept_image_indices,
+        "image_tokens_per_layer": trace.image_tokens_per_layer,
+        "tokens_per_layer": trace.tokens_per_layer,
+        "generated_tokens": trace.generated_tokens,
+        "vision_crops": trace.vision_crops,
+        "flops_paper": flops.paper,
+        "flops_exact": flops.exact,
+        "timing": timing,
+    }
+
+
+class TaskEvaluator:
+    """Runs one task's pending samples through every schedule, appending each batch's records as it finishes."""
+
+    def __init__(self, plan: RunPlan, loaded: LoadedVLM, schedules: Sequence[DropSchedule], world: World):
+        self.plan = plan
+        self.loaded = loaded
+        self.schedules = schedules
+        self.world = world
+        self.parts = DecoderParts.from_model(loaded.model)
+        self.shape = ModelShape.from_config(loaded.model.config)
+
+    def run(self, data: TaskData) -> None:
+        task, run_dir = data.task, self.plan.run_dir
+        labels = [schedule.label for schedule in self.schedules]
+        done = {label: set(read_predictions(run_dir, task.name, label)) for label in labels}
+        mine = shard(data.samples, self.world)
+        pending = [s for s in mine if any(_sample_key(s) not in done[label] for label in labels)]
+        writers = {label: ShardWriter(run_dir, task.name, label, self.world.rank) for label in labels}
+        bars = {
+            label: tqdm(
+                total=len(mine),
+                initial=sum(_sample_key(s) in done[label] for s in mine),
+                desc=f"{task.name} {label}",
+                unit="sample",
+                position=index,
+                leave=True,
+                disable=not self.world.is_main,
+                mininterval=1.0,
+            )
+            for index, label in enumerate(labels)
+        }
+        max_new_tokens = self.plan.max_new_tokens or task.max_new_tokens
+        try:
+            for start in range(0, len(pending), self.plan.batch_size):
+                batch = pending[start : start + self.plan.batch_size]
+                self._run_batch(task, batch, done, writers, bars, max_new_tokens)
+        finally:
+            for bar in bars.values():
+                bar.close()
+
+    def _run_batch(self, task, batch, done, writers, bars, max_new_tokens) -> None:
+        loaded = self.loaded
+        images = [sample.load_image() for sample in batch]
+        inputs = build_batch(loaded, [sample.prompt for sample in batch], images)
+        device = inputs.input_ids.device
+        synchronize(device)
+        start = time.perf_counter()
+        features = encode_images(loaded.model, inputs.pixel_values, inputs.image_sizes)
+        synchronize(device)
+        vision_s = time.perf_counter() - start
+        crops = count_crops(loaded.model, inputs.image_sizes, len(batch))
+        for schedule in self.schedules:
+            label = schedule.label
+            rows = [i for i, sample in enumerate(batch) if _sample_key(sample) not in done[label]]
+            if not rows:
+                continue
+            index = torch.tensor(rows, device=device)
+            input_ids, attention_mask = _trim_left_padding(inputs.input_ids[index], inputs.attention_mask[index])
+            result = generate(
+                loaded.model,
+                input_ids,
+                attention_mask,
+                schedule,
+                image_features=[features[i] for i in rows],
+                vision_crops=[crops[i] for i in rows],
+                max_new_tokens=max_new_tokens,
+                eos_token_ids=loaded.eos_token_ids,
+                pad_token_id=loaded.pad_token_id,
+                sample_seeds=[_sample_seed(task.name, batch[i]) for i in rows],
+                parts=self.parts,
+            )
+            timings = result.timings
+            share = vision_s * len(rows) / len(batch)
+            steps = max(max(g.trace.generated_tokens for g in result.generations) - 1, 1)
+            timing = {
+                "batch_size": len(rows),
+                "time_share_s": (share + timings.prefill_s + timings.decode_s) / len(rows),
+                "prefill_ms": timings.prefill_s * 1e3,
+                "rank_ms": timings.rank_s * 1e3,
+                "vision_ms": share * 1e3,
+                "decode_ms_per_token": timings.decode_s * 1e3 / steps,
+            }
+            records = [
+                _record(task, batch[i], decode(loaded, g.token_ids), g, self.shape, timing)
+                for i, g in zip(rows, result.generations)
+            ]
+            writers[label].append(records)
+            done[label].update(_sample_key(batch[i]) for i in rows)
+            bars[label].update(len(rows))
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values) if values else math.nan
+
+
+def score_schedule(task: Task, schedule: DropSchedule, records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Aggregate one task × schedule from its records: the official metrics plus cost and speed."""
+    metrics: dict[str, float] = {}
+    for name in task.metrics:
+        metric = get_metric(name)
+        scored = [
+            ScoredRecord(
+                id=r["id"], prediction=r["prediction"], gold=r["gold"], score=r["scores"][name], meta=r["meta"]
+            )
+            for r in records
+        ]
+        metrics.update(metric.aggregate(scored))
+    primary_metric = get_metric(task.metrics[0]).primary
+    total_time = sum(r["timing"]["time_share_s"] for r in records)
+    return {
+        "task": task.name,
+        "schedule": schedule_record(schedule),
+        "n": len(records),
+        "metrics": metrics,
+        "primary_metric": primary_metric,
+        "primary": metrics.get(primary_metric, math.nan),
+        "tflops_paper": _mean([r["flops_paper"] for r in records]) / 1e12,
+        "tflops_exact": _mean([r["flops_exact"] for r in records]) / 1e12,
+        "retained_tokens": _mean([_mean(r["image_tokens_per_layer"]) for r in records]),
+        "prefill_ms": _mean([r["timing"]["prefill_ms"] for r in records]),
+        "decode_ms_per_token": _mean([r["timing"]["decode_ms_per_token"] for r in records]),
+        "samples_per_s": len(records) / total_time if total_time > 0 else math.nan,
+        "predictions": str(predictions_path(Path("."), task.name, schedule.label)),
+    }
+
+
+def _git_sha() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            check=False,
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def _file_hashes(source: ResolvedSource) -> dict[str, str]:
+    """sha256 of each data file a task was read from (folders of images are named, not hashed)."""
+    hashes = {}
+    for role, value in source.paths.items():
+        for path in value if isinstance(value, (list, tuple)) else [value]:
+            path = Path(path)
+            if path.is_file():
+                digest = hashlib.sha256()
+                with path.open("rb") as handle:
+                    for chunk in iter(lambda: handle.read(1 << 20), b""):
+                        digest.update(chunk)
+                hashes[f"{role}:{path}"] = digest.hexdigest()
+            else:
+                hashes[f"{role}:{path}"] = "folder" if path.is_dir() else "-"
+    return hashes or {"source": source.where}
+
+
+def _save_sample_images(plan: RunPlan, loaded: LoadedVLM, data: TaskData) -> None:
+    """The first few images as the model saw them (padded square at the tower's size), for kept-token maps."""
+    if loaded.pad_color is None:
+        return
+    size = loaded.model.config.vision_config.image_size
+    folder = plan.run_dir / "samples" / data.task.name
+    folder.mkdir(parents=True, exist_ok=True)
+    for sample in data.samples[:SAMPLE_IMAGES_PER_TASK]:
+        square = expand_to_square(to_rgb(sample.load_image()), loaded.pad_color).resize((size, size))
+        square.save(folder / f"{_safe_name(sample.id)}.png")
+
+
+def _safe_name(sample_id: object) -> str:
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in str(sample_id))
+
+
+def _model_info(plan: RunPlan, loaded: LoadedVLM, dtype: str, device: torch.device) -> dict[str, Any]:
+    vision = loaded.model.config.vision_config
+    grid = None
+    if loaded.image_tokens_per_image is not None:
+        side = vision.image_size // vision.patch_size
+        grid = [side, side] if side * side == loaded.image_tokens_per_image else None
+    return {
+        "name": plan.model,
+        "path": str(loaded.path),
+        "kind": loaded.kind,
+        "dtype": dtype,
+        "attn": plan.attn,
+        "device": str(device),
+        "num_layers": DecoderParts.from_model(loaded.model).num_layers,
+        "image_grid": grid,
+    }
+
+
+def finalize(
+    plan: RunPlan, loaded: LoadedVLM, tasks: list[TaskData], schedules: Sequence[DropSchedule], run_info: dict
+) -> dict[str, Any]:
+    """Rank 0, after every rank finished: merge shards, score, write metrics.json and the sample images."""
+    results, task_info = [], {}
+    for data in tasks:
+        order = [_sample_key(s) for s in data.samples]
+        for schedule in schedules:
+            records = merge_shards(plan.run_dir, data.task.name, schedule.label, order)
+            wanted = set(order)
+            records = [r for r in records if str(r["id"]) in wanted]
+            results.append(score_schedule(data.task, schedule, records))
+        _save_sample_images(plan, loaded, data)
+        reference = data.task.reference
+        task_info[data.task.name] = {
+            "metrics": list(data.task.metrics),
+            "primary_metric": get_metric(data.task.metrics[0]).primary,
+            "reference": None
+            if reference is None
+            else {
+                "model": reference.model,
+                "source": reference.source,
+                "metric": reference.metric,
+                "rows": [{"method": r.method, "tflops": r.tflops, "score": r.score} for r in reference.rows],
+            },
+        }
+        run_info["data_files"][data.task.name] = _file_hashes(data.source)
+    payload = {"run": run_info, "tasks": task_info, "results": results}
+    write_json_atomic(plan.run_dir / "metrics.json", payload)
+    return payload
+
+
+def format_table(results: list[dict[str, Any]]) -> str:
+    header = ("task", "schedule", "metric", "score", "TFLOPs paper", "TFLOPs exact", "retained", "samples/s")
+    rows = [
+        (
+            r["task"],
+            r["schedule"]["label"],
+            r["primary_metric"],
+            f"{r['primary']:.2f}",
+            f"{r['tflops_paper']:.4g}",
+            f"{r['tflops_exact']:.4g}",
+            f"{r['retained_tokens']:.1f}",
+            f"{r['samples_per_s']:.2f}",
+        )
+        for r in results
+    ]
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
+    lines = ["  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)) for row in (header, *rows)]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(lines)
+
+
+def _resolve_schedules(plan: RunPlan, loaded: LoadedVLM, tasks: list[TaskData], depth: int) -> list[DropSchedule]:
+    schedules = list(plan.schedules)
+    if plan.budgets:
+        first = next((data.samples[0] for data in tasks if data.samples), None)
+        if loaded.image_tokens_per_image is not None:
+            count = loaded.image_tokens_per_image
+        elif first is not None:
+            count = image_token_count(loaded, to_rgb(first.load_image()))
+        else:
+            raise PdropEvalError("--budget needs at least one sample to know the image-token count")
+        for budget, schedule in budget_schedules(plan, depth, count):
+            print(f"budget {budget:g} tokens, layers {list(schedule.layers)}: lambda {schedule.lam:g}", file=sys.stderr)
+            schedules.append(schedule)
+    schedules = list(dict.fromkeys(schedules))
+    for schedule in schedules:
+        schedule.validate_for_depth(depth)
+    return schedules
+
+
+def run(plan: RunPlan) -> dict[str, Any] | None:
+    """The whole run; returns metrics.json's content on rank 0 (None elsewhere)."""
+    world = current_world()
+    device = device_for(plan.device, world)
+    dtype = _resolved_dtype(plan.dtype, device)
+    if plan.overwrite and world.is_main and plan.run_dir.exists():
+        _clear_run(plan.run_dir)
+    _check_writable(plan.run_dir)
+    tasks = prepare_tasks(plan)
+    init(world, device)
+    barrier(world)
+    _check_resume(plan.run_dir, _settings(plan, dtype), world)
+    torch.manual_seed(plan.seed)
+    loaded = load_vlm(plan.model, dtype=dtype, device=str(device), attn=plan.attn)
+    depth = DecoderParts.from_model(loaded.model).num_layers
+    schedules = _resolve_schedules(plan, loaded, tasks, depth)
+    evaluator = TaskEvaluator(plan, loaded, schedules, world)
+    with torch.inference_mode():
+        for data in tasks:
+            evaluator.run(data)
+    barrier(world)
+    payload = None
+    if world.is_main:
+        run_info = {
+            "name": plan.run_name,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "command": list(plan.command),
+            "git_sha": _git_sha(),
+            "versions": {
+                "pdrop_eval": __version__,
+                "torch": torch.__version__,
+                "transformers": __import__("transformers").__version__,
+                "python": platform.python_version(),
+            },
+            "model": _model_info(plan, loaded, dtype, device),
+            "seed": plan.seed,
+            "settings": {
+                "batch_size": plan.batch_size,
+                "limit": plan.limit,
+                "max_new_tokens": plan.max_new_tokens,
+                "world_size": world.size,
+                "scorer": plan.scorer,
+            },
+            "data_files": {},
+        }
+        payload = finalize(plan, loaded, tasks, schedules, run_info)
+    barrier(world)
+    finish(world)
+    return payload
