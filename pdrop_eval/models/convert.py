@@ -8,7 +8,10 @@ locally. Key mapping (checked against transformers' convert_llava_weights_to_hf.
     model.embed_tokens / model.layers.* / model.norm  ->  model.language_model.*
     lm_head                                           ->  lm_head
     model.mm_projector.0 / .2                         ->  model.multi_modal_projector.linear_1 / linear_2
-    CLIP vision_model.*                               ->  model.vision_tower.vision_model.*
+    CLIP vision_model.*                               ->  model.vision_tower.* (5.x; .vision_model.* if present)
+
+The mapped names are checked against the key set of the installed transformers' own (meta-device) Llava model,
+so a layout change fails loudly here instead of loading half-random weights.
 
 `<image>` (and `<pad>` when missing) are added to the tokenizer; their new embedding and lm_head rows are the
 mean of the existing rows, so they never win a greedy argmax. The vocabulary is padded to a multiple of 64 as
@@ -35,6 +38,7 @@ from transformers import (
     CLIPVisionConfig,
     GenerationConfig,
     LlavaConfig,
+    LlavaForConditionalGeneration,
     LlavaProcessor,
 )
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
@@ -89,7 +93,10 @@ def convert_original(src: Path, vision_tower_dir: Path, out_dir: Path) -> None:
     """Write the HF-format model (config, safetensors, tokenizer, processor, generation config) to `out_dir`."""
     raw_config = json.loads((src / "config.json").read_text())
     _check_supported(raw_config, src)
-    tokenizer = AutoTokenizer.from_pretrained(src, local_files_only=True, trust_remote_code=False)
+    text_config_class = CONFIG_MAPPING[_TEXT_MODEL_TYPES[raw_config["model_type"]]]
+    tokenizer = AutoTokenizer.from_pretrained(  # config given: AutoConfig does not know the `llava_llama` type
+        src, config=text_config_class(), local_files_only=True, trust_remote_code=False
+    )
     base_vocab = int(raw_config["vocab_size"])
     tokenizer.add_tokens(AddedToken("<image>", special=True, normalized=False), special_tokens=True)
     if tokenizer.pad_token is None:
@@ -113,7 +120,9 @@ def convert_original(src: Path, vision_tower_dir: Path, out_dir: Path) -> None:
     config.dtype = raw_config.get("torch_dtype") or raw_config.get("dtype") or "float16"
     config.save_pretrained(out_dir)
 
-    state = convert_state_dict(read_state_dict(src), read_state_dict(vision_tower_dir), vocab)
+    with torch.device("meta"):
+        expected_keys = set(LlavaForConditionalGeneration(config).state_dict())
+    state = convert_state_dict(read_state_dict(src), read_state_dict(vision_tower_dir), vocab, expected_keys)
     save_file({k: v.contiguous() for k, v in state.items()}, out_dir / "model.safetensors", metadata={"format": "pt"})
 
     GenerationConfig(
@@ -131,19 +140,21 @@ def convert_original(src: Path, vision_tower_dir: Path, out_dir: Path) -> None:
 
 
 def convert_state_dict(
-    llava_state: dict[str, torch.Tensor], clip_state: dict[str, torch.Tensor], vocab: int
+    llava_state: dict[str, torch.Tensor], clip_state: dict[str, torch.Tensor], vocab: int, expected_keys: set[str]
 ) -> dict[str, torch.Tensor]:
     """Map original LLaVA + CLIP tensors to HF Llava names; a vision tower stored in the LLaVA checkpoint wins."""
+    nested = any(key.startswith("model.vision_tower.vision_model.") for key in expected_keys)
+    vision_prefix = "model.vision_tower.vision_model." if nested else "model.vision_tower."
     out: dict[str, torch.Tensor] = {}
     for key, tensor in clip_state.items():
         if key.startswith("vision_model."):
-            out["model.vision_tower." + key] = tensor
+            out[vision_prefix + key[len("vision_model.") :]] = tensor
     unknown = []
     for key, tensor in llava_state.items():
         if key.endswith(".rotary_emb.inv_freq"):
             continue
-        if key.startswith(_EMBEDDED_VISION_PREFIX):
-            out["model.vision_tower." + key[len(_EMBEDDED_VISION_PREFIX) :]] = tensor
+        if key.startswith(_EMBEDDED_VISION_PREFIX + "vision_model."):
+            out[vision_prefix + key[len(_EMBEDDED_VISION_PREFIX + "vision_model.") :]] = tensor
             continue
         new_key = _map_key(key)
         if new_key is None:
@@ -158,6 +169,12 @@ def convert_state_dict(
     out.setdefault("lm_head.weight", out[embed_key].clone())
     for key in (embed_key, "lm_head.weight"):
         out[key] = _grow_rows(out[key], vocab)
+    missing, extra = sorted(expected_keys - out.keys()), sorted(out.keys() - expected_keys)
+    if missing or extra:
+        raise PdropEvalError(
+            f"converted weights do not match transformers' Llava layout: missing {missing[:5]} ({len(missing)}), "
+            f"unexpected {extra[:5]} ({len(extra)}); is the vision tower a CLIP checkpoint of the right size?"
+        )
     return out
 
 
