@@ -1,0 +1,175 @@
+"""run_eval end to end on the tiny model and the synthetic `shapes` task: outputs, sweeps, resume, bad input."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import pytest
+
+from pdrop_eval import cli, runner
+from pdrop_eval.metrics import get_metric
+from pdrop_eval.plan import lambda_for_budget
+from tests.fixtures_data import b64_image, write_tsv
+
+pytestmark = pytest.mark.engine
+
+BASE = ["--model", "tiny-llava", "--tasks", "shapes", "--limit", "4", "--batch-size", "2", "--max-new-tokens", "3"]
+
+
+def _run(tmp_path: Path, *extra: str, run_name: str = "r") -> int:
+    return cli.main([*BASE, "--output-dir", str(tmp_path), "--run-name", run_name, "--no-report", *extra])
+
+
+def _error(stderr: str) -> str:
+    """The one error line; progress bars may precede it on stderr, a traceback never may."""
+    assert "Traceback" not in stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and stderr.strip().splitlines()[-1] == errors[0]
+    return errors[0]
+
+
+def _lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture
+def count_encoded(monkeypatch):
+    """How many images went through the vision tower."""
+    counter = {"images": 0}
+    original = runner.encode_images
+
+    def counting(model, pixel_values, image_sizes=None):
+        counter["images"] += pixel_values.shape[0]
+        return original(model, pixel_values, image_sizes)
+
+    monkeypatch.setattr(runner, "encode_images", counting)
+    return counter
+
+
+def test_sweep_writes_scored_predictions_and_metrics(tmp_path, count_encoded, capsys):
+    assert _run(tmp_path, "--lambda", "0.3,0.5", "--baselines", "vanilla,fastv") == 0
+    assert count_encoded["images"] == 4, "the vision tower must run once per image for the whole sweep"
+    run_dir = tmp_path / "r"
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    labels = [r["schedule"]["label"] for r in metrics["results"]]
+    assert labels == ["vanilla", "fastv_k2_r0.5", "pdrop_lam0.3_8-16-24", "pdrop_lam0.5_8-16-24"]
+    assert metrics["run"]["model"]["image_grid"] == [24, 24]
+    assert metrics["run"]["command"][:2] == ["--model", "tiny-llava"]
+    assert metrics["tasks"]["shapes"]["primary_metric"] == "accuracy"
+    for result in metrics["results"]:
+        records = _lines(run_dir / result["predictions"])
+        assert [r["id"] for r in records] == [0, 1, 2, 3]
+        assert result["n"] == 4
+        metric = get_metric("exact_match")
+        expected = [metric.score(r["prediction"], r["gold"], r["meta"]) for r in records]
+        assert [r["score"] for r in records] == expected
+        assert result["primary"] == pytest.approx(100 * sum(expected) / 4)
+        assert result["tflops_paper"] == pytest.approx(sum(r["flops_paper"] for r in records) / 4 / 1e12)
+        assert all(0 < r["generated_tokens"] <= 3 for r in records)
+    by_label = {r["schedule"]["label"]: r for r in metrics["results"]}
+    assert by_label["pdrop_lam0.5_8-16-24"]["retained_tokens"] == 270
+    assert by_label["vanilla"]["tflops_exact"] > by_label["pdrop_lam0.5_8-16-24"]["tflops_exact"]
+    kept = _lines(run_dir / by_label["pdrop_lam0.3_8-16-24"]["predictions"])[0]["kept_image_indices"]
+    assert [len(stage) for stage in kept] == [int(576 * 0.3), int(576 * 0.09), int(576 * 0.3**3)]
+    assert sorted(p.name for p in (run_dir / "samples" / "shapes").iterdir()) == ["0.png", "1.png", "2.png", "3.png"]
+    out = capsys.readouterr().out
+    assert "pdrop_lam0.5_8-16-24" in out and "TFLOPs paper" in out
+
+
+def test_resume_skips_finished_samples_and_keeps_them(tmp_path, count_encoded):
+    assert _run(tmp_path, "--lambda", "0.5", "--limit", "2") == 0
+    path = tmp_path / "r" / "predictions" / "shapes" / "pdrop_lam0.5_8-16-24.jsonl"
+    first = path.read_text().splitlines()
+    count_encoded["images"] = 0
+    assert _run(tmp_path, "--lambda", "0.5") == 0
+    assert count_encoded["images"] == 2, "only the two new samples are encoded"
+    lines = path.read_text().splitlines()
+    assert lines[:2] == first and len(lines) == 4
+    count_encoded["images"] = 0
+    assert _run(tmp_path, "--lambda", "0.5", "--baselines", "vanilla") == 0
+    assert count_encoded["images"] == 4, "a schedule added to a finished run computes only that schedule"
+    assert path.read_text().splitlines() == lines
+
+
+def test_resumed_run_with_other_settings_is_refused(tmp_path, capsys):
+    assert _run(tmp_path, "--lambda", "0.5", "--limit", "2") == 0
+    capsys.readouterr()
+    assert _run(tmp_path, "--lambda", "0.5", "--max-new-tokens", "5") == 2
+    err = _error(capsys.readouterr().err)
+    assert "max_new_tokens=3" in err and "--overwrite" in err
+    assert _run(tmp_path, "--lambda", "0.5", "--overwrite", "--max-new-tokens", "5") == 0
+
+
+def test_lambda_for_budget():
+    assert lambda_for_budget(270, (8, 16, 24), 32, 576) == 0.5
+    assert lambda_for_budget(576, (8, 16, 24), 32, 576) == 1.0
+
+
+def test_budget_picks_and_prints_lambda(tmp_path, capsys):
+    assert _run(tmp_path, "--budget", "270", "--limit", "2") == 0
+    assert "lambda 0.5" in capsys.readouterr().err
+    metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert [r["schedule"]["label"] for r in metrics["results"]] == ["pdrop_lam0.5_8-16-24"]
+
+
+def _corrupt_docvqa(lmu: Path) -> None:
+    rows = [[index, b64_image("RGB", "PNG", index), f"Question {index}?", "['a']"] for index in range(3)]
+    rows.append([3, base64.b64encode(b"not an image at all").decode() + "=" * 70, "Broken?", "['b']"])
+    write_tsv(lmu / "DocVQA_VAL.tsv", ["index", "image", "question", "answer"], rows)
+
+
+def test_corrupt_image_names_the_sample_and_keeps_finished_batches(tmp_path, monkeypatch, capsys):
+    _corrupt_docvqa(tmp_path / "lmu")
+    monkeypatch.setenv("LMUData", str(tmp_path / "lmu"))
+    code = cli.main(
+        ["--model", "tiny-llava", "--tasks", "docvqa", "--lambda", "0.5", "--batch-size", "2",
+         "--max-new-tokens", "2", "--output-dir", str(tmp_path), "--run-name", "c", "--no-report"]
+    )
+    err = _error(capsys.readouterr().err)
+    assert code == 2 and "sample 3" in err and "DocVQA_VAL.tsv" in err
+    shard = tmp_path / "c" / "predictions" / "docvqa" / "pdrop_lam0.5_8-16-24.rank0.jsonl"
+    assert [r["id"] for r in _lines(shard)] == [0, 1]
+
+
+def _fail_if_model_loads(*args, **kwargs):
+    raise AssertionError("the model must not be loaded before input is validated")
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--tasks", "gq", "--lambda", "0.5"], "gqa"),
+        (["--tasks", "gqa", "--lambda", "0.5", "--data-root", "/nonexistent"], "gqa/llava_gqa_testdev_balanced.jsonl"),
+        (["--tasks", "shapes", "--lambda", "1.5"], "outside (0, 1]"),
+        (["--tasks", "shapes", "--lambda", "0"], "outside (0, 1]"),
+        (["--tasks", "shapes", "--lambda", "abc"], "'abc' is not a number"),
+        (["--tasks", "shapes", "--lambda", "0.5", "--layers", "8,x,24"], "'x' is not a number"),
+        (["--tasks", "shapes", "--lambda", "0.5", "--layers", "16,8,24"], "strictly increasing"),
+        (["--tasks", "shapes", "--budget", "128", "--lambda", "0.5"], "not both"),
+        (["--tasks", "shapes", "--baselines", "vanila"], "unknown baseline"),
+        (["--tasks", "shapes", "--lambda", "0.5", "--batch-size", "0"], "--batch-size must be at least 1"),
+        (["--tasks", "shapes", "--lambda", "0.5", "--run-name", "a/b"], "--run-name"),
+        (["--lambda", "0.5"], "--tasks is required"),
+    ],
+)
+def test_bad_input_is_one_line_before_any_model_loads(args, expected, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(runner, "load_vlm", _fail_if_model_loads)
+    monkeypatch.delenv("LMUData", raising=False)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    assert cli.main([*args, "--output-dir", str(tmp_path), "--no-report"]) == 2
+    assert expected in _error(capsys.readouterr().err)
+
+
+def test_missing_model_and_unwritable_output_and_deep_layer(tmp_path, capsys):
+    common = ["--tasks", "shapes", "--lambda", "0.5", "--limit", "1", "--no-report"]
+    assert cli.main([*common, "--model", str(tmp_path / "no-model"), "--output-dir", str(tmp_path)]) == 2
+    assert "no-model" in _error(capsys.readouterr().err)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert cli.main([*common, "--model", "tiny-llava", "--output-dir", str(blocker / "sub")]) == 2
+    assert "cannot write to the output directory" in _error(capsys.readouterr().err)
+    deep = ["--model", "tiny-llava", "--layers", "8,16,40", "--output-dir", str(tmp_path)]
+    assert cli.main([*common, *deep]) == 2
+    assert "beyond the model's depth: it has 32 decoder layers" in _error(capsys.readouterr().err)
