@@ -1,0 +1,58 @@
+"""`build_reports`: one or several run directories in, results.xlsx + report.md + report.html out.
+
+Everything is rebuilt from what the runner left on disk (metrics.json, predictions, sample images), so a report
+can be redone, restyled or merged across runs (one per node or per day) without loading a model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from pdrop_eval.errors import PdropEvalError
+from pdrop_eval.report.load import load_run, unique_names
+from pdrop_eval.report.plots import CONVENTIONS
+from pdrop_eval.report.reference import reference_frame
+from pdrop_eval.report.spreadsheet import write_workbook
+from pdrop_eval.report.sweep import write_sweep_report
+from pdrop_eval.report.table import results_frame
+
+
+@dataclass(frozen=True)
+class ReportPaths:
+    """What `build_reports` wrote."""
+
+    spreadsheet: Path
+    markdown: Path
+    html: Path
+    figures: list[Path]
+
+
+def build_reports(run_dirs: list[Path], out_dir: Path | None = None, x: str = "tflops_paper") -> ReportPaths:
+    """Write the spreadsheet and the sweep report for `run_dirs`.
+
+    One run directory: written into it unless `out_dir` says otherwise. Several: merged into one comparison
+    (a task × schedule measured by two runs keeps both rows, told apart by run name) written to `out_dir`, which
+    is then required so no run directory is silently overwritten with the others' results. `x` picks the TFLOPs
+    convention on the plots' x axis: "tflops_paper" (default) or "tflops_exact".
+    """
+    if not run_dirs:
+        raise PdropEvalError("no run directory given: pass at least one results/<run-name>/ folder")
+    if x not in CONVENTIONS:
+        raise PdropEvalError(f"unknown TFLOPs convention {x!r}: use one of {', '.join(CONVENTIONS)}")
+    if len(run_dirs) > 1 and out_dir is None:
+        raise PdropEvalError(
+            f"merging {len(run_dirs)} run directories needs an output folder for the combined report (--out DIR)"
+        )
+    runs = unique_names([load_run(Path(d)) for d in run_dirs])
+    out = Path(out_dir) if out_dir is not None else Path(run_dirs[0])
+    out.mkdir(parents=True, exist_ok=True)
+    frame = results_frame(runs)
+    if frame.empty:
+        raise PdropEvalError(f"{', '.join(str(r.directory / 'metrics.json') for r in runs)} holds no results to report")
+    reference = reference_frame(runs, frame)
+    spreadsheet = out / "results.xlsx"
+    write_workbook(spreadsheet, runs, frame, reference)
+    markdown, html = out / "report.md", out / "report.html"
+    figures = write_sweep_report(runs, frame, reference, markdown, html, x)
+    return ReportPaths(spreadsheet=spreadsheet, markdown=markdown, html=html, figures=figures)

@@ -1,0 +1,116 @@
+"""Kept-token maps: the image the model saw, once per PDrop stage, with the dropped patches dimmed.
+
+This is the picture that says what PyramidDrop keeps (the patches the last instruction token attends to) and what
+it throws away at each stage. Kept indices are positions among the sample's image tokens, which for LLaVA-1.5 run
+row-major over the fixed patch grid of the padded square image; models without a fixed grid get no map.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+from PIL import Image
+
+from pdrop_eval.errors import PdropEvalError
+
+DIM_ALPHA = 0.72
+
+
+@dataclass(frozen=True)
+class KeptSample:
+    """One sample's image and the kept image-token indices of each stage of one schedule."""
+
+    task: str
+    run: str
+    sample_id: str
+    image: Path
+    schedule: str
+    layers: tuple[int, ...]
+    num_image_tokens: int
+    kept: tuple[tuple[int, ...], ...]
+
+
+def find_kept_samples(
+    run_dir: Path, run: str, task: str, schedule: str, layers: tuple[int, ...], predictions: str, limit: int
+) -> list[KeptSample]:
+    """Samples that have both a samples/<task>/<id>.png and kept indices in this schedule's predictions."""
+    images = {p.stem: p for p in sorted((run_dir / "samples" / task).glob("*.png"))}
+    path = run_dir / predictions
+    if not images or not predictions or not path.is_file():
+        return []
+    found = []
+    for record in _read_jsonl(path):
+        sample_id = str(record.get("id"))
+        kept = record.get("kept_image_indices")
+        if sample_id not in images or not kept:
+            continue
+        found.append(KeptSample(
+            task=task,
+            run=run,
+            sample_id=sample_id,
+            image=images[sample_id],
+            schedule=schedule,
+            layers=layers,
+            num_image_tokens=int(record.get("num_image_tokens") or 0),
+            kept=tuple(tuple(int(i) for i in stage) for stage in kept),
+        ))
+        if len(found) == limit:
+            break
+    return found
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    records = []
+    with path.open(encoding="utf-8") as lines:
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise PdropEvalError(f"{path} line {number} is not valid JSON ({err}); the file may be truncated") from err
+    return records
+
+
+def grid_mismatch(sample: KeptSample, grid: tuple[int, int]) -> str | None:
+    """Why this sample's indices cannot be placed on the grid, or None when they can."""
+    cells = grid[0] * grid[1]
+    if sample.num_image_tokens != cells:
+        return f"{sample.num_image_tokens} image tokens do not fill the {grid[0]}×{grid[1]} patch grid"
+    if any(i < 0 or i >= cells for stage in sample.kept for i in stage):
+        return f"kept indices fall outside 0..{cells - 1}"
+    return None
+
+
+def draw_kept_map(sample: KeptSample, grid: tuple[int, int], out_path: Path) -> Path:
+    """One panel for the input and one per stage; kept patches at full brightness, dropped ones dimmed."""
+    image = np.asarray(Image.open(sample.image).convert("RGB"))
+    height, width = image.shape[:2]
+    rows, cols = grid
+    panels = len(sample.kept) + 1
+    fig = Figure(figsize=(3.1 * panels, 3.9), layout="constrained")
+    axes = fig.subplots(1, panels, squeeze=False)
+    axes[0, 0].imshow(image)
+    axes[0, 0].set_title(f"input: {sample.num_image_tokens} image tokens\n({rows}×{cols} patches)", fontsize=10)
+    for stage, (kept, layer) in enumerate(zip(sample.kept, sample.layers), start=1):
+        dropped = np.ones(rows * cols, dtype=bool)
+        dropped[list(kept)] = False
+        overlay = np.zeros((rows, cols, 4))
+        overlay[..., 3] = dropped.reshape(rows, cols) * DIM_ALPHA
+        ax = axes[0, stage]
+        ax.imshow(image)
+        ax.imshow(overlay, extent=(0, width, height, 0), interpolation="nearest")
+        share = len(kept) / sample.num_image_tokens * 100
+        ax.set_title(f"after layer {layer}: {len(kept)} kept\n({share:.1f}% of {sample.num_image_tokens})", fontsize=10)
+    for ax in axes[0]:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(f"{sample.task} · sample {sample.sample_id} · {sample.schedule}  (dimmed = dropped)", fontsize=11)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_path, dpi=110)
+    return out_path

@@ -1,0 +1,85 @@
+"""The sweep plot: a task's primary metric against TFLOPs, PDrop curves over λ, baselines, the paper's points.
+
+Drawn on a bare matplotlib `Figure` (no pyplot), so no global backend state is touched and nothing needs closing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from pdrop_eval.report.table import pdrop_curves
+
+CONVENTIONS = {
+    "tflops_paper": "paper convention: image tokens in the LLM, multiply-accumulates",
+    "tflops_exact": "exact: every FLOP that ran, prefill and decode",
+}
+MARKERS = {"vanilla": "*", "fastv": "D", "random": "X", "pdrop": "o"}
+_MARKER_SIZE = {"*": 15, "D": 8, "X": 10, "o": 7}
+# A paper point shares our axis only when both are on the paper's scale and within this factor of each other.
+_SAME_SCALE = 2.0
+
+
+def plot_task(
+    rows: pd.DataFrame, reference: pd.DataFrame, x: str, out_path: Path, task: str
+) -> Path:
+    """Write the plot for one task's rows (one or several runs) and its published reference rows."""
+    metric = rows["primary_metric"].iloc[0]
+    fig = Figure(figsize=(9.5, 5.2))
+    ax = fig.add_subplot()
+    colours = iter(f"C{i}" for i in range(1000))
+    for label, curve in pdrop_curves(rows, x).items():
+        colour = next(colours)
+        ax.plot(curve[x], curve["primary"], marker="o", ms=_MARKER_SIZE["o"], color=colour, label=label)
+        for _, point in curve.iterrows():
+            if pd.notna(point["lam"]):
+                ax.annotate(f"λ{point['lam']:g}", (point[x], point["primary"]), xytext=(5, -11),
+                            textcoords="offset points", fontsize=8, color=colour)
+    several_runs = rows["run"].nunique() > 1
+    for _, point in rows[rows["method"] != "pdrop"].iterrows():
+        marker = MARKERS.get(point["method"], "s")
+        label = point["schedule"] + (f" [{point['run']}]" if several_runs else "")
+        ax.plot([point[x]], [point["primary"]], linestyle="none", marker=marker, ms=_MARKER_SIZE.get(marker, 8),
+                color=next(colours), label=label)
+    handles, labels = ax.get_legend_handles_labels()
+    paper = reference[reference["task"] == task].drop_duplicates(["paper_method"])
+    if not paper.empty:
+        paper_ax = ax if _same_scale(rows, paper, x) else _paper_axis(ax, paper)
+        for _, point in paper.iterrows():
+            marker = MARKERS.get(_paper_method_kind(point["paper_method"]), "s")
+            handle, = paper_ax.plot([point["paper_tflops"]], [point["paper_score"]], linestyle="none", marker=marker,
+                                    ms=1.5 * _MARKER_SIZE.get(marker, 8), markerfacecolor="none", markeredgewidth=1.6,
+                                    color="0.25")
+            handles.append(handle)
+            labels.append(f"paper: {point['paper_method']}")
+    ax.set_xlabel(f"TFLOPs per sample ({CONVENTIONS[x]})")
+    ax.set_ylabel(f"{metric} (%)")
+    ax.set_title(f"{task}: {metric} vs TFLOPs — higher and further left is better")
+    ax.grid(True, alpha=0.3)
+    ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False)
+    fig.tight_layout()
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_path, dpi=110)
+    return out_path
+
+
+def _same_scale(rows: pd.DataFrame, paper: pd.DataFrame, x: str) -> bool:
+    """Our TFLOPs and the paper's share an axis only when they measure the same thing at a similar size."""
+    ours, theirs = rows[x].max(), paper["paper_tflops"].max()
+    return x == "tflops_paper" and ours > 0 and theirs > 0 and 1 / _SAME_SCALE <= ours / theirs <= _SAME_SCALE
+
+
+def _paper_axis(ax: Axes, paper: pd.DataFrame) -> Axes:
+    """A top x axis for the paper's points when our model's TFLOPs are on another scale (a tiny demo model)."""
+    top = ax.twiny()
+    model = paper["paper_model"].iloc[0] or "the paper's model"
+    top.set_xlabel(f"paper's TFLOPs ({model}, paper convention) — hollow markers", fontsize=9)
+    return top
+
+
+def _paper_method_kind(name: str) -> str:
+    lowered = name.lower()
+    return next((kind for kind in ("vanilla", "fastv", "pdrop", "random") if kind in lowered), "")
