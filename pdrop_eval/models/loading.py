@@ -21,10 +21,10 @@ from transformers import (
 )
 
 from pdrop_eval.errors import PdropEvalError
-from pdrop_eval.models.convert import hf_format_dir, is_original_llava_config
 from pdrop_eval.models.images import mean_color
 from pdrop_eval.models.loaded import LoadedVLM, VLMKind
 from pdrop_eval.models.locate import model_dir
+from pdrop_eval.models.original import hf_format_dir, is_original_llava_config
 
 DTYPES: dict[str, torch.dtype | str] = {
     "float32": torch.float32,
