@@ -11,11 +11,10 @@ from pathlib import Path
 
 from pdrop_eval.errors import PdropEvalError
 from pdrop_eval.report.load import load_run, unique_names
-from pdrop_eval.report.plots import CONVENTIONS
 from pdrop_eval.report.reference import reference_frame
 from pdrop_eval.report.spreadsheet import write_workbook
 from pdrop_eval.report.sweep import write_sweep_report
-from pdrop_eval.report.table import results_frame
+from pdrop_eval.report.table import TFLOPS_CONVENTIONS, results_frame
 
 
 @dataclass(frozen=True)
@@ -28,18 +27,18 @@ class ReportPaths:
     figures: list[Path]
 
 
-def build_reports(run_dirs: list[Path], out_dir: Path | None = None, x: str = "tflops_paper") -> ReportPaths:
+def build_reports(run_dirs: list[Path], out_dir: Path | None = None, tflops: str = "paper") -> ReportPaths:
     """Write the spreadsheet and the sweep report for `run_dirs`.
 
     One run directory: written into it unless `out_dir` says otherwise. Several: merged into one comparison
     (a task × schedule measured by two runs keeps both rows, told apart by run name) written to `out_dir`, which
-    is then required so no run directory is silently overwritten with the others' results. `x` picks the TFLOPs
-    convention on the plots' x axis: "tflops_paper" (default) or "tflops_exact".
+    is then required so no run directory is silently overwritten with the others' results. `tflops` picks the
+    convention on the plots' x axis and for the Pareto fronts: "paper" (default, comparable to the paper) or "exact".
     """
     if not run_dirs:
         raise PdropEvalError("no run directory given: pass at least one results/<run-name>/ folder")
-    if x not in CONVENTIONS:
-        raise PdropEvalError(f"unknown TFLOPs convention {x!r}: use one of {', '.join(CONVENTIONS)}")
+    if tflops not in TFLOPS_CONVENTIONS:
+        raise PdropEvalError(f"unknown TFLOPs convention {tflops!r}: use one of {', '.join(TFLOPS_CONVENTIONS)}")
     if len(run_dirs) > 1 and out_dir is None:
         raise PdropEvalError(
             f"merging {len(run_dirs)} run directories needs an output folder for the combined report (--out DIR)"
@@ -54,5 +53,5 @@ def build_reports(run_dirs: list[Path], out_dir: Path | None = None, x: str = "t
     spreadsheet = out / "results.xlsx"
     write_workbook(spreadsheet, runs, frame, reference)
     markdown, html = out / "report.md", out / "report.html"
-    figures = write_sweep_report(runs, frame, reference, markdown, html, x)
+    figures = write_sweep_report(runs, frame, reference, markdown, html, tflops)
     return ReportPaths(spreadsheet=spreadsheet, markdown=markdown, html=html, figures=figures)

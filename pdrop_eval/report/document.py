@@ -51,6 +51,13 @@ def fmt(value: object, decimals: int = 2, signed: bool = False) -> str:
     return str(value) or MISSING
 
 
+def fmt_tflops(value: object) -> str:
+    """Two decimals like the paper, but three significant digits for tiny models that would all read 0.00."""
+    if isinstance(value, float) and not math.isnan(value) and 0 < abs(value) < 0.01:
+        return f"{value:.3g}"
+    return fmt(value)
+
+
 def _md_escape(text: str) -> str:
     """Schedule labels are full of underscores; unescaped they would turn into italics."""
     for char in "\\`*_|[]<>":

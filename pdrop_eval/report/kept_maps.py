@@ -93,18 +93,21 @@ def draw_kept_map(sample: KeptSample, grid: tuple[int, int], out_path: Path) -> 
     height, width = image.shape[:2]
     rows, cols = grid
     panels = len(sample.kept) + 1
-    fig = Figure(figsize=(3.1 * panels, 3.9), layout="constrained")
+    fig = Figure(figsize=(3.1 * panels, 3.9))
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.02, top=0.80, wspace=0.06)
     axes = fig.subplots(1, panels, squeeze=False)
-    axes[0, 0].imshow(image)
+    axes[0, 0].imshow(image, interpolation="nearest")
     axes[0, 0].set_title(f"input: {sample.num_image_tokens} image tokens\n({rows}×{cols} patches)", fontsize=10)
+    # Patch (r, c) covers the pixels whose row maps to r and column to c; works when the size is not a multiple.
+    pixel_rows = np.arange(height) * rows // height
+    pixel_cols = np.arange(width) * cols // width
     for stage, (kept, layer) in enumerate(zip(sample.kept, sample.layers), start=1):
-        dropped = np.ones(rows * cols, dtype=bool)
-        dropped[list(kept)] = False
-        overlay = np.zeros((rows, cols, 4))
-        overlay[..., 3] = dropped.reshape(rows, cols) * DIM_ALPHA
+        kept_patches = np.zeros(rows * cols, dtype=bool)
+        kept_patches[list(kept)] = True
+        kept_pixels = kept_patches.reshape(rows, cols)[pixel_rows][:, pixel_cols]
+        shade = np.where(kept_pixels[..., None], 1.0, 1.0 - DIM_ALPHA)
         ax = axes[0, stage]
-        ax.imshow(image)
-        ax.imshow(overlay, extent=(0, width, height, 0), interpolation="nearest")
+        ax.imshow((image * shade).astype(np.uint8), interpolation="nearest")
         share = len(kept) / sample.num_image_tokens * 100
         ax.set_title(f"after layer {layer}: {len(kept)} kept\n({share:.1f}% of {sample.num_image_tokens})", fontsize=10)
     for ax in axes[0]:

@@ -11,22 +11,17 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from pdrop_eval.report.table import pdrop_curves
+from pdrop_eval.report.table import TFLOPS_CONVENTIONS, pdrop_curves
 
-CONVENTIONS = {
-    "tflops_paper": "paper convention: image tokens in the LLM, multiply-accumulates",
-    "tflops_exact": "exact: every FLOP that ran, prefill and decode",
-}
 MARKERS = {"vanilla": "*", "fastv": "D", "random": "X", "pdrop": "o"}
 _MARKER_SIZE = {"*": 15, "D": 8, "X": 10, "o": 7}
 # A paper point shares our axis only when both are on the paper's scale and within this factor of each other.
 _SAME_SCALE = 2.0
 
 
-def plot_task(
-    rows: pd.DataFrame, reference: pd.DataFrame, x: str, out_path: Path, task: str
-) -> Path:
+def plot_task(rows: pd.DataFrame, reference: pd.DataFrame, convention: str, out_path: Path, task: str) -> Path:
     """Write the plot for one task's rows (one or several runs) and its published reference rows."""
+    x = f"tflops_{convention}"
     metric = rows["primary_metric"].iloc[0]
     fig = Figure(figsize=(9.5, 5.2))
     ax = fig.add_subplot()
@@ -55,7 +50,7 @@ def plot_task(
                                     color="0.25")
             handles.append(handle)
             labels.append(f"paper: {point['paper_method']}")
-    ax.set_xlabel(f"TFLOPs per sample ({CONVENTIONS[x]})")
+    ax.set_xlabel(f"TFLOPs per sample, {convention} convention ({TFLOPS_CONVENTIONS[convention]})")
     ax.set_ylabel(f"{metric} (%)")
     ax.set_title(f"{task}: {metric} vs TFLOPs — higher and further left is better")
     ax.grid(True, alpha=0.3)

@@ -25,6 +25,8 @@ from pdrop_eval.report.load import Run
 from pdrop_eval.report.table import headline_keys, is_count_key, metric_keys
 
 SCORE, TFLOPS, COUNT, ONE_DECIMAL, TEXT = "0.00", "0.00", "0", "0.0", "@"
+# Tiny test/demo models cost millionths of a TFLOP: two decimals would print 0.00 for every schedule.
+TINY_TFLOPS = "0.00E+00"
 _GREEN = PatternFill(start_color="C6EFCE", end_color="C6EFCE", fill_type="solid")
 _RED = PatternFill(start_color="FFC7CE", end_color="FFC7CE", fill_type="solid")
 _INVALID_SHEET_CHARS = re.compile(r"[\[\]:*?/\\]")
@@ -54,6 +56,11 @@ def _metric(key: str) -> Callable[[pd.Series], Any]:
 def _non_primary_metric(key: str) -> Callable[[pd.Series], Any]:
     """Blank where `key` is the row's primary: that value already sits in the Primary column."""
     return lambda row: None if row["primary_metric"] == key else row["metrics"].get(key)
+
+
+def tflops_format(values: pd.Series) -> str:
+    largest = values.abs().max()
+    return TINY_TFLOPS if pd.notna(largest) and 0 < largest < 0.01 else TFLOPS
 
 
 def _metric_format(key: str) -> str:
@@ -88,8 +95,8 @@ def summary_columns(frame: pd.DataFrame) -> list[Column]:
         Column("Primary", _field("primary"), SCORE),
         Column("Δ vs vanilla", _field("delta_vs_vanilla"), SCORE, signed_colour=True),
         *headline,
-        Column("TFLOPs (paper)", _field("tflops_paper"), TFLOPS),
-        Column("TFLOPs (exact)", _field("tflops_exact"), TFLOPS),
+        Column("TFLOPs (paper)", _field("tflops_paper"), tflops_format(frame["tflops_paper"])),
+        Column("TFLOPs (exact)", _field("tflops_exact"), tflops_format(frame["tflops_exact"])),
         Column("Retained image tokens", _field("retained_tokens"), ONE_DECIMAL),
         Column("Prefill ms", _field("prefill_ms"), ONE_DECIMAL),
         Column("Decode ms/token", _field("decode_ms_per_token"), ONE_DECIMAL),
@@ -103,26 +110,27 @@ def task_columns(rows: pd.DataFrame, with_run: bool) -> list[Column]:
     keys = sorted(metric_keys(rows), key=lambda k: k != primary)
     return [
         *_schedule_columns(with_run),
-        Column("TFLOPs (paper)", _field("tflops_paper"), TFLOPS),
+        Column("TFLOPs (paper)", _field("tflops_paper"), tflops_format(rows["tflops_paper"])),
         Column("Δ vs vanilla", _field("delta_vs_vanilla"), SCORE, signed_colour=True),
         *(Column(f"{k} (primary)" if k == primary else k, _metric(k), _metric_format(k)) for k in keys),
     ]
 
 
-REFERENCE_SHEET_COLUMNS = [
-    Column("Run", _field("run")),
-    Column("Task", _field("task")),
-    Column("Paper model", _field("paper_model")),
-    Column("Metric", _field("paper_metric")),
-    Column("Paper method", _field("paper_method")),
-    Column("Paper TFLOPs", _field("paper_tflops"), TFLOPS),
-    Column("Paper score", _field("paper_score"), SCORE),
-    Column("Our schedule", _field("schedule")),
-    Column("Our TFLOPs (paper convention)", _field("tflops_paper"), TFLOPS),
-    Column("Our score", _field("primary"), SCORE),
-    Column("Ours − paper", _field("ours_minus_paper"), SCORE, signed_colour=True),
-    Column("Source", _field("source")),
-]
+def reference_columns(reference: pd.DataFrame) -> list[Column]:
+    return [
+        Column("Run", _field("run")),
+        Column("Task", _field("task")),
+        Column("Paper model", _field("paper_model")),
+        Column("Metric", _field("paper_metric")),
+        Column("Paper method", _field("paper_method")),
+        Column("Paper TFLOPs", _field("paper_tflops"), TFLOPS),
+        Column("Paper score", _field("paper_score"), SCORE),
+        Column("Our schedule", _field("schedule")),
+        Column("Our TFLOPs (paper convention)", _field("tflops_paper"), tflops_format(reference["tflops_paper"])),
+        Column("Our score", _field("primary"), SCORE),
+        Column("Ours − paper", _field("ours_minus_paper"), SCORE, signed_colour=True),
+        Column("Source", _field("source")),
+    ]
 
 
 def write_workbook(path: Path, runs: list[Run], frame: pd.DataFrame, reference: pd.DataFrame) -> None:
@@ -136,7 +144,7 @@ def write_workbook(path: Path, runs: list[Run], frame: pd.DataFrame, reference: 
         name = sheet_name(str(task), names)
         names.add(name)
         _write_table(workbook.create_sheet(name), task_columns(rows, with_run), rows)
-    _write_table(workbook.create_sheet("Reference"), REFERENCE_SHEET_COLUMNS, reference)
+    _write_table(workbook.create_sheet("Reference"), reference_columns(reference), reference)
     _write_provenance(workbook.create_sheet("Provenance"), runs)
     workbook.save(path)
 
@@ -185,6 +193,8 @@ def _fit_widths(sheet: Worksheet, columns: list[Column]) -> None:
 
 
 def _display(value: Any, number_format: str) -> str:
+    if isinstance(value, float) and number_format == TINY_TFLOPS:
+        return f"{value:.2E}"
     if isinstance(value, float) and number_format in (SCORE, COUNT, ONE_DECIMAL):
         decimals = {SCORE: 2, COUNT: 0, ONE_DECIMAL: 1}[number_format]
         return f"{value:.{decimals}f}"

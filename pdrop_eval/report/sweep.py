@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from pdrop_eval.report.document import Block, Figure, Heading, Paragraph, Table, fmt, to_html, to_markdown
+from pdrop_eval.report.document import Block, Figure, Heading, Paragraph, Table, fmt, fmt_tflops, to_html, to_markdown
 from pdrop_eval.report.kept_maps import KeptSample, draw_kept_map, find_kept_samples, grid_mismatch
 from pdrop_eval.report.load import Run
-from pdrop_eval.report.plots import CONVENTIONS, plot_task
+from pdrop_eval.report.plots import plot_task
 from pdrop_eval.report.reference import match_method
-from pdrop_eval.report.table import pareto_front
+from pdrop_eval.report.table import TFLOPS_CONVENTIONS, pareto_front
 
 KEPT_MAPS_PER_TASK = 3
 _UNSAFE_FILENAME = re.compile(r"[^A-Za-z0-9._-]+")
@@ -26,31 +26,33 @@ def write_sweep_report(
     reference: pd.DataFrame,
     markdown_path: Path,
     html_path: Path,
-    x: str = "tflops_paper",
+    convention: str = "paper",
 ) -> list[Path]:
     """Write report.md (linking PNGs in <out>/report_files/) and report.html (embedding them); return the PNGs."""
     files_dir = markdown_path.parent / "report_files"
-    blocks = sweep_blocks(runs, frame, reference, files_dir, x)
+    blocks = sweep_blocks(runs, frame, reference, files_dir, convention)
     title = "PyramidDrop sweep: " + ", ".join(run.name for run in runs)
     markdown_path.write_text(to_markdown(blocks, markdown_path.parent), encoding="utf-8")
     html_path.write_text(to_html(blocks, title), encoding="utf-8")
     return [b.path for b in blocks if isinstance(b, Figure)]
 
 
-def sweep_blocks(runs: list[Run], frame: pd.DataFrame, reference: pd.DataFrame, files_dir: Path, x: str) -> list[Block]:
+def sweep_blocks(
+    runs: list[Run], frame: pd.DataFrame, reference: pd.DataFrame, files_dir: Path, convention: str
+) -> list[Block]:
     several_runs = len(runs) > 1
     blocks: list[Block] = [
         Heading("PyramidDrop sweep: " + ", ".join(run.name for run in runs), 1),
         Paragraph(
             "TFLOPs are per sample. Paper convention: only image tokens inside the LLM, multiply-accumulates "
             "(reproduces the paper's 3.82 for LLaVA-1.5-7B). Exact: every FLOP that ran (all tokens, vision tower, "
-            f"ranking, decode). Plots use the {CONVENTIONS[x].split(':')[0]} convention on the x axis. "
+            f"ranking, decode). Plots and Pareto fronts use the {convention} convention. "
             "Δ is the primary metric minus vanilla's, same task and run."
         ),
         _runs_table(runs),
     ]
     for task, rows in frame.groupby("task", sort=False):
-        blocks += _task_blocks(str(task), rows, reference, runs, files_dir, x, several_runs)
+        blocks += _task_blocks(str(task), rows, reference, runs, files_dir, convention, several_runs)
     return blocks
 
 
@@ -75,20 +77,22 @@ def _task_blocks(
     reference: pd.DataFrame,
     runs: list[Run],
     files_dir: Path,
-    x: str,
+    convention: str,
     several_runs: bool,
 ) -> list[Block]:
     metric = rows["primary_metric"].iloc[0]
+    x = f"tflops_{convention}"
     safe = _UNSAFE_FILENAME.sub("_", task)
-    plot = plot_task(rows, reference, x, files_dir / f"{safe}_tflops.png", task)
+    plot = plot_task(rows, reference, convention, files_dir / f"{safe}_tflops.png", task)
     paper = reference[reference["task"] == task]
     blocks: list[Block] = [
         Heading(task, 2),
-        Figure(plot, f"{task}: {metric} against TFLOPs per sample ({CONVENTIONS[x]}); PDrop one curve per layer "
-                     "schedule over λ, baselines as single markers, the paper's published points hollow"),
+        Figure(plot, f"{task}: {metric} against TFLOPs per sample, {convention} convention "
+                     f"({TFLOPS_CONVENTIONS[convention]}); PDrop one curve per layer schedule over λ, baselines as "
+                     "single markers, the paper's published points hollow"),
         Heading("Schedules", 3),
-        _schedule_table(rows.sort_values(x, ascending=False), metric, several_runs),
-        Heading(f"Pareto front (highest {metric} for the TFLOPs, {CONVENTIONS[x].split(':')[0]} convention)", 3),
+        _schedule_table(rows.sort_values(["run", x], ascending=[True, False]), metric, several_runs),
+        Heading(f"Pareto front: the best {metric} for its TFLOPs ({convention} convention)", 3),
         _schedule_table(pareto_front(rows, x), metric, several_runs),
     ]
     if not paper.empty:
@@ -103,7 +107,7 @@ def _schedule_table(rows: pd.DataFrame, metric: str, several_runs: bool) -> Tabl
     body = [
         [
             r["schedule"], r["method"], fmt(r["lam"], 1), r["layers"] or "—", fmt(r["primary"]),
-            fmt(r["delta_vs_vanilla"], signed=True), fmt(r["tflops_paper"]), fmt(r["tflops_exact"]),
+            fmt(r["delta_vs_vanilla"], signed=True), fmt_tflops(r["tflops_paper"]), fmt_tflops(r["tflops_exact"]),
             fmt(r["retained_tokens"], 1), fmt(r["prefill_ms"], 1), fmt(r["samples_per_s"]),
         ]
         for _, r in rows.iterrows()
@@ -121,7 +125,7 @@ def _paper_table(paper: pd.DataFrame, several_runs: bool) -> Table:
     body = [
         [
             r["paper_method"], fmt(r["paper_tflops"]), fmt(r["paper_score"]), r["schedule"] or "no matching run",
-            fmt(r["tflops_paper"]), fmt(r["primary"]), fmt(r["ours_minus_paper"], signed=True),
+            fmt_tflops(r["tflops_paper"]), fmt(r["primary"]), fmt(r["ours_minus_paper"], signed=True),
         ]
         for _, r in paper.iterrows()
     ]
