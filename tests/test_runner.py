@@ -124,8 +124,23 @@ def test_corrupt_image_names_the_sample_and_keeps_finished_batches(tmp_path, mon
     _corrupt_docvqa(tmp_path / "lmu")
     monkeypatch.setenv("LMUData", str(tmp_path / "lmu"))
     code = cli.main(
-        ["--model", "tiny-llava", "--tasks", "docvqa", "--lambda", "0.5", "--batch-size", "2",
-         "--max-new-tokens", "2", "--output-dir", str(tmp_path), "--run-name", "c", "--no-report"]
+        [
+            "--model",
+            "tiny-llava",
+            "--tasks",
+            "docvqa",
+            "--lambda",
+            "0.5",
+            "--batch-size",
+            "2",
+            "--max-new-tokens",
+            "2",
+            "--output-dir",
+            str(tmp_path),
+            "--run-name",
+            "c",
+            "--no-report",
+        ]
     )
     err = _error(capsys.readouterr().err)
     assert code == 2 and "sample 3" in err and "DocVQA_VAL.tsv" in err
