@@ -9,7 +9,6 @@ from pathlib import Path
 import openpyxl
 import pytest
 
-from pdrop_eval.report import ReportPaths, build_reports
 from pdrop_eval.report.load import load_run
 from pdrop_eval.report.reference import reference_frame
 from pdrop_eval.report.spreadsheet import sheet_name, write_workbook
@@ -17,10 +16,18 @@ from pdrop_eval.report.table import results_frame
 from tests.run_fixtures import PAPER_ROWS, write_run_dir
 
 
+def _write(run_dir: Path, path: Path) -> Path:
+    runs = [load_run(run_dir)]
+    frame = results_frame(runs)
+    write_workbook(path, runs, frame, reference_frame(runs, frame))
+    return path
+
+
 @pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, ReportPaths]:
+def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The workbook alone (no plots), so these tests stay fast; test_report_sweep covers build_reports."""
     run_dir = write_run_dir(tmp_path_factory.mktemp("results"), "demo")
-    return run_dir, build_reports([run_dir])
+    return run_dir, _write(run_dir, run_dir / "results.xlsx")
 
 
 def _rows(sheet) -> list[dict[str, object]]:
@@ -32,10 +39,9 @@ def _metrics(run_dir: Path) -> dict:
     return json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
 
 
-def test_sheets_are_named_and_written_into_the_run_dir(built):
-    run_dir, paths = built
-    assert paths.spreadsheet == run_dir / "results.xlsx"
-    workbook = openpyxl.load_workbook(paths.spreadsheet)
+def test_sheets_are_named_with_a_frozen_bold_header(built):
+    _, path = built
+    workbook = openpyxl.load_workbook(path)
     assert workbook.sheetnames == ["Summary", "shapes", "pope", "Reference", "Provenance"]
     for sheet in workbook:
         assert sheet.freeze_panes == "A2"
@@ -43,8 +49,8 @@ def test_sheets_are_named_and_written_into_the_run_dir(built):
 
 
 def test_summary_equals_metrics_json(built):
-    run_dir, paths = built
-    summary = openpyxl.load_workbook(paths.spreadsheet)["Summary"]
+    run_dir, path = built
+    summary = openpyxl.load_workbook(path)["Summary"]
     header = [c.value for c in summary[1]]
     assert header[:11] == ["Run", "Task", "Schedule", "Method", "λ", "Layers", "Positions", "N", "Primary metric",
                            "Primary", "Δ vs vanilla"]
@@ -70,8 +76,8 @@ def test_summary_equals_metrics_json(built):
 
 
 def test_number_formats_and_delta_colours(built):
-    _, paths = built
-    summary = openpyxl.load_workbook(paths.spreadsheet)["Summary"]
+    _, path = built
+    summary = openpyxl.load_workbook(path)["Summary"]
     column = {c.value: c.column_letter for c in summary[1]}
     assert summary[f"{column['Primary']}2"].number_format == "0.00"
     assert summary[f"{column['TFLOPs (paper)']}2"].number_format == "0.00"
@@ -83,8 +89,8 @@ def test_number_formats_and_delta_colours(built):
 
 
 def test_task_sheet_has_pope_sub_metrics(built):
-    run_dir, paths = built
-    pope = openpyxl.load_workbook(paths.spreadsheet)["pope"]
+    run_dir, path = built
+    pope = openpyxl.load_workbook(path)["pope"]
     header = [c.value for c in pope[1]]
     assert "f1_mean (primary)" in header
     for category in ("adversarial", "popular", "random"):
@@ -99,8 +105,8 @@ def test_task_sheet_has_pope_sub_metrics(built):
 
 
 def test_reference_sheet_puts_paper_numbers_beside_ours(built):
-    run_dir, paths = built
-    rows = _rows(openpyxl.load_workbook(paths.spreadsheet)["Reference"])
+    run_dir, path = built
+    rows = _rows(openpyxl.load_workbook(path)["Reference"])
     assert [(r["Paper method"], r["Paper TFLOPs"], r["Paper score"]) for r in rows] == [
         (p["method"], p["tflops"], p["score"]) for p in PAPER_ROWS
     ]
@@ -112,8 +118,8 @@ def test_reference_sheet_puts_paper_numbers_beside_ours(built):
 
 
 def test_provenance_flattens_run_info(built):
-    run_dir, paths = built
-    fields = {r["Field"]: r["demo"] for r in _rows(openpyxl.load_workbook(paths.spreadsheet)["Provenance"])}
+    run_dir, path = built
+    fields = {r["Field"]: r["demo"] for r in _rows(openpyxl.load_workbook(path)["Provenance"])}
     assert fields["directory"] == str(run_dir)
     assert fields["git_sha"] == "abc123"
     assert fields["versions.transformers"] == "5.24.0"
@@ -138,11 +144,9 @@ def test_tiny_model_tflops_get_scientific_format(tmp_path):
         result["tflops_paper"] *= 1e-6
     metrics["results"][1]["primary"] = None
     (run_dir / "metrics.json").write_text(json.dumps(metrics), encoding="utf-8")
-    runs = [load_run(run_dir)]
-    frame = results_frame(runs)
+    frame = results_frame([load_run(run_dir)])
     assert math.isnan(frame["primary"][1]) and math.isnan(frame["delta_vs_vanilla"][1])
-    write_workbook(tmp_path / "tiny.xlsx", runs, frame, reference_frame(runs, frame))
-    summary = openpyxl.load_workbook(tmp_path / "tiny.xlsx")["Summary"]
+    summary = openpyxl.load_workbook(_write(run_dir, tmp_path / "tiny.xlsx"))["Summary"]
     column = {c.value: c.column_letter for c in summary[1]}
     assert summary[f"{column['TFLOPs (paper)']}2"].number_format == "0.00E+00"
     assert summary[f"{column['Primary']}3"].value is None

@@ -8,6 +8,7 @@ row-major over the fixed patch grid of the padded square image; models without a
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,10 +88,23 @@ def grid_mismatch(sample: KeptSample, grid: tuple[int, int]) -> str | None:
     return None
 
 
+def dim_dropped(image: np.ndarray, kept: Sequence[int], grid: tuple[int, int]) -> np.ndarray:
+    """The image with every patch not in `kept` (row-major indices on `grid`) darkened by DIM_ALPHA.
+
+    Patch (r, c) covers the pixels whose row maps to r and column to c, so sizes need not be a multiple of the grid.
+    """
+    height, width = image.shape[:2]
+    rows, cols = grid
+    kept_patches = np.zeros(rows * cols, dtype=bool)
+    kept_patches[list(kept)] = True
+    kept_pixels = kept_patches.reshape(rows, cols)[np.arange(height) * rows // height][:, np.arange(width) * cols // width]
+    shade = np.where(kept_pixels[..., None], 1.0, 1.0 - DIM_ALPHA)
+    return (image * shade).astype(np.uint8)
+
+
 def draw_kept_map(sample: KeptSample, grid: tuple[int, int], out_path: Path) -> Path:
     """One panel for the input and one per stage; kept patches at full brightness, dropped ones dimmed."""
     image = np.asarray(Image.open(sample.image).convert("RGB"))
-    height, width = image.shape[:2]
     rows, cols = grid
     panels = len(sample.kept) + 1
     fig = Figure(figsize=(3.1 * panels, 3.9))
@@ -98,16 +112,9 @@ def draw_kept_map(sample: KeptSample, grid: tuple[int, int], out_path: Path) -> 
     axes = fig.subplots(1, panels, squeeze=False)
     axes[0, 0].imshow(image, interpolation="nearest")
     axes[0, 0].set_title(f"input: {sample.num_image_tokens} image tokens\n({rows}×{cols} patches)", fontsize=10)
-    # Patch (r, c) covers the pixels whose row maps to r and column to c; works when the size is not a multiple.
-    pixel_rows = np.arange(height) * rows // height
-    pixel_cols = np.arange(width) * cols // width
     for stage, (kept, layer) in enumerate(zip(sample.kept, sample.layers), start=1):
-        kept_patches = np.zeros(rows * cols, dtype=bool)
-        kept_patches[list(kept)] = True
-        kept_pixels = kept_patches.reshape(rows, cols)[pixel_rows][:, pixel_cols]
-        shade = np.where(kept_pixels[..., None], 1.0, 1.0 - DIM_ALPHA)
         ax = axes[0, stage]
-        ax.imshow((image * shade).astype(np.uint8), interpolation="nearest")
+        ax.imshow(dim_dropped(image, kept, grid), interpolation="nearest")
         share = len(kept) / sample.num_image_tokens * 100
         ax.set_title(f"after layer {layer}: {len(kept)} kept\n({share:.1f}% of {sample.num_image_tokens})", fontsize=10)
     for ax in axes[0]:
