@@ -8,6 +8,7 @@ import tempfile
 from collections.abc import Callable
 
 import pytest
+import torch
 
 from pdrop_eval.models.cache import CACHE_ENV
 
@@ -15,8 +16,14 @@ _created_cache: str | None = None
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Build tiny models into a fresh cache so a stale one from older code can never leak into a run."""
+    """Build tiny models into a fresh cache so a stale one from older code can never leak into a run.
+
+    Tests run on one torch thread unless OMP_NUM_THREADS says otherwise: their tensors are tiny, and on a small
+    shared machine intra-op threads spin against each other and made the model tests 3-6x slower, not faster.
+    """
     global _created_cache
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(1)
     if CACHE_ENV not in os.environ:
         _created_cache = tempfile.mkdtemp(prefix="pdrop_eval_test_cache_")
         os.environ[CACHE_ENV] = _created_cache
