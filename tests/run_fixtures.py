@@ -41,7 +41,9 @@ def standard_schedules() -> list[FixtureSchedule]:
     schedules = [
         FixtureSchedule("vanilla", "vanilla", None, (), (), "compact"),
         FixtureSchedule("fastv_k2_r0.5", "fastv", None, (2,), (0.5,), "original"),
-        FixtureSchedule("random_8-16-24_r0.5-0.25-0.125_s0", "random", None, (8, 16, 24), (0.5, 0.25, 0.125), "compact"),
+        FixtureSchedule(
+            "random_8-16-24_r0.5-0.25-0.125_s0", "random", None, (8, 16, 24), (0.5, 0.25, 0.125), "compact"
+        ),
     ]
     for layers in ((8, 16, 24), (4, 12, 20)):
         for lam in (0.3, 0.5, 0.7):
@@ -94,7 +96,8 @@ def _pope_metrics(f1_target: float, n_per_category: int) -> dict[str, float]:
         accs.append(acc)
         out.update({
             f"accuracy/{cat}": acc * 100, f"precision/{cat}": precision * 100, f"recall/{cat}": recall * 100,
-            f"f1/{cat}": f1 * 100, f"yes_pct/{cat}": (tp + fp) / n_per_category * 100, f"n/{cat}": float(n_per_category),
+            f"f1/{cat}": f1 * 100, f"yes_pct/{cat}": (tp + fp) / n_per_category * 100,
+            f"n/{cat}": float(n_per_category),
             f"tp/{cat}": float(tp), f"fp/{cat}": float(fp), f"tn/{cat}": float(tn), f"fn/{cat}": float(fn),
         })
     out["f1_mean"] = sum(f1s) / 3 * 100
@@ -243,7 +246,10 @@ def _write_predictions(
     path.parent.mkdir(parents=True, exist_ok=True)
     lines = []
     for sample_id in SAMPLE_IDS:
-        kept = kept_indices(schedule, sample_id, grid) if grid else [list(range(int(n_image * r))) for r in schedule.ratios]
+        if grid:
+            kept = kept_indices(schedule, sample_id, grid)
+        else:
+            kept = [list(range(int(n_image * r))) for r in schedule.ratios]
         lines.append(json.dumps({
             "id": sample_id, "prompt": "USER: <image>\nWhat colour is the circle? ASSISTANT:", "prediction": "red",
             "gold": "red", "score": 1.0, "meta": {}, "image_source": f"synthetic:{sample_id}",

@@ -74,7 +74,9 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
             try:
                 records.append(json.loads(line))
             except json.JSONDecodeError as err:
-                raise PdropEvalError(f"{path} line {number} is not valid JSON ({err}); the file may be truncated") from err
+                raise PdropEvalError(
+                    f"{path} line {number} is not valid JSON ({err}); the file may be truncated"
+                ) from err
     return records
 
 
@@ -97,7 +99,8 @@ def dim_dropped(image: np.ndarray, kept: Sequence[int], grid: tuple[int, int]) -
     rows, cols = grid
     kept_patches = np.zeros(rows * cols, dtype=bool)
     kept_patches[list(kept)] = True
-    kept_pixels = kept_patches.reshape(rows, cols)[np.arange(height) * rows // height][:, np.arange(width) * cols // width]
+    patch_of_row, patch_of_col = np.arange(height) * rows // height, np.arange(width) * cols // width
+    kept_pixels = kept_patches.reshape(rows, cols)[patch_of_row][:, patch_of_col]
     shade = np.where(kept_pixels[..., None], 1.0, 1.0 - DIM_ALPHA)
     return (image * shade).astype(np.uint8)
 
