@@ -85,9 +85,11 @@ def to_markdown(blocks: list[Block], base: Path) -> str:
 
 
 _STYLE = """
-body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }
+body { font-family: system-ui, sans-serif; max-width: 1200px; margin: 2em auto; padding: 0 1em; color: #222; }
 table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.9em; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; }
+td { white-space: nowrap; }
+.wide { overflow-x: auto; }
 th { background: #f0f0f0; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
 figure { margin: 1em 0 2em; }
@@ -109,10 +111,10 @@ def to_html(blocks: list[Block], title: str) -> str:
         elif isinstance(block, Paragraph):
             parts.append(f"<p>{html.escape(block.text)}</p>")
         elif isinstance(block, Table):
-            parts.append("<table><thead><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in block.columns))
-            parts.append("</tr></thead><tbody>")
+            header = "".join(f"<th>{html.escape(c)}</th>" for c in block.columns)
+            parts.append(f'<div class="wide"><table><thead><tr>{header}</tr></thead><tbody>')
             parts += ["<tr>" + "".join(_html_cell(c) for c in row) + "</tr>" for row in block.rows]
-            parts.append("</tbody></table>")
+            parts.append("</tbody></table></div>")
         else:
             data = base64.b64encode(block.path.read_bytes()).decode("ascii")
             caption = html.escape(block.caption)
@@ -125,5 +127,9 @@ def to_html(blocks: list[Block], title: str) -> str:
 
 
 def _html_cell(text: str) -> str:
-    numeric = text.lstrip("+-").replace(".", "", 1).isdigit()
+    """Measured numbers (written with decimals) align right; labels such as layers "2" stay left."""
+    try:
+        numeric = "." in text and math.isfinite(float(text))
+    except ValueError:
+        numeric = False
     return f'<td class="num">{html.escape(text)}</td>' if numeric else f"<td>{html.escape(text)}</td>"

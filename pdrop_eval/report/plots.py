@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
+from matplotlib import patheffects
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
@@ -15,6 +16,10 @@ from pdrop_eval.report.table import TFLOPS_CONVENTIONS, pdrop_curves
 
 MARKERS = {"vanilla": "*", "fastv": "D", "random": "X", "pdrop": "o"}
 _MARKER_SIZE = {"*": 15, "D": 8, "X": 10, "o": 7}
+# λ labels of alternate curves go below and above their points, so neighbouring curves' labels (several layer
+# schedules or runs with similar costs) do not print over each other.
+_LAMBDA_LABEL_OFFSETS = ((5, -11), (5, 5))
+_HALO = [patheffects.withStroke(linewidth=2.5, foreground="white")]
 # A paper point shares our axis only when both are on the paper's scale and within this factor of each other.
 _SAME_SCALE = 2.0
 
@@ -26,13 +31,14 @@ def plot_task(rows: pd.DataFrame, reference: pd.DataFrame, convention: str, out_
     fig = Figure(figsize=(9.5, 5.2))
     ax = fig.add_subplot()
     colours = iter(f"C{i}" for i in range(1000))
-    for label, curve in pdrop_curves(rows, x).items():
+    for i, (label, curve) in enumerate(pdrop_curves(rows, x).items()):
         colour = next(colours)
         ax.plot(curve[x], curve["primary"], marker="o", ms=_MARKER_SIZE["o"], color=colour, label=label)
+        offset = _LAMBDA_LABEL_OFFSETS[i % len(_LAMBDA_LABEL_OFFSETS)]
         for _, point in curve.iterrows():
             if pd.notna(point["lam"]):
-                ax.annotate(f"λ{point['lam']:g}", (point[x], point["primary"]), xytext=(5, -11),
-                            textcoords="offset points", fontsize=8, color=colour)
+                ax.annotate(f"λ{point['lam']:g}", (point[x], point["primary"]), xytext=offset, zorder=5,
+                            textcoords="offset points", fontsize=8, color=colour, path_effects=_HALO)
     several_runs = rows["run"].nunique() > 1
     for _, point in rows[rows["method"] != "pdrop"].iterrows():
         marker = MARKERS.get(point["method"], "s")
@@ -54,6 +60,7 @@ def plot_task(rows: pd.DataFrame, reference: pd.DataFrame, convention: str, out_
     ax.set_ylabel(f"{metric} (%)")
     ax.set_title(f"{task}: {metric} vs TFLOPs — higher and further left is better")
     ax.grid(True, alpha=0.3)
+    ax.margins(x=0.08, y=0.08)
     ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False)
     fig.tight_layout()
     out_path.parent.mkdir(parents=True, exist_ok=True)
