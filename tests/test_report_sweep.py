@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from pdrop_eval.errors import PdropEvalError
 from pdrop_eval.report import ReportPaths, build_reports
 from pdrop_eval.report.kept_maps import DIM_ALPHA, dim_dropped
 from pdrop_eval.report.table import pareto_front
@@ -105,3 +106,11 @@ def test_grid_less_model_says_maps_need_a_fixed_grid(tmp_path):
     markdown = paths.markdown.read_text(encoding="utf-8")
     assert "need a fixed patch grid" in markdown
     assert "exact convention" in markdown
+
+
+def test_truncated_predictions_file_is_a_clear_error(tmp_path):
+    run_dir = write_run_dir(tmp_path, "cut", tasks=("shapes",))
+    predictions = run_dir / "predictions/shapes/pdrop_lam0.5_8-16-24.jsonl"
+    predictions.write_text('{"id": 0, "kept_image_indices": [[1, 2', encoding="utf-8")
+    with pytest.raises(PdropEvalError, match="line 1 is not valid JSON"):
+        build_reports([run_dir])

@@ -8,7 +8,7 @@ row-major over the fixed patch grid of the padded square image; models without a
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,19 +65,18 @@ def find_kept_samples(
     return found
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    records = []
+def _read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
+    """Lazily, so finding the first few samples does not parse a whole task's predictions."""
     with path.open(encoding="utf-8") as lines:
         for number, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
             try:
-                records.append(json.loads(line))
+                yield json.loads(line)
             except json.JSONDecodeError as err:
                 raise PdropEvalError(
                     f"{path} line {number} is not valid JSON ({err}); the file may be truncated"
                 ) from err
-    return records
 
 
 def grid_mismatch(sample: KeptSample, grid: tuple[int, int]) -> str | None:
