@@ -78,8 +78,8 @@ def test_outputs_depend_on_image_and_prompt(name, tiny_vlm):
     image, other_image = images()[0], scene((200, 100), (0, 0, 255))
     prompts = [PROMPTS[0], PROMPTS[0], "What shape is the circle?"]
     base, changed_image, changed_prompt = logits(tiny_vlm(name), prompts, [image, other_image, image])
-    assert (base - changed_image).abs().max() > 1.0
-    assert (base - changed_prompt).abs().max() > 1.0
+    assert (base - changed_image).abs().max() > 0.1
+    assert (base - changed_prompt).abs().max() > 0.1
 
 
 @pytest.mark.parametrize("name", list(TINY_MODELS))
