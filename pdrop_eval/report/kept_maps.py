@@ -48,13 +48,13 @@ def find_kept_samples(
     for record in _read_jsonl(path):
         sample_id = str(record.get("id"))
         kept = record.get("kept_image_indices")
-        if sample_id not in images or not kept:
+        if image_file_stem(sample_id) not in images or not kept:
             continue
         found.append(KeptSample(
             task=task,
             run=run,
             sample_id=sample_id,
-            image=images[sample_id],
+            image=images[image_file_stem(sample_id)],
             schedule=schedule,
             layers=layers,
             num_image_tokens=int(record.get("num_image_tokens") or 0),
@@ -63,6 +63,11 @@ def find_kept_samples(
         if len(found) == limit:
             break
     return found
+
+
+def image_file_stem(sample_id: str) -> str:
+    """The runner's file name for a sample id: characters other than letters, digits and ._- become "_"."""
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in sample_id)
 
 
 def _read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
