@@ -33,3 +33,9 @@ test-compat: $(COMPAT_VENV)/.installed
 
 clean:
 	rm -rf $(VENV) $(COMPAT_VENV) build *.egg-info
+
+# A real sweep on the embedded tiny model and the synthetic `shapes` task: vanilla, FastV and PDrop λ 0.3/0.5/0.7.
+# The tiny model has random weights, so its answers are noise; what the demo shows is the whole pipeline.
+demo: install
+	$(PY) run_eval.py --model tiny-llava --tasks shapes --baselines vanilla,fastv --lambda 0.3,0.5,0.7 \
+		--limit 24 --batch-size 8 --max-new-tokens 8 --run-name demo --overwrite

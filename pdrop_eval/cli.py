@@ -81,6 +81,8 @@ def build_report_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("run_dirs", nargs="+", help="run folders holding metrics.json")
     parser.add_argument("--out", default=None, help="output folder (required when merging several runs)")
+    parser.add_argument("--tflops", choices=("paper", "exact"), default="paper",
+                        help="TFLOPs convention on the plots' x axis and for the Pareto front (default: paper)")
     return parser
 
 
@@ -149,7 +151,7 @@ def _report(argv: Sequence[str]) -> int:
     from pdrop_eval.report import build_reports
 
     args = build_report_parser().parse_args(argv)
-    paths = build_reports([Path(d) for d in args.run_dirs], Path(args.out) if args.out else None)
+    paths = build_reports([Path(d) for d in args.run_dirs], Path(args.out) if args.out else None, tflops=args.tflops)
     print(f"wrote {paths.spreadsheet}\nwrote {paths.markdown}\nwrote {paths.html}")
     return 0
 

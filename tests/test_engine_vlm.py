@@ -108,7 +108,7 @@ def test_batch_of_four_equals_four_single_runs(name):
         ]
         assert mine.trace.kept_image_indices == theirs.trace.kept_image_indices
         assert mine.token_ids == theirs.token_ids
-        torch.testing.assert_close(single.step_logits[0], batched.step_logits[row], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(single.step_logits[0], batched.step_logits[row], atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("name", TINY)
@@ -163,7 +163,7 @@ def test_eager_attention_equals_sdpa():
     assert [g.trace.kept_image_indices for g in outputs[0].generations] == [
         g.trace.kept_image_indices for g in outputs[1].generations
     ]
-    torch.testing.assert_close(outputs[0].step_logits, outputs[1].step_logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(outputs[0].step_logits, outputs[1].step_logits, atol=1e-4, rtol=1e-4)
 
 
 def test_reused_image_features_give_the_same_result():

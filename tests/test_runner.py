@@ -188,3 +188,21 @@ def test_missing_model_and_unwritable_output_and_deep_layer(tmp_path, capsys):
     deep = ["--model", "tiny-llava", "--layers", "8,16,40", "--output-dir", str(tmp_path)]
     assert cli.main([*common, *deep]) == 2
     assert "beyond the model's depth: it has 32 decoder layers" in _error(capsys.readouterr().err)
+
+
+def test_run_ends_with_report_which_report_command_rebuilds(tmp_path, capsys):
+    args = [*BASE, "--limit", "2", "--lambda", "0.5", "--baselines", "vanilla", "--output-dir", str(tmp_path)]
+    assert cli.main([*args, "--run-name", "a"]) == 0
+    run_dir = tmp_path / "a"
+    outputs = [run_dir / name for name in ("results.xlsx", "report.md", "report.html")]
+    assert all(path.stat().st_size > 0 for path in outputs)
+    for path in outputs:
+        path.unlink()
+    assert cli.main(["report", str(run_dir)]) == 0
+    assert all(path.stat().st_size > 0 for path in outputs)
+    assert cli.main([*args, "--run-name", "b"]) == 0
+    assert cli.main(["report", str(run_dir), str(tmp_path / "b"), "--out", str(tmp_path / "both")]) == 0
+    assert (tmp_path / "both" / "results.xlsx").exists()
+    capsys.readouterr()
+    assert cli.main(["report", str(run_dir), str(tmp_path / "b")]) == 2
+    assert "--out" in _error(capsys.readouterr().err)
