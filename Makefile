@@ -38,4 +38,4 @@ clean:
 # The tiny model has random weights, so its answers are noise; what the demo shows is the whole pipeline.
 demo: install
 	$(PY) run_eval.py --model tiny-llava --tasks shapes --baselines vanilla,fastv --lambda 0.3,0.5,0.7 \
-		--limit 24 --batch-size 8 --max-new-tokens 8 --run-name demo --overwrite
+		--limit 48 --batch-size 8 --max-new-tokens 8 --run-name demo --overwrite

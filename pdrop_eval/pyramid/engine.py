@@ -128,6 +128,7 @@ class _Stage:
     end: int
     key_valid: torch.Tensor  # [B, L_s] bool
     next_position: torch.Tensor  # [B] long
+    padded: bool
 
 
 @dataclass
@@ -144,13 +145,19 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def build_attention_mask(key_valid: torch.Tensor, query_length: int, attn_implementation: str, dtype: torch.dtype):
+def build_attention_mask(
+    key_valid: torch.Tensor, query_length: int, attn_implementation: str, dtype: torch.dtype, padded: bool = True
+):
     """The mask every layer of a stage gets, in the form its attention kernel expects.
 
     Queries are the last `query_length` keys. A query sees valid keys at or before it, and always itself, so padding
     rows are never fully masked (SDPA would turn those into NaN). SDPA takes bool (True = attend); eager an additive
-    float mask (a bool mask there would be silently wrong); flash-attention the 2D padding mask.
+    float mask (a bool mask there would be silently wrong); flash-attention the 2D padding mask. Without padding,
+    SDPA and flash-attention get no mask at all: prefill is then square and causal, decode sees every key, and the
+    kernels take their faster mask-free path.
     """
+    if not padded and attn_implementation in ("sdpa", "flash_attention_2"):
+        return None
     if attn_implementation == "flash_attention_2":
         return key_valid.long()
     key_length = key_valid.shape[1]
@@ -274,7 +281,8 @@ def prefill(
     rank_s = 0.0
     ranges = schedule.stage_ranges(parts.num_layers)
     for stage, (start, end) in enumerate(ranges):
-        mask = build_attention_mask(valid, valid.shape[1], parts.attn_implementation, hidden.dtype)
+        padded = not bool(valid.all())
+        mask = build_attention_mask(valid, valid.shape[1], parts.attn_implementation, hidden.dtype, padded)
         position_embeddings = parts.rotary_emb(hidden, positions)
         fastv_layer = end - 1 if schedule.ranker == "fastv" and stage < len(ranges) - 1 else None
         hidden, fastv_input = _run_layers(
@@ -286,7 +294,7 @@ def prefill(
             trace.tokens_per_layer.extend([length] * (end - start))
             trace.image_tokens_per_layer.extend([count] * (end - start))
         next_position = valid.sum(-1) if schedule.positions == "compact" else prompt_lengths.clone()
-        stages.append(_Stage(start, end, valid, next_position))
+        stages.append(_Stage(start, end, valid, next_position, padded))
         if stage == len(ranges) - 1:
             break
 
@@ -329,7 +337,7 @@ def _decode_step(parts: DecoderParts, tokens: torch.Tensor, state: PrefillResult
     for stage in state.stages:
         stage.key_valid = torch.cat([stage.key_valid, stage.key_valid.new_ones(stage.key_valid.shape[0], 1)], dim=1)
         positions = (stage.next_position + step)[:, None]
-        mask = build_attention_mask(stage.key_valid, 1, parts.attn_implementation, hidden.dtype)
+        mask = build_attention_mask(stage.key_valid, 1, parts.attn_implementation, hidden.dtype, stage.padded)
         position_embeddings = parts.rotary_emb(hidden, positions)
         hidden, _ = _run_layers(parts, hidden, stage.start, stage.end, mask, positions, position_embeddings, state.cache)
     return parts.lm_head(parts.norm(hidden))[:, 0]
