@@ -16,7 +16,6 @@ import json
 import platform
 import statistics
 import sys
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -24,9 +23,10 @@ import torch
 import transformers
 
 from pdrop_eval.models.presets import preset_config
-from pdrop_eval.pyramid.engine import DecoderParts, synchronize
+from pdrop_eval.pyramid.engine import DecoderParts
 from pdrop_eval.pyramid.flops import ModelShape, sample_flops
 from pdrop_eval.pyramid.schedule import DropSchedule
+from pdrop_eval.pyramid.timing import Stopwatch
 from pdrop_eval.pyramid.vlm import generate
 
 TEXT_BEFORE_IMAGE = 35  # system prompt + "USER: "
@@ -102,14 +102,13 @@ def bench_engine(model, parts, schedule, batch, new_tokens, repeats, device, dty
     input_ids, mask, pixels = _inputs(model, batch, device, dtype)
 
     def run() -> dict:
-        synchronize(device)
-        start = time.perf_counter()
-        result = generate(model, input_ids, mask, schedule, pixel_values=pixels, max_new_tokens=new_tokens, parts=parts)
-        synchronize(device)
-        total = time.perf_counter() - start
+        with Stopwatch(device) as watch:
+            result = generate(
+                model, input_ids, mask, schedule, pixel_values=pixels, max_new_tokens=new_tokens, parts=parts
+            )
         timings = result.timings
         return {
-            "total": total,
+            "total": watch.seconds,
             "prefill": timings.vision_s + timings.prefill_s,
             "decode": timings.decode_s,
             "rank": timings.rank_s,
@@ -127,30 +126,25 @@ def bench_hf_generate(model, new_tokens, repeats, device, dtype) -> dict:
 
     @torch.no_grad()
     def run() -> dict:
-        synchronize(device)
-        start = time.perf_counter()
-        model(input_ids=input_ids, attention_mask=mask, pixel_values=pixels, logits_to_keep=1)
-        synchronize(device)
-        prefill = time.perf_counter() - start
-        start = time.perf_counter()
-        out = model.generate(
-            input_ids=input_ids,
-            attention_mask=mask,
-            pixel_values=pixels,
-            max_new_tokens=new_tokens,
-            min_new_tokens=new_tokens,
-            do_sample=False,
-            pad_token_id=0,
-        )
-        synchronize(device)
-        total = time.perf_counter() - start
+        with Stopwatch(device) as prefill:
+            model(input_ids=input_ids, attention_mask=mask, pixel_values=pixels, logits_to_keep=1)
+        with Stopwatch(device) as whole:
+            out = model.generate(
+                input_ids=input_ids,
+                attention_mask=mask,
+                pixel_values=pixels,
+                max_new_tokens=new_tokens,
+                min_new_tokens=new_tokens,
+                do_sample=False,
+                pad_token_id=0,
+            )
         assert out.shape[1] - input_ids.shape[1] == new_tokens
         return {
-            "total": total,
-            "prefill": prefill,
-            "decode": max(total - prefill, 0.0),
+            "total": whole.seconds,
+            "prefill": prefill.seconds,
+            "decode": max(whole.seconds - prefill.seconds, 0.0),
             "rank": 0.0,
-            "llm_prefill": prefill,
+            "llm_prefill": prefill.seconds,
             "trace": None,
             "peak": _peak_gib(device),
         }

@@ -14,7 +14,6 @@ import math
 import platform
 import subprocess
 import sys
-import time
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,9 +32,10 @@ from pdrop_eval.metrics import ScoredRecord, get_metric
 from pdrop_eval.models import LoadedVLM, build_batch, decode, image_token_count, load_vlm
 from pdrop_eval.models.images import expand_to_square, to_rgb
 from pdrop_eval.plan import RunPlan, budget_schedules, schedule_record
-from pdrop_eval.pyramid.engine import DecoderParts, synchronize
+from pdrop_eval.pyramid.engine import DecoderParts
 from pdrop_eval.pyramid.flops import ModelShape, sample_flops
 from pdrop_eval.pyramid.schedule import DropSchedule
+from pdrop_eval.pyramid.timing import Stopwatch
 from pdrop_eval.pyramid.vlm import count_crops, encode_images, generate
 from pdrop_eval.registry import ResolvedSource, Task, check_data, get_task, load_samples
 from pdrop_eval.store import ShardWriter, merge_shards, read_predictions, write_json_atomic
@@ -215,11 +215,9 @@ class TaskEvaluator:
         images = [sample.load_image() for sample in batch]
         inputs = build_batch(loaded, [sample.prompt for sample in batch], images)
         device = inputs.input_ids.device
-        synchronize(device)
-        start = time.perf_counter()
-        features = encode_images(loaded.model, inputs.pixel_values, inputs.image_sizes)
-        synchronize(device)
-        vision_s = time.perf_counter() - start
+        with Stopwatch(device) as watch:
+            features = encode_images(loaded.model, inputs.pixel_values, inputs.image_sizes)
+        vision_s = watch.seconds
         crops = count_crops(loaded.model, inputs.image_sizes, len(batch))
         for schedule in self.schedules:
             label = schedule.label

@@ -34,10 +34,31 @@ def test_chunked_ids_equal_hand_computed_list(tiny_vlm):
     loaded = tiny_vlm("tiny-llava")
     tokenizer = loaded.tokenizer
     ids = tokenize_with_images(tokenizer, format_prompt("vicuna_v1", "Is there a cat?"), loaded.image_token_id, [3])
-    system = (
-        "▁A ▁chat ▁between ▁a ▁curious ▁user ▁and ▁an ▁artificial ▁intelligence ▁assistant. ▁The ▁assistant ▁gives "
-        "▁helpful, ▁detailed, ▁and ▁polite ▁answers ▁to ▁the ▁user's ▁questions."
-    ).split()
+    system = [
+        "▁A",
+        "▁chat",
+        "▁between",
+        "▁a",
+        "▁curious",
+        "▁user",
+        "▁and",
+        "▁an",
+        "▁artificial",
+        "▁intelligence",
+        "▁assistant.",
+        "▁The",
+        "▁assistant",
+        "▁gives",
+        "▁helpful,",
+        "▁detailed,",
+        "▁and",
+        "▁polite",
+        "▁answers",
+        "▁to",
+        "▁the",
+        "▁user's",
+        "▁questions.",
+    ]
     image = ["<image>"] * 3
     expected = ["<s>", *system, "▁USER:", "▁", *image, "▁", "<0x0A>", "Is", "▁there", "▁a", "▁cat", "?", "▁ASSISTANT:"]
     assert ids == tokenizer.convert_tokens_to_ids(expected)

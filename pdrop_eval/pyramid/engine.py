@@ -14,7 +14,6 @@ Entry points:
 from __future__ import annotations
 
 import inspect
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -25,6 +24,7 @@ from transformers import DynamicCache
 from pdrop_eval.errors import PdropEvalError
 from pdrop_eval.pyramid.ranking import last_query_attention, random_scores
 from pdrop_eval.pyramid.schedule import DropSchedule
+from pdrop_eval.pyramid.timing import Stopwatch
 
 SUPPORTED_ATTENTION = ("sdpa", "eager", "flash_attention_2")
 
@@ -138,11 +138,6 @@ class PrefillResult:
     stages: list[_Stage]
     traces: list[SampleTrace]
     rank_s: float
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def build_attention_mask(
@@ -298,33 +293,31 @@ def prefill(
         if stage == len(ranges) - 1:
             break
 
-        synchronize(device)
-        rank_start = time.perf_counter()
-        if forced_keep is not None:
-            keep_images = _forced_selection(forced_keep, stage, image_ordinal, image_mask)
-        else:
-            keep_list = [schedule.keep_count(n, stage) for n in num_images_list]
-            keep_counts = torch.tensor(keep_list, device=device)
-            if schedule.ranker == "random":
-                scores = random_scores(image_ordinal, num_images_list, list(sample_seeds), schedule.seed, stage)
-            elif schedule.ranker == "fastv":
-                scores = last_query_attention(parts.layers[end - 1], fastv_input, position_embeddings, valid)
+        with Stopwatch(device) as watch:
+            if forced_keep is not None:
+                keep_images = _forced_selection(forced_keep, stage, image_ordinal, image_mask)
             else:
-                scores = last_query_attention(parts.layers[end], hidden, position_embeddings, valid)
-            keep_images = _select_image_tokens(scores, image_mask, keep_counts, max(keep_list))
-        keep = valid & (~image_mask | keep_images)
-        source, valid = _left_repack(keep)
-        hidden = hidden.gather(1, source[..., None].expand(-1, -1, hidden.shape[-1]))
-        image_mask = image_mask.gather(1, source) & valid
-        image_ordinal = torch.where(image_mask, image_ordinal.gather(1, source), -1)
-        if schedule.positions == "compact":
-            positions = _compact_positions(valid)
-        else:
-            positions = positions.gather(1, source)
-        for trace, row_ordinals, row_mask in zip(traces, image_ordinal.cpu(), image_mask.cpu()):
-            trace.kept_image_indices.append(row_ordinals[row_mask].tolist())
-        synchronize(device)
-        rank_s += time.perf_counter() - rank_start
+                keep_list = [schedule.keep_count(n, stage) for n in num_images_list]
+                keep_counts = torch.tensor(keep_list, device=device)
+                if schedule.ranker == "random":
+                    scores = random_scores(image_ordinal, num_images_list, list(sample_seeds), schedule.seed, stage)
+                elif schedule.ranker == "fastv":
+                    scores = last_query_attention(parts.layers[end - 1], fastv_input, position_embeddings, valid)
+                else:
+                    scores = last_query_attention(parts.layers[end], hidden, position_embeddings, valid)
+                keep_images = _select_image_tokens(scores, image_mask, keep_counts, max(keep_list))
+            keep = valid & (~image_mask | keep_images)
+            source, valid = _left_repack(keep)
+            hidden = hidden.gather(1, source[..., None].expand(-1, -1, hidden.shape[-1]))
+            image_mask = image_mask.gather(1, source) & valid
+            image_ordinal = torch.where(image_mask, image_ordinal.gather(1, source), -1)
+            if schedule.positions == "compact":
+                positions = _compact_positions(valid)
+            else:
+                positions = positions.gather(1, source)
+            for trace, row_ordinals, row_mask in zip(traces, image_ordinal.cpu(), image_mask.cpu()):
+                trace.kept_image_indices.append(row_ordinals[row_mask].tolist())
+        rank_s += watch.seconds
 
     logits = parts.lm_head(parts.norm(hidden[:, -1:]))[:, 0]
     return PrefillResult(logits=logits, cache=cache, stages=stages, traces=traces, rank_s=rank_s)
@@ -341,6 +334,41 @@ def _decode_step(parts: DecoderParts, tokens: torch.Tensor, state: PrefillResult
         position_embeddings = parts.rotary_emb(hidden, positions)
         hidden, _ = _run_layers(parts, hidden, stage.start, stage.end, mask, positions, position_embeddings, state.cache)
     return parts.lm_head(parts.norm(hidden))[:, 0]
+
+
+def _greedy_decode(
+    parts: DecoderParts,
+    state: PrefillResult,
+    max_new_tokens: int,
+    eos_token_ids: Sequence[int],
+    pad_token_id: int,
+    stop: Callable[[int, list[int]], bool] | None,
+    return_logits: bool,
+) -> tuple[list[torch.Tensor], torch.Tensor, list[torch.Tensor]]:
+    """Tokens per step ([B] each), tokens generated per row (EOS included), and per-step logits if asked for."""
+    logits = state.logits
+    batch, device = logits.shape[0], logits.device
+    eos = torch.tensor(list(eos_token_ids), dtype=torch.long, device=device)
+    done = torch.zeros(batch, dtype=torch.bool, device=device)
+    generated = torch.zeros(batch, dtype=torch.long, device=device)
+    steps: list[torch.Tensor] = []
+    step_logits: list[torch.Tensor] = []
+    for step in range(max_new_tokens):
+        tokens = logits.argmax(-1).masked_fill(done, pad_token_id)
+        steps.append(tokens)
+        if return_logits:
+            step_logits.append(logits.float())
+        generated += ~done
+        done |= torch.isin(tokens, eos)
+        if stop is not None:
+            history = torch.stack(steps, dim=1).tolist()
+            for row in range(batch):
+                if not done[row] and stop(row, history[row]):
+                    done[row] = True
+        if step == max_new_tokens - 1 or bool(done.all()):
+            break
+        logits = _decode_step(parts, tokens, state, step)
+    return steps, generated, step_logits
 
 
 @torch.no_grad()
@@ -370,38 +398,16 @@ def generate_from_embeds(
     device = inputs_embeds.device
     timings = Timings()
 
-    synchronize(device)
-    start = time.perf_counter()
-    state = prefill(parts, inputs_embeds, attention_mask, image_token_mask, schedule, sample_seeds=sample_seeds)
-    synchronize(device)
-    timings.prefill_s = time.perf_counter() - start
+    with Stopwatch(device) as prefill_watch:
+        state = prefill(parts, inputs_embeds, attention_mask, image_token_mask, schedule, sample_seeds=sample_seeds)
+    timings.prefill_s = prefill_watch.seconds
     timings.rank_s = state.rank_s
 
-    start = time.perf_counter()
-    batch = inputs_embeds.shape[0]
-    eos = torch.tensor(list(eos_token_ids), dtype=torch.long, device=device)
-    done = torch.zeros(batch, dtype=torch.bool, device=device)
-    generated = torch.zeros(batch, dtype=torch.long, device=device)
-    steps: list[torch.Tensor] = []
-    step_logits: list[torch.Tensor] = []
-    logits = state.logits
-    for step in range(max_new_tokens):
-        tokens = logits.argmax(-1).masked_fill(done, pad_token_id)
-        steps.append(tokens)
-        if return_logits:
-            step_logits.append(logits.float())
-        generated += ~done
-        done |= torch.isin(tokens, eos)
-        if stop is not None:
-            history = torch.stack(steps, dim=1).tolist()
-            for row in range(batch):
-                if not done[row] and stop(row, history[row]):
-                    done[row] = True
-        if step == max_new_tokens - 1 or bool(done.all()):
-            break
-        logits = _decode_step(parts, tokens, state, step)
-    synchronize(device)
-    timings.decode_s = time.perf_counter() - start
+    with Stopwatch(device) as decode_watch:
+        steps, generated, step_logits = _greedy_decode(
+            parts, state, max_new_tokens, eos_token_ids, pad_token_id, stop, return_logits
+        )
+    timings.decode_s = decode_watch.seconds
 
     token_rows = torch.stack(steps, dim=1).tolist()
     counts = generated.tolist()

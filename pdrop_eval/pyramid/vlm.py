@@ -6,7 +6,6 @@ for every schedule.
 
 from __future__ import annotations
 
-import time
 import zlib
 from collections.abc import Callable, Sequence
 
@@ -14,8 +13,9 @@ import torch
 from torch import nn
 
 from pdrop_eval.errors import PdropEvalError
-from pdrop_eval.pyramid.engine import BatchGeneration, DecoderParts, generate_from_embeds, synchronize
+from pdrop_eval.pyramid.engine import BatchGeneration, DecoderParts, generate_from_embeds
 from pdrop_eval.pyramid.schedule import DropSchedule
+from pdrop_eval.pyramid.timing import Stopwatch
 
 
 def image_token_id(model: nn.Module) -> int:
@@ -108,11 +108,9 @@ def generate(
     if image_features is None:
         if pixel_values is None:
             raise PdropEvalError("generate needs pixel_values or precomputed image_features")
-        synchronize(input_ids.device)
-        start = time.perf_counter()
-        image_features = encode_images(model, pixel_values, image_sizes)
-        synchronize(input_ids.device)
-        vision_s = time.perf_counter() - start
+        with Stopwatch(input_ids.device) as watch:
+            image_features = encode_images(model, pixel_values, image_sizes)
+        vision_s = watch.seconds
     else:
         vision_s = 0.0
     embeds, image_mask = embed_with_images(model, input_ids, image_features)
