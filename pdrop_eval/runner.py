@@ -111,13 +111,28 @@ def _clear_run(run_dir: Path) -> None:
             target.unlink()
 
 
+def _vlmeval_tsv(task: Task, source: ResolvedSource) -> Path | None:
+    """The VLMEvalKit TSV `--scorer vlmeval` scores against, or None when the task has no VLMEvalKit scorer."""
+    if task.vlmeval_dataset is None:
+        return None
+    tsv = source.paths.get("tsv")
+    if tsv is None:
+        raise PdropEvalError(
+            f"--scorer vlmeval scores {task.name} against VLMEvalKit's {task.vlmeval_dataset}.tsv in $LMUData, but "
+            f"its data was found as {source.source.format} ({source.where}): put the TSV there, or use --scorer native"
+        )
+    return Path(tsv)
+
+
 def prepare_tasks(plan: RunPlan) -> list[TaskData]:
     """Every task's card and data, before any model is loaded: a missing file should cost seconds, not a load."""
     tasks = [get_task(name, plan.tasks_dir) for name in plan.tasks]
     sources = [check_data(task, plan.data_root) for task in tasks]
-    for task in tasks:
+    for task, source in zip(tasks, sources):
         for metric in task.metrics:
             get_metric(metric)
+        if plan.scorer == "vlmeval":
+            _vlmeval_tsv(task, source)
     return [
         TaskData(task, source, load_samples(task, plan.data_root, plan.limit, source=source.source.format))
         for task, source in zip(tasks, sources)
@@ -294,6 +309,35 @@ def score_schedule(task: Task, schedule: DropSchedule, records: list[dict[str, A
     }
 
 
+def _flatten_scores(result: Any) -> dict[str, float]:
+    """VLMEvalKit's `evaluate` returns a dict or a DataFrame of scores: flat `vlmeval/...` keys of its numbers."""
+    import pandas as pd
+
+    if isinstance(result, pd.DataFrame):
+        if len(result) == 1:
+            result = result.iloc[0].to_dict()
+        else:
+            result = {f"{row}/{column}": value for row, values in result.iterrows() for column, value in values.items()}
+    flat = {}
+    for key, value in dict(result).items():
+        try:
+            flat[f"vlmeval/{key}"] = float(value)
+        except (TypeError, ValueError):
+            continue
+    return flat
+
+
+def _vlmeval_metrics(plan: RunPlan, data: TaskData, schedule: DropSchedule, records: list[dict]) -> dict[str, float]:
+    from pdrop_eval.data.vlmeval_scoring import score_with_vlmeval
+
+    tsv = _vlmeval_tsv(data.task, data.source)
+    if tsv is None:
+        return {}
+    predictions = {record["id"]: record["prediction"] for record in records}
+    out_dir = plan.run_dir / "vlmeval" / data.task.name / schedule.label
+    return _flatten_scores(score_with_vlmeval(data.task.vlmeval_dataset, tsv, predictions, out_dir))
+
+
 def _git_sha() -> str | None:
     try:
         out = subprocess.run(
@@ -371,7 +415,10 @@ def finalize(
             records = merge_shards(plan.run_dir, data.task.name, schedule.label, order)
             wanted = set(order)
             records = [r for r in records if str(r["id"]) in wanted]
-            results.append(score_schedule(data.task, schedule, records))
+            result = score_schedule(data.task, schedule, records)
+            if plan.scorer == "vlmeval":
+                result["metrics"].update(_vlmeval_metrics(plan, data, schedule, records))
+            results.append(result)
         _save_sample_images(plan, loaded, data)
         reference = data.task.reference
         task_info[data.task.name] = {

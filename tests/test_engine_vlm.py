@@ -9,7 +9,7 @@ from PIL import Image, ImageDraw
 from pdrop_eval.models import build_batch, load_vlm
 from pdrop_eval.pyramid.engine import DecoderParts, prefill
 from pdrop_eval.pyramid.schedule import DropSchedule
-from pdrop_eval.pyramid.vlm import embed_with_images, encode_images, generate
+from pdrop_eval.pyramid.vlm import embed_with_images, encode_images, generate, stop_at_strings
 
 pytestmark = pytest.mark.engine
 
@@ -180,3 +180,25 @@ def test_reused_image_features_give_the_same_result():
     assert fresh.timings.vision_s > 0 and reused.timings.vision_s == 0
     torch.testing.assert_close(fresh.step_logits, reused.step_logits, atol=0, rtol=0)
     assert [g.trace.vision_crops for g in reused.generations] == [1, 1]
+
+
+def test_stop_strings_end_a_sample_at_the_string():
+    loaded = _loaded("tiny-llava")
+    batch = build_batch(loaded, PROMPTS[:2], _images()[:2])
+    common = {"pixel_values": batch.pixel_values, "max_new_tokens": 8}
+    free = generate(loaded.model, batch.input_ids, batch.attention_mask, DropSchedule.pyramid(0.5), **common)
+    tokens = free.generations[0].token_ids
+    target = loaded.tokenizer.decode(tokens[2:4], skip_special_tokens=True).strip()
+    assert target, "the tiny model should produce decodable text"
+    stopped = generate(
+        loaded.model,
+        batch.input_ids,
+        batch.attention_mask,
+        DropSchedule.pyramid(0.5),
+        stop=stop_at_strings(loaded.tokenizer, [target]),
+        **common,
+    )
+    ids = stopped.generations[0].token_ids
+    assert tokens[: len(ids)] == ids and len(ids) <= 4
+    assert target in loaded.tokenizer.decode(ids, skip_special_tokens=True)
+    assert target not in loaded.tokenizer.decode(ids[:-1], skip_special_tokens=True)

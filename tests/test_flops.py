@@ -108,3 +108,29 @@ def test_trace_tokens_match_schedule_and_kv_bytes():
     counted = sample_flops(ModelShape.from_config(model.config), trace, kv_bytes_per_element=4)
     assert counted.kv_cache_bytes == 2 * sum(trace.tokens_per_layer) * 4 * 16 * 4
     assert counted.retained_tokens == (2 * 16 + 2 * 8 + 2 * 4 + 2 * 2) / 8
+
+
+def test_exact_convention_matches_flop_counter_on_llava_next_crops():
+    """Anyres: the tower runs once per crop and each sample has its own image-token count."""
+    from PIL import Image
+
+    from pdrop_eval.models import build_batch, load_vlm
+
+    loaded = load_vlm("tiny-llava-next", attn="eager")
+    shape = ModelShape.from_config(loaded.model.config)
+    for size in [(40, 80), (96, 96)]:
+        batch = build_batch(loaded, ["What is in the picture?"], [Image.new("RGB", size, (200, 30, 90))])
+        counter = FlopCounterMode(display=False)
+        with counter:
+            result = generate(
+                loaded.model,
+                batch.input_ids,
+                batch.attention_mask,
+                DropSchedule.pyramid(0.5),
+                pixel_values=batch.pixel_values,
+                image_sizes=batch.image_sizes,
+                max_new_tokens=3,
+            )
+        trace = result.generations[0].trace
+        assert trace.vision_crops > 1 and trace.num_image_tokens == batch.image_token_counts[0]
+        assert sample_flops(shape, trace).exact == pytest.approx(counter.get_total_flops(), rel=0.02)

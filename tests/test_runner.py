@@ -206,3 +206,40 @@ def test_run_ends_with_report_which_report_command_rebuilds(tmp_path, capsys):
     capsys.readouterr()
     assert cli.main(["report", str(run_dir), str(tmp_path / "b")]) == 2
     assert "--out" in _error(capsys.readouterr().err)
+
+
+def test_vlmeval_scorer_scores_through_its_dataset_classes(tmp_path, monkeypatch):
+    """With `vlmeval` importable (a stand-in here: VLMEvalKit is not on PyPI), its dataset class scores the
+    prediction xlsx the run writes, and its numbers land beside the native ones."""
+    import sys
+    import types
+
+    import pandas as pd
+
+    seen = {}
+
+    class FakeDocVQA:
+        TYPE = "VQA"
+
+        def evaluate(self, eval_file, **judge_kwargs):
+            frame = pd.read_excel(eval_file)
+            seen["columns"], seen["rows"] = list(frame.columns), len(frame)
+            return pd.DataFrame([{"Overall": 42.0, "split": "val"}])
+
+    package, datasets = types.ModuleType("vlmeval"), types.ModuleType("vlmeval.dataset")
+    datasets.build_dataset = lambda name: FakeDocVQA() if name == "DocVQA_VAL" else None
+    monkeypatch.setitem(sys.modules, "vlmeval", package)
+    monkeypatch.setitem(sys.modules, "vlmeval.dataset", datasets)
+    rows = [[index, b64_image("RGB", "PNG", index), f"Question {index}?", "['a']"] for index in range(3)]
+    write_tsv(tmp_path / "lmu" / "DocVQA_VAL.tsv", ["index", "image", "question", "answer"], rows)
+    monkeypatch.setenv("LMUData", str(tmp_path / "lmu"))
+    args = ["--model", "tiny-llava", "--tasks", "docvqa,shapes", "--limit", "3", "--lambda", "0.5",
+            "--max-new-tokens", "2", "--scorer", "vlmeval", "--output-dir", str(tmp_path), "--run-name", "v",
+            "--no-report"]
+    assert cli.main(args) == 0
+    assert seen == {"columns": ["index", "question", "answer", "prediction"], "rows": 3}
+    results = json.loads((tmp_path / "v" / "metrics.json").read_text())["results"]
+    docvqa, shapes = results
+    assert docvqa["metrics"]["vlmeval/Overall"] == 42.0 and "anls" in docvqa["metrics"]
+    assert not any(key.startswith("vlmeval/") for key in shapes["metrics"])
+    assert (tmp_path / "v" / "vlmeval" / "docvqa" / "pdrop_lam0.5_8-16-24" / "pdrop_DocVQA_VAL.xlsx").exists()

@@ -73,6 +73,22 @@ def embed_with_images(
     return embeds.masked_scatter(image_mask[..., None], features), image_mask
 
 
+def stop_at_strings(tokenizer, strings: Sequence[str]) -> Callable[[int, list[int]], bool]:
+    """A `stop` callback for generate: a sample ends once its decoded answer contains any of `strings`.
+
+    Only the tail of the answer is decoded each step (enough tokens to hold the longest string), so the check
+    stays cheap however long the answer grows.
+    """
+    wanted = [text for text in strings if text]
+    window = max((len(text) for text in wanted), default=0) + 2
+
+    def stop(row: int, token_ids: list[int]) -> bool:
+        tail = tokenizer.decode(token_ids[-window:], skip_special_tokens=True)
+        return any(text in tail for text in wanted)
+
+    return stop
+
+
 def prompt_seeds(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[int]:
     """A per-sample seed from the prompt's own tokens, so random drops do not depend on batch composition."""
     return [
