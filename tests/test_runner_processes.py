@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -90,6 +91,12 @@ def test_sigkill_at_any_moment_then_resume_equals_uninterrupted_run(tmp_path):
     assert not list((run_dir / "predictions" / "shapes").glob("*.rank*.jsonl")), "shards are merged away"
 
 
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def test_torchrun_two_processes_equal_one(tmp_path):
     reference = _reference(tmp_path)
     command = [
@@ -99,7 +106,7 @@ def test_torchrun_two_processes_equal_one(tmp_path):
         "--nproc_per_node",
         "2",
         "--master_port",
-        "29533",
+        str(_free_port()),
         "run_eval.py",
         *ARGS,
         "--batch-size",
