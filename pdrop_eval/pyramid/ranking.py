@@ -26,13 +26,14 @@ def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor
 
 def _model_rope(attention: nn.Module):
     """The architecture's own `apply_rotary_pos_emb` where its modeling module has one, so the ranking rotates
-    q and k exactly as the layer itself will."""
+    q and k exactly as the layer itself will. That function rotates a (q, k) pair; the partner we hand it is a
+    single head of the same tensor, so the unused half of its work stays small."""
     apply = getattr(sys.modules.get(type(attention).__module__), "apply_rotary_pos_emb", None)
     if apply is None:
         return _rope
 
     def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        return apply(x, x, cos, sin)[0]
+        return apply(x, x[:, :1], cos, sin)[0]
 
     return rope
 
