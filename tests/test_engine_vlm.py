@@ -37,8 +37,20 @@ def _images():
     return images
 
 
-def _schedule(name: str) -> DropSchedule:
-    return DropSchedule.pyramid(0.5, layers=(8, 16, 24))
+SCHEDULE = DropSchedule.pyramid(0.5, layers=(8, 16, 24))
+
+
+def _generate(loaded, batch, schedule: DropSchedule, **options):
+    """The engine on a `build_batch` output."""
+    return generate(
+        loaded.model,
+        batch.input_ids,
+        batch.attention_mask,
+        schedule,
+        pixel_values=batch.pixel_values,
+        image_sizes=batch.image_sizes,
+        **options,
+    )
 
 
 @pytest.mark.parametrize("name", TINY)
@@ -54,13 +66,10 @@ def test_no_drop_equals_hf_generate(name):
         pad_token_id=loaded.pad_token_id,
         eos_token_id=None,
     )
-    ours = generate(
-        loaded.model,
-        batch.input_ids,
-        batch.attention_mask,
+    ours = _generate(
+        loaded,
+        batch,
         DropSchedule.none(),
-        pixel_values=batch.pixel_values,
-        image_sizes=batch.image_sizes,
         max_new_tokens=6,
         return_logits=True,
         pad_token_id=loaded.pad_token_id,
@@ -78,26 +87,20 @@ def test_batch_of_four_equals_four_single_runs(name):
     batch = build_batch(loaded, PROMPTS, images)
     if name == "tiny-llava-next":
         assert len(set(batch.image_token_counts)) > 1
-    schedule = _schedule(name)
-    batched = generate(
-        loaded.model,
-        batch.input_ids,
-        batch.attention_mask,
+    schedule = SCHEDULE
+    batched = _generate(
+        loaded,
+        batch,
         schedule,
-        pixel_values=batch.pixel_values,
-        image_sizes=batch.image_sizes,
         max_new_tokens=5,
         return_logits=True,
     )
     for row in range(len(PROMPTS)):
         single_batch = build_batch(loaded, PROMPTS[row : row + 1], images[row : row + 1])
-        single = generate(
-            loaded.model,
-            single_batch.input_ids,
-            single_batch.attention_mask,
+        single = _generate(
+            loaded,
+            single_batch,
             schedule,
-            pixel_values=single_batch.pixel_values,
-            image_sizes=single_batch.image_sizes,
             max_new_tokens=5,
             return_logits=True,
         )
@@ -115,14 +118,11 @@ def test_batch_of_four_equals_four_single_runs(name):
 def test_cached_decoding_equals_recomputation(name):
     loaded = _loaded(name)
     batch = build_batch(loaded, PROMPTS[:1], _images()[:1])
-    schedule = _schedule(name)
-    result = generate(
-        loaded.model,
-        batch.input_ids,
-        batch.attention_mask,
+    schedule = SCHEDULE
+    result = _generate(
+        loaded,
+        batch,
         schedule,
-        pixel_values=batch.pixel_values,
-        image_sizes=batch.image_sizes,
         max_new_tokens=4,
         return_logits=True,
     )
@@ -150,16 +150,7 @@ def test_eager_attention_equals_sdpa():
     batch = build_batch(sdpa, PROMPTS[:3], _images()[:3])
     outputs = []
     for loaded in (sdpa, eager):
-        result = generate(
-            loaded.model,
-            batch.input_ids,
-            batch.attention_mask,
-            DropSchedule.pyramid(0.5),
-            pixel_values=batch.pixel_values,
-            max_new_tokens=4,
-            return_logits=True,
-        )
-        outputs.append(result)
+        outputs.append(_generate(loaded, batch, SCHEDULE, max_new_tokens=4, return_logits=True))
     assert [g.trace.kept_image_indices for g in outputs[0].generations] == [
         g.trace.kept_image_indices for g in outputs[1].generations
     ]
@@ -171,9 +162,7 @@ def test_reused_image_features_give_the_same_result():
     batch = build_batch(loaded, PROMPTS[:2], _images()[:2])
     features = encode_images(loaded.model, batch.pixel_values)
     common = {"max_new_tokens": 4, "return_logits": True}
-    fresh = generate(
-        loaded.model, batch.input_ids, batch.attention_mask, DropSchedule.fastv(), pixel_values=batch.pixel_values, **common
-    )
+    fresh = _generate(loaded, batch, DropSchedule.fastv(), **common)
     reused = generate(
         loaded.model, batch.input_ids, batch.attention_mask, DropSchedule.fastv(), image_features=features, **common
     )
@@ -185,19 +174,11 @@ def test_reused_image_features_give_the_same_result():
 def test_stop_strings_end_a_sample_at_the_string():
     loaded = _loaded("tiny-llava")
     batch = build_batch(loaded, PROMPTS[:2], _images()[:2])
-    common = {"pixel_values": batch.pixel_values, "max_new_tokens": 8}
-    free = generate(loaded.model, batch.input_ids, batch.attention_mask, DropSchedule.pyramid(0.5), **common)
+    free = _generate(loaded, batch, SCHEDULE, max_new_tokens=8)
     tokens = free.generations[0].token_ids
     target = loaded.tokenizer.decode(tokens[2:4], skip_special_tokens=True).strip()
     assert target, "the tiny model should produce decodable text"
-    stopped = generate(
-        loaded.model,
-        batch.input_ids,
-        batch.attention_mask,
-        DropSchedule.pyramid(0.5),
-        stop=stop_at_strings(loaded.tokenizer, [target]),
-        **common,
-    )
+    stopped = _generate(loaded, batch, SCHEDULE, max_new_tokens=8, stop=stop_at_strings(loaded.tokenizer, [target]))
     ids = stopped.generations[0].token_ids
     assert tokens[: len(ids)] == ids and len(ids) <= 4
     assert target in loaded.tokenizer.decode(ids, skip_special_tokens=True)
