@@ -20,6 +20,14 @@ MCQ_SUFFIX = "\nAnswer with the option's letter from the given choices directly.
 MODES = ("RGB", "L", "RGBA", "P")
 
 
+def load_fixture_task(name: str, root: Path, **kwargs: Any) -> list:
+    """A task's samples with every data location under the fixture root: LLaVA folders at `root`, VLMEvalKit
+    TSVs in `root/lmu`, the HF hub cache in `root/hub`, so nothing on the machine leaks in."""
+    from pdrop_eval.registry import get_task, load_samples
+
+    return load_samples(get_task(name), root, lmu_data=root / "lmu", hf_cache=root / "hub", **kwargs)
+
+
 def image_bytes(mode: str = "RGB", fmt: str = "PNG", seed: int = 0) -> bytes:
     """A 6x4 image in `mode`; JPEG cannot hold RGBA/P, so those are saved as PNG whatever `fmt` says."""
     image = Image.new("RGB", (6, 4), (40 * seed % 256, 120, 200))

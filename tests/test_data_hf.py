@@ -3,13 +3,13 @@ and the hub cache, with the lmms-lab schemas."""
 
 from __future__ import annotations
 
-from pdrop_eval.registry import get_task, load_samples
 from tests.fixtures_data import (
     MCQ_SUFFIX,
     MMBENCH_HF_PROMPTS,
     MMSTAR_QUESTION,
     SUFFIX,
     image_cell,
+    load_fixture_task,
     mmbench_hf_rows,
     textvqa_rows,
     write_hf_gqa,
@@ -18,13 +18,9 @@ from tests.fixtures_data import (
 )
 
 
-def _load(name: str, root, **kwargs):
-    return load_samples(get_task(name), root, lmu_data=root / "lmu", hf_cache=root / "hub", **kwargs)
-
-
 def test_gqa_joins_instruction_and_image_configs_on_image_id(tmp_path):
     expected = write_hf_gqa(tmp_path / "hf/lmms-lab/GQA")
-    samples = _load("gqa", tmp_path)
+    samples = load_fixture_task("gqa", tmp_path)
     assert [s.id for s in samples] == expected["ids"]
     assert [s.gold for s in samples] == expected["gold"]
     assert [s.prompt for s in samples] == expected["prompts"]
@@ -34,7 +30,7 @@ def test_gqa_joins_instruction_and_image_configs_on_image_id(tmp_path):
 
 def test_textvqa_sharded_parquet_builds_the_ocr_line(tmp_path):
     write_parquet_shards(tmp_path / "hf/lmms-lab/textvqa/data", "validation", textvqa_rows(), 3)
-    samples = _load("textvqa", tmp_path)
+    samples = load_fixture_task("textvqa", tmp_path)
     assert [s.id for s in samples] == [34602, 34603, 34604]
     assert samples[0].prompt == "what is the brand of this camera?\nReference OCR token: dakota, digital" + SUFFIX
     assert samples[1].prompt == "what does the text say?\nReference OCR token: " + SUFFIX
@@ -48,7 +44,7 @@ def test_pope_uses_the_string_row_id_and_category(tmp_path):
              "image_source": "COCO_val2014_000000310196", "image": image_cell("RGB", "JPEG"), "category": category}
             for k, (answer, category) in enumerate((("yes", "adversarial"), ("no", "popular"), ("no", "random")))]
     write_parquet_shards(tmp_path / "hf/lmms-lab/POPE/data", "test", rows, 3)
-    samples = _load("pope", tmp_path)
+    samples = load_fixture_task("pope", tmp_path)
     assert [s.id for s in samples] == ["0", "1", "2"]
     assert [s.gold for s in samples] == ["yes", "no", "no"]
     assert [s.meta["category"] for s in samples] == ["adversarial", "popular", "random"]
@@ -57,7 +53,7 @@ def test_pope_uses_the_string_row_id_and_category(tmp_path):
 
 def test_mmbench_nan_strings_stop_options_and_drop_hints(tmp_path):
     write_parquet_shards(tmp_path / "hf/lmms-lab/MMBench_EN/data", "dev", mmbench_hf_rows(), 1)
-    samples = _load("mmbench", tmp_path)
+    samples = load_fixture_task("mmbench", tmp_path)
     assert [s.prompt for s in samples] == MMBENCH_HF_PROMPTS
     assert [s.meta["index"] for s in samples] == [12, 1000012]
     assert samples[0].meta["options"] == {"A": "a cat", "B": "a dog"}
@@ -66,7 +62,7 @@ def test_mmbench_nan_strings_stop_options_and_drop_hints(tmp_path):
 
 def test_mmbench_en_config_with_string_index_and_capitalised_l2_column(tmp_path):
     write_parquet_shards(tmp_path / "hf/lmms-lab/MMBench/en", "dev", mmbench_hf_rows(index_as_string=True), 1)
-    samples = _load("mmbench", tmp_path)
+    samples = load_fixture_task("mmbench", tmp_path)
     assert [s.id for s in samples] == ["12", "1000012"]
     assert [s.meta["index"] for s in samples] == [12, 1000012]
     assert samples[1].meta["l2-category"] == "finegrained_perception (instance-level)"
@@ -77,7 +73,7 @@ def test_mmstar_root_level_parquet(tmp_path):
     rows = [{"index": 0, "question": MMSTAR_QUESTION, "image": image_cell("P"), "answer": "A",
              "category": "coarse perception", "l2_category": "image scene and topic", "meta_info": {"source": "x"}}]
     write_parquet(tmp_path / "hf/Lin-Chen/MMStar/mmstar.parquet", rows)
-    (sample,) = _load("mmstar", tmp_path)
+    (sample,) = load_fixture_task("mmstar", tmp_path)
     assert sample.prompt == MMSTAR_QUESTION + MCQ_SUFFIX
     assert sample.meta["l2-category"] == "image scene and topic"
     assert sample.meta["options"]["C"] == "The suitcase is beneath the bed."
@@ -94,8 +90,8 @@ def test_docvqa_and_infovqa_share_a_repo_in_two_config_folders(tmp_path):
              "data_split": "val"}]
     write_parquet_shards(repo / "DocVQA", "validation", doc, 1)
     write_parquet_shards(repo / "InfographicVQA", "validation", info, 1)
-    (docvqa,) = _load("docvqa", tmp_path)
-    (infovqa,) = _load("infovqa", tmp_path)
+    (docvqa,) = load_fixture_task("docvqa", tmp_path)
+    (infovqa,) = load_fixture_task("infovqa", tmp_path)
     assert docvqa.id == "49153" and docvqa.gold == ["1/8/93", "January 8, 1993"]
     assert infovqa.id == "65718" and infovqa.gold == ["7"]
     assert docvqa.prompt == "What is the date?" + SUFFIX
@@ -105,7 +101,7 @@ def test_chartqa_uses_row_numbers_as_ids_and_type_as_split(tmp_path):
     rows = [{"type": kind, "question": f"Value {k}?", "answer": str(k), "image": image_cell("RGBA")}
             for k, kind in enumerate(("human_test", "augmented_test"))]
     write_parquet_shards(tmp_path / "hf/lmms-lab/ChartQA/data", "test", rows, 1)
-    samples = _load("chartqa", tmp_path)
+    samples = load_fixture_task("chartqa", tmp_path)
     assert [s.id for s in samples] == [0, 1]
     assert [s.gold for s in samples] == [["0"], ["1"]]
     assert [s.meta["split"] for s in samples] == ["human_test", "augmented_test"]
@@ -115,7 +111,7 @@ def test_hub_cache_snapshot_is_found(tmp_path):
     snapshot = tmp_path / "hub/datasets--lmms-lab--ChartQA/snapshots/0123abcd"
     rows = [{"type": "human_test", "question": "Value?", "answer": "3", "image": image_cell()}]
     write_parquet_shards(snapshot / "data", "test", rows, 1)
-    (sample,) = _load("chartqa", tmp_path)
+    (sample,) = load_fixture_task("chartqa", tmp_path)
     assert sample.gold == ["3"]
     assert str(snapshot) in sample.image_source
 
@@ -132,7 +128,7 @@ def test_save_to_disk_dataset_dict_with_decoded_image_feature(tmp_path):
     })
     dataset = datasets.Dataset.from_list(rows, features=features)
     datasets.DatasetDict({"validation": dataset}).save_to_disk(str(tmp_path / "hf/lmms-lab/textvqa"))
-    samples = _load("textvqa", tmp_path)
+    samples = load_fixture_task("textvqa", tmp_path)
     assert [s.id for s in samples] == [34602, 34603, 34604]
     assert samples[0].gold == ["dakota"] * 10
     assert samples[2].load_image().mode == "RGB"

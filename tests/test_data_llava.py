@@ -6,9 +6,9 @@ import pytest
 from PIL import Image
 
 from pdrop_eval.errors import PdropEvalError
-from pdrop_eval.registry import get_task, load_samples
 from tests.fixtures_data import (
     SUFFIX,
+    load_fixture_task,
     write_jsonl,
     write_llava_gqa,
     write_llava_pope,
@@ -17,13 +17,9 @@ from tests.fixtures_data import (
 )
 
 
-def _load(name: str, root, **kwargs):
-    return load_samples(get_task(name), root, lmu_data=root / "lmu", hf_cache=root / "hub", **kwargs)
-
-
 def test_gqa_ids_stay_strings_and_gold_comes_from_the_questions_json(tmp_path):
     expected = write_llava_gqa(tmp_path)
-    samples = _load("gqa", tmp_path)
+    samples = load_fixture_task("gqa", tmp_path)
     assert [s.id for s in samples] == expected["ids"]
     assert all(isinstance(s.id, str) for s in samples)
     assert [s.gold for s in samples] == expected["gold"]
@@ -37,12 +33,12 @@ def test_gqa_ids_stay_strings_and_gold_comes_from_the_questions_json(tmp_path):
 
 def test_gqa_limit_keeps_file_order(tmp_path):
     write_llava_gqa(tmp_path)
-    assert [s.id for s in _load("gqa", tmp_path, limit=2)] == ["20968475", "201640614"]
+    assert [s.id for s in load_fixture_task("gqa", tmp_path, limit=2)] == ["20968475", "201640614"]
 
 
 def test_textvqa_keeps_the_ocr_line_and_joins_gold_on_image_and_lowercased_question(tmp_path):
     expected = write_llava_textvqa(tmp_path)
-    samples = _load("textvqa", tmp_path)
+    samples = load_fixture_task("textvqa", tmp_path)
     assert [s.id for s in samples] == expected["ids"]
     assert [s.prompt for s in samples] == expected["prompts"]
     assert samples[1].prompt.endswith("\nReference OCR token: \n" + SUFFIX[1:])
@@ -59,13 +55,13 @@ def test_textvqa_row_without_annotation_is_an_error(tmp_path):
     write_jsonl(path, [{"question_id": "ffff", "image": "x.jpg",
                         "text": "unknown?\nReference OCR token: a\n" + SUFFIX[1:]}])
     with pytest.raises(PdropEvalError, match="no annotation"):
-        _load("textvqa", tmp_path)
+        load_fixture_task("textvqa", tmp_path)
 
 
 def test_pope_reads_crlf_label_files_by_position_within_category(tmp_path):
     expected = write_llava_pope(tmp_path)
     assert b"\r\n" in (tmp_path / "pope/coco/coco_pope_random.json").read_bytes()
-    samples = _load("pope", tmp_path)
+    samples = load_fixture_task("pope", tmp_path)
     assert [s.id for s in samples] == expected["ids"]
     assert all(isinstance(s.id, int) for s in samples)
     assert [s.gold for s in samples] == expected["gold"]
@@ -78,12 +74,12 @@ def test_pope_label_count_mismatch_is_an_error(tmp_path):
     write_llava_pope(tmp_path)
     write_jsonl(tmp_path / "pope/coco/coco_pope_popular.json", [{"question_id": 1, "label": "yes"}], "\r\n")
     with pytest.raises(PdropEvalError, match="matched by position"):
-        _load("pope", tmp_path)
+        load_fixture_task("pope", tmp_path)
 
 
 def test_mmbench_tsv_options_hints_nan_and_circular_copies(tmp_path):
     expected = write_mmbench_tsv(tmp_path / "mmbench/mmbench_dev_20230712.tsv")
-    samples = _load("mmbench", tmp_path)
+    samples = load_fixture_task("mmbench", tmp_path)
     assert [s.id for s in samples] == expected["ids"]
     assert [s.prompt for s in samples] == expected["prompts"]
     assert [s.gold for s in samples] == expected["gold"]
