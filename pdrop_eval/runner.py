@@ -71,7 +71,7 @@ def _check_writable(run_dir: Path) -> None:
         ) from error
 
 
-def _settings(plan: RunPlan, dtype: str) -> dict[str, Any]:
+def _settings(plan: RunPlan, dtype: str, tasks: list[TaskData]) -> dict[str, Any]:
     return {
         "model": plan.model,
         "dtype": dtype,
@@ -79,12 +79,15 @@ def _settings(plan: RunPlan, dtype: str) -> dict[str, Any]:
         "max_new_tokens": plan.max_new_tokens,
         "seed": plan.seed,
         "scorer": plan.scorer,
+        "data": {data.task.name: f"{data.source.source.format} {data.source.where}" for data in tasks},
     }
 
 
 def _check_resume(run_dir: Path, settings: dict[str, Any], world: World) -> None:
-    """Refuse to mix predictions made under other settings into this run; say which setting differs."""
+    """Refuse to mix predictions made under other settings, or from other data, into this run; say which differs.
+    Tasks new to the run are added to what it records."""
     path = run_dir / "run.json"
+    stored: dict[str, Any] = {}
     if path.exists():
         try:
             stored = json.loads(path.read_text())
@@ -96,14 +99,32 @@ def _check_resume(run_dir: Path, settings: dict[str, Any], world: World) -> None
                     f"run {run_dir} was made with {key}={stored.get(key)!r} but this command asks for "
                     f"{settings.get(key)!r}: use the same setting to resume, another --run-name, or --overwrite"
                 )
-    elif world.is_main:
-        write_json_atomic(path, settings)
+        for task, where in settings["data"].items():
+            before = stored.get("data", {}).get(task)
+            if before is not None and before != where:
+                raise PdropEvalError(
+                    f"run {run_dir} read task {task} from {before}, this command finds it in {where}: point "
+                    "--data-root / $LMUData at the same data to resume, or use another --run-name or --overwrite"
+                )
+    merged = {**stored, **settings, "data": {**stored.get("data", {}), **settings["data"]}}
+    if world.is_main and merged != stored:
+        write_json_atomic(path, merged)
 
 
 def _clear_run(run_dir: Path) -> None:
     import shutil
 
-    for name in ("predictions", "samples", "metrics.json", "run.json"):
+    for name in (
+        "predictions",
+        "samples",
+        "vlmeval",
+        "report_files",
+        "metrics.json",
+        "run.json",
+        "results.xlsx",
+        "report.md",
+        "report.html",
+    ):
         target = run_dir / name
         if target.is_dir():
             shutil.rmtree(target)
@@ -490,7 +511,7 @@ def run(plan: RunPlan) -> dict[str, Any] | None:
     tasks = prepare_tasks(plan)
     init(world, device)
     barrier(world)
-    _check_resume(plan.run_dir, _settings(plan, dtype), world)
+    _check_resume(plan.run_dir, _settings(plan, dtype, tasks), world)
     torch.manual_seed(plan.seed)
     loaded = load_vlm(plan.model, dtype=dtype, device=str(device), attn=plan.attn)
     depth = DecoderParts.from_model(loaded.model).num_layers

@@ -233,9 +233,25 @@ def test_vlmeval_scorer_scores_through_its_dataset_classes(tmp_path, monkeypatch
     rows = [[index, b64_image("RGB", "PNG", index), f"Question {index}?", "['a']"] for index in range(3)]
     write_tsv(tmp_path / "lmu" / "DocVQA_VAL.tsv", ["index", "image", "question", "answer"], rows)
     monkeypatch.setenv("LMUData", str(tmp_path / "lmu"))
-    args = ["--model", "tiny-llava", "--tasks", "docvqa,shapes", "--limit", "3", "--lambda", "0.5",
-            "--max-new-tokens", "2", "--scorer", "vlmeval", "--output-dir", str(tmp_path), "--run-name", "v",
-            "--no-report"]
+    args = [
+        "--model",
+        "tiny-llava",
+        "--tasks",
+        "docvqa,shapes",
+        "--limit",
+        "3",
+        "--lambda",
+        "0.5",
+        "--max-new-tokens",
+        "2",
+        "--scorer",
+        "vlmeval",
+        "--output-dir",
+        str(tmp_path),
+        "--run-name",
+        "v",
+        "--no-report",
+    ]
     assert cli.main(args) == 0
     assert seen == {"columns": ["index", "question", "answer", "prediction"], "rows": 3}
     results = json.loads((tmp_path / "v" / "metrics.json").read_text())["results"]
@@ -243,3 +259,31 @@ def test_vlmeval_scorer_scores_through_its_dataset_classes(tmp_path, monkeypatch
     assert docvqa["metrics"]["vlmeval/Overall"] == 42.0 and "anls" in docvqa["metrics"]
     assert not any(key.startswith("vlmeval/") for key in shapes["metrics"])
     assert (tmp_path / "v" / "vlmeval" / "docvqa" / "pdrop_lam0.5_8-16-24" / "pdrop_DocVQA_VAL.xlsx").exists()
+
+
+def test_resume_refuses_predictions_from_other_data(tmp_path, monkeypatch, capsys):
+    rows = [[index, b64_image("RGB", "PNG", index), f"Question {index}?", "['a']"] for index in range(2)]
+    for folder in ("first", "second"):
+        write_tsv(tmp_path / folder / "DocVQA_VAL.tsv", ["index", "image", "question", "answer"], rows)
+    args = [
+        "--model",
+        "tiny-llava",
+        "--tasks",
+        "docvqa",
+        "--lambda",
+        "0.5",
+        "--max-new-tokens",
+        "2",
+        "--output-dir",
+        str(tmp_path),
+        "--run-name",
+        "d",
+        "--no-report",
+    ]
+    monkeypatch.setenv("LMUData", str(tmp_path / "first"))
+    assert cli.main(args) == 0
+    monkeypatch.setenv("LMUData", str(tmp_path / "second"))
+    capsys.readouterr()
+    assert cli.main(args) == 2
+    err = _error(capsys.readouterr().err)
+    assert "read task docvqa from" in err and "first" in err and "second" in err
