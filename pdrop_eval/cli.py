@@ -22,8 +22,15 @@ EXAMPLES = """examples:
 """
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one `error:` line (no usage dump), like every other error here."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="pdrop-eval",
         description="Evaluate PyramidDrop and other visual-token pruning on LLaVA-style models.",
         epilog=EXAMPLES,
@@ -44,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--ratios", action="append", default=None,
         help="explicit cumulative keep ratios per drop layer, e.g. 0.5,0.25,0.125 (repeatable, or ';')")
     add("--baselines", default=None,
-        help="comma-separated baselines to add to the sweep: vanilla, fastv (K=2, R=50%%), random, e.g. vanilla,fastv")
+        help="comma-separated baselines to add to the sweep: vanilla, fastv (K=2, R=50%%), random (at each layer "
+             "list with the --ratios given, else λ=0.5's ratios), e.g. vanilla,fastv")
     add("--budget", default=None,
         help="average retained image tokens per layer, e.g. 192,128,64: for each layer list, the λ closest to each "
              "budget is chosen and printed (cannot be combined with --lambda or --ratios)")
@@ -74,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def build_report_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="pdrop-eval report",
         description="Rebuild results.xlsx and report.md/html from run folders on disk (no model needed); "
                     "several folders are merged into one comparison.",

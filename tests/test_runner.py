@@ -287,3 +287,10 @@ def test_resume_refuses_predictions_from_other_data(tmp_path, monkeypatch, capsy
     assert cli.main(args) == 2
     err = _error(capsys.readouterr().err)
     assert "read task docvqa from" in err and "first" in err and "second" in err
+
+
+def test_malformed_flags_are_one_line_too(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--tasks", "shapes", "--batch-size", "many"])
+    assert exit_info.value.code == 2
+    assert "--batch-size" in _error(capsys.readouterr().err)
