@@ -15,7 +15,6 @@ from pdrop_eval.report.load import Run
 
 # Leading key segments that hold counts (n, POPE's confusion cells), shown as integers rather than percentages.
 COUNT_PREFIXES = frozenset({"n", "tp", "fp", "tn", "fn"})
-BASELINE_METHODS = ("vanilla", "fastv", "random")
 # TFLOPs conventions (REFERENCE §2): name → what it counts; the table column is f"tflops_{name}".
 TFLOPS_CONVENTIONS = {
     "paper": "image tokens in the LLM, multiply-accumulates",
