@@ -160,8 +160,12 @@ def _report(argv: Sequence[str]) -> int:
 
     args = build_report_parser().parse_args(argv)
     paths = build_reports([Path(d) for d in args.run_dirs], Path(args.out) if args.out else None, tflops=args.tflops)
-    print(f"wrote {paths.spreadsheet}\nwrote {paths.markdown}\nwrote {paths.html}")
+    print(f"wrote {_spreadsheet_line(paths)}\nwrote {paths.markdown}\nwrote {paths.html}")
     return 0
+
+
+def _spreadsheet_line(paths) -> str:
+    return str(paths.spreadsheet) if paths.spreadsheet else "no results.xlsx (needs openpyxl: pip install openpyxl)"
 
 
 def _evaluate(args: argparse.Namespace, argv: Sequence[str]) -> int:
@@ -177,7 +181,7 @@ def _evaluate(args: argparse.Namespace, argv: Sequence[str]) -> int:
         from pdrop_eval.report import build_reports
 
         paths = build_reports([plan.run_dir])
-        print(f"spreadsheet {paths.spreadsheet}; report {paths.html}")
+        print(f"spreadsheet {_spreadsheet_line(paths)}; report {paths.html}")
     return 0
 
 

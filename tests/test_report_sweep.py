@@ -114,3 +114,20 @@ def test_truncated_predictions_file_is_a_clear_error(tmp_path):
     predictions.write_text('{"id": 0, "kept_image_indices": [[1, 2', encoding="utf-8")
     with pytest.raises(PdropEvalError, match="line 1 is not valid JSON"):
         build_reports([run_dir])
+
+
+def test_without_openpyxl_the_report_is_written_and_the_spreadsheet_skipped(tmp_path, monkeypatch):
+    """The GPU image has no openpyxl: a run there still ends with its markdown/HTML report."""
+    import importlib.util
+
+    from pdrop_eval.report import build_reports
+    from tests.run_fixtures import write_run_dir
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "openpyxl" else real_find_spec(name, *a)
+    )
+    run_dir = write_run_dir(tmp_path, "run", tasks=("shapes",))
+    paths = build_reports([run_dir])
+    assert paths.spreadsheet is None and not (run_dir / "results.xlsx").exists()
+    assert paths.html.stat().st_size > 0 and paths.markdown.exists()

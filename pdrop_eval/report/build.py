@@ -6,22 +6,22 @@ can be redone, restyled or merged across runs (one per node or per day) without 
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
 from pdrop_eval.errors import PdropEvalError
 from pdrop_eval.report.load import load_run, unique_names
 from pdrop_eval.report.reference import reference_frame
-from pdrop_eval.report.spreadsheet import write_workbook
 from pdrop_eval.report.sweep import write_sweep_report
 from pdrop_eval.report.table import TFLOPS_CONVENTIONS, results_frame
 
 
 @dataclass(frozen=True)
 class ReportPaths:
-    """What `build_reports` wrote."""
+    """What `build_reports` wrote; `spreadsheet` is None when openpyxl is not installed (the GPU image lacks it)."""
 
-    spreadsheet: Path
+    spreadsheet: Path | None
     markdown: Path
     html: Path
     figures: list[Path]
@@ -50,8 +50,12 @@ def build_reports(run_dirs: list[Path], out_dir: Path | None = None, tflops: str
     if frame.empty:
         raise PdropEvalError(f"{', '.join(str(r.directory / 'metrics.json') for r in runs)} holds no results to report")
     reference = reference_frame(runs, frame)
-    spreadsheet = out / "results.xlsx"
-    write_workbook(spreadsheet, runs, frame, reference)
+    spreadsheet = None
+    if importlib.util.find_spec("openpyxl") is not None:
+        from pdrop_eval.report.spreadsheet import write_workbook
+
+        spreadsheet = out / "results.xlsx"
+        write_workbook(spreadsheet, runs, frame, reference)
     markdown, html = out / "report.md", out / "report.html"
     figures = write_sweep_report(runs, frame, reference, markdown, html, tflops)
     return ReportPaths(spreadsheet=spreadsheet, markdown=markdown, html=html, figures=figures)
