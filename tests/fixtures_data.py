@@ -186,10 +186,15 @@ MMSTAR_QUESTION = ("Which option describe the object relationship in the image c
 
 
 def write_mmstar_tsv(path: Path) -> dict[str, Any]:
-    header = ["index", "question", "answer", "category", "l2-category", "image"]
+    """VLMEvalKit's MMStar.tsv: options inside the question AND in columns A-D (empty where a question has fewer);
+    the prompt must not list them a second time."""
+    header = ["index", "question", "answer", "category", "l2-category", "image", "A", "B", "C", "D"]
     rows = [
-        [0, MMSTAR_QUESTION, "A", "coarse perception", "image scene and topic", b64_image("RGBA", "PNG")],
-        [1, "How many dogs?\nOptions: A: 1, 2 or 3, B: 4", "B", "math", "numeric commonsense and calculation", "0"],
+        [0, MMSTAR_QUESTION, "A", "coarse perception", "image scene and topic", b64_image("RGBA", "PNG"),
+         "The suitcase is on the book.", "The suitcase is beneath the cat.", "The suitcase is beneath the bed.",
+         "The suitcase is beneath the book."],
+        [1, "How many dogs?\nOptions: A: 1, 2 or 3, B: 4", "B", "math", "numeric commonsense and calculation", "0",
+         "1, 2 or 3", "4", "", ""],
     ]
     write_tsv(path, header, rows)
     return {"ids": [0, 1], "prompts": [MMSTAR_QUESTION + MCQ_SUFFIX, rows[1][1] + MCQ_SUFFIX], "gold": ["A", "B"],

@@ -95,3 +95,22 @@ def test_missing_column_is_reported(tmp_path):
     write_tsv(tmp_path / "DocVQA_VAL.tsv", ["index", "image", "question"], [[5, b64_image(), "q?"]])
     with pytest.raises(PdropEvalError, match="lacks the column"):
         _load("docvqa", tmp_path, tmp_path)
+
+
+def test_only_list_literals_split_into_several_answers():
+    """VLMEvalKit splits an answer cell only when it is a list (`istype(answer, list)`); a tuple-looking answer
+    such as a year range is one answer."""
+    from pdrop_eval.data.rows import answer_list
+
+    assert answer_list("['1,000', '1000']") == ["1,000", "1000"]
+    assert answer_list("(2013, 2014)") == ["(2013, 2014)"]
+    assert answer_list("[unbalanced") == ["[unbalanced"]
+
+
+def test_matcher_gets_every_option_while_the_prompt_stops_at_the_first_gap():
+    """LLaVA lists options up to the first empty one; VLMEvalKit's matcher still knows all non-empty options."""
+    from pdrop_eval.data.prompts import all_options, leading_options
+
+    row = {"A": "cat", "B": "dog", "C": float("nan"), "D": "hen"}
+    assert leading_options(row) == {"A": "cat", "B": "dog"}
+    assert all_options(row) == {"A": "cat", "B": "dog", "D": "hen"}

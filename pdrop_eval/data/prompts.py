@@ -48,6 +48,11 @@ def leading_options(row: Mapping[str, Any], letters: tuple[str, ...] = OPTION_LE
     return options
 
 
+def all_options(row: Mapping[str, Any], letters: tuple[str, ...] = OPTION_LETTERS) -> dict[str, str]:
+    """Every non-empty option A-Z, as VLMEvalKit's `build_choices` gives its matcher (it skips gaps, LLaVA stops)."""
+    return {letter: str(row[letter]) for letter in letters if not is_none(row.get(letter))}
+
+
 def mcq_prompt(question: str, hint: Any, options: Mapping[str, str], suffix: str) -> str:
     """`hint\\n` (if any) + question + `\\nA. ...` per option + suffix (LLaVA model_vqa_mmbench / VLMEvalKit LLaVA)."""
     text = question if is_none(hint) else f"{hint}\n{question}"

@@ -13,7 +13,7 @@ from typing import Any
 
 from PIL import Image
 
-from pdrop_eval.data.prompts import OCR_PREFIX, inline_options, is_none, leading_options, mcq_prompt
+from pdrop_eval.data.prompts import OCR_PREFIX, all_options, inline_options, is_none, leading_options, mcq_prompt
 from pdrop_eval.data.sample import Sample
 from pdrop_eval.errors import PdropEvalError
 
@@ -39,7 +39,7 @@ def answer_list(value: Any) -> list[str]:
             parsed = ast.literal_eval(text)
         except (ValueError, SyntaxError):
             return [text]
-        if isinstance(parsed, (list, tuple)):
+        if isinstance(parsed, list):
             return [str(item) for item in parsed]
     return [text]
 
@@ -138,18 +138,21 @@ def _circular_index(sample_id: Any, where: str) -> int:
 def mcq_samples(
     rows: Sequence[Mapping[str, Any]], options: Mapping[str, Any], suffix: str, open_image: ImageOpener, where: str
 ) -> list[Sample]:
-    """Multiple choice (MMBench, MMStar): options from columns A-D (listed in the prompt, stopping at the first
-    empty one as LLaVA does) or, when there are none, parsed from the question text (MMStar) for the matcher."""
+    """Multiple choice (MMBench, MMStar): options from columns A-D, listed in the prompt up to the first empty one
+    as LLaVA does, unless the card says `list_options: false` (MMStar: its questions already spell the options
+    out, and VLMEvalKit's TSV repeats them in columns). The matcher gets every option, from the columns or, when
+    there are none, parsed from the question text."""
     fields = _Fields(options)
+    list_in_prompt = bool(options.get("list_options", True))
     rows = pick_subset(rows, options.get("subset"))
     _check_columns(rows, fields, ("id", "question", "answer"), where)
     samples = []
     for number, row in enumerate(rows):
         sample_id = fields.sample_id(row, number)
         question = str(fields.column(row, "question"))
-        listed = leading_options(row)
+        listed = leading_options(row) if list_in_prompt else {}
         meta = fields.meta_of(row)
-        meta["options"] = listed or inline_options(question)
+        meta["options"] = all_options(row) or inline_options(question)
         meta["index"] = _circular_index(sample_id, where)
         samples.append(
             Sample(
