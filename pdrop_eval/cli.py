@@ -6,6 +6,7 @@ A `PdropEvalError` anywhere becomes one `error: ...` line on stderr and exit sta
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -129,8 +130,11 @@ def plan_from_args(args: argparse.Namespace, argv: Sequence[str]):
         schedules = ()
     else:
         schedules = build_schedules(lambdas, layer_lists, ratio_lists, baselines, args.position_mode, args.seed)
-    model_name = Path(args.model.rstrip("/")).name
-    run_name = validate_run_name(args.run_name or f"{model_name}_{'-'.join(tasks)}")
+    if args.run_name:
+        run_name = validate_run_name(args.run_name)
+    else:
+        default = f"{Path(args.model.rstrip('/')).name}_{'-'.join(tasks)}"
+        run_name = re.sub(r"[^A-Za-z0-9._-]", "_", default)
     return RunPlan(
         model=args.model,
         tasks=tasks,

@@ -10,10 +10,13 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import TypeVar
 
 import torch
 import torch.distributed as dist
+
+from pdrop_eval.errors import PdropEvalError
 
 T = TypeVar("T")
 
@@ -38,9 +41,14 @@ def current_world() -> World:
 
 
 def init(world: World, device: torch.device) -> None:
-    """Join the process group torchrun set up: NCCL between GPUs, gloo on CPU."""
+    """Join the process group torchrun set up: NCCL between GPUs (each rank bound to its own), gloo on CPU.
+
+    The timeout is generous because ranks wait at a barrier while rank 0 merges, scores and reports.
+    """
     if world.size > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(hours=2))
 
 
 def barrier(world: World) -> None:
@@ -59,10 +67,22 @@ def shard(items: Sequence[T], world: World) -> list[T]:
 
 
 def device_for(requested: str, world: World) -> torch.device:
-    """`auto` takes this rank's GPU when there is one, else the CPU."""
+    """`auto` takes this rank's GPU when there is one, else the CPU; anything else must exist on this machine."""
     if requested == "auto":
         return torch.device(f"cuda:{world.local_rank}" if torch.cuda.is_available() else "cpu")
-    device = torch.device(requested)
+    try:
+        device = torch.device(requested)
+    except RuntimeError as error:
+        raise PdropEvalError(f"--device {requested!r} is not a device: use auto, cpu, cuda or cuda:N") from error
     if device.type == "cuda" and device.index is None and world.size > 1:
-        return torch.device(f"cuda:{world.local_rank}")
+        device = torch.device(f"cuda:{world.local_rank}")
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (device.index or 0) >= count:
+            raise PdropEvalError(
+                f"--device {requested} asks for a GPU this machine does not have ({count} visible): "
+                "use --device cpu, or auto"
+            )
+    elif device.type != "cpu":
+        raise PdropEvalError(f"--device {requested!r} is not supported: use auto, cpu, cuda or cuda:N")
     return device

@@ -94,9 +94,11 @@ def _parse_source(raw: Any, path: Path) -> Source:
     if not isinstance(raw, Mapping) or "format" not in raw:
         raise _card_error(path, f"each source needs a `format`; got {raw!r}")
     name = raw["format"]
-    if name not in FORMATS:
+    if not isinstance(name, str) or name not in FORMATS:
         raise _card_error(path, f"unknown format {name!r}; known formats: {', '.join(sorted(FORMATS))}")
-    files = dict(raw.get("files") or {})
+    files = raw.get("files") or {}
+    if not isinstance(files, Mapping):
+        raise _card_error(path, f"`files` of format {name} must map file roles to paths; got {files!r}")
     missing = [role for role in FORMATS[name].roles if role not in files]
     if missing:
         raise _card_error(path, f"format {name} needs files for {missing}")
@@ -136,12 +138,16 @@ def load_card(path: Path) -> Task:
     sources = raw["sources"]
     if not isinstance(sources, list) or not sources:
         raise _card_error(path, "`sources` must be a non-empty list")
+    try:
+        size, max_new_tokens = int(raw["size"]), int(raw["max_new_tokens"])
+    except (TypeError, ValueError) as err:
+        raise _card_error(path, f"`size` and `max_new_tokens` must be whole numbers ({err})") from err
     return Task(
         name=str(raw["name"]),
         description=str(raw["description"]).strip(),
-        size=int(raw["size"]),
+        size=size,
         prompt_suffix=str(raw["prompt_suffix"]),
-        max_new_tokens=int(raw["max_new_tokens"]),
+        max_new_tokens=max_new_tokens,
         metrics=tuple(str(metric) for metric in metrics),
         sources=tuple(_parse_source(source, path) for source in sources),
         published=tuple(str(item) for item in raw.get("published") or ()),
@@ -254,7 +260,17 @@ def load_samples(
         task = get_task(task)
     resolved = check_data(task, data_root, lmu_data=lmu_data, hf_cache=hf_cache, source=source)
     request = LoadRequest(paths=resolved.paths, options=resolved.source.options, prompt_suffix=task.prompt_suffix)
-    samples = resolved.source.spec.load(request)
+    try:
+        samples = resolved.source.spec.load(request)
+    except (KeyError, IndexError, TypeError, ValueError) as error:
+        what = f"missing field {error.args[0]!r}" if isinstance(error, KeyError) else str(error)
+        files = ", ".join(
+            str(path) for value in resolved.paths.values() for path in (value if isinstance(value, list) else [value])
+        )
+        raise PdropEvalError(
+            f"task {task.name}: the data in {files} does not have the {resolved.source.format} layout ({what}); "
+            "check that the files are the official ones, unmodified"
+        ) from error
     repeated = [str(sample_id) for sample_id, count in Counter(s.id for s in samples).items() if count > 1]
     if repeated:
         raise PdropEvalError(f"task {task.name}: sample ids repeat in {resolved.where} (e.g. {repeated[:5]})")

@@ -79,7 +79,14 @@ def _settings(plan: RunPlan, dtype: str, tasks: list[TaskData]) -> dict[str, Any
         "max_new_tokens": plan.max_new_tokens,
         "seed": plan.seed,
         "scorer": plan.scorer,
-        "data": {data.task.name: f"{data.source.source.format} {data.source.where}" for data in tasks},
+        "data": {
+            data.task.name: {
+                "source": f"{data.source.source.format} {data.source.where}",
+                "prompt_suffix": data.task.prompt_suffix,
+                "max_new_tokens": plan.max_new_tokens or data.task.max_new_tokens,
+            }
+            for data in tasks
+        },
     }
 
 
@@ -99,13 +106,16 @@ def _check_resume(run_dir: Path, settings: dict[str, Any], world: World) -> None
                     f"run {run_dir} was made with {key}={stored.get(key)!r} but this command asks for "
                     f"{settings.get(key)!r}: use the same setting to resume, another --run-name, or --overwrite"
                 )
-        for task, where in settings["data"].items():
+        for task, now in settings["data"].items():
             before = stored.get("data", {}).get(task)
-            if before is not None and before != where:
-                raise PdropEvalError(
-                    f"run {run_dir} read task {task} from {before}, this command finds it in {where}: point "
-                    "--data-root / $LMUData at the same data to resume, or use another --run-name or --overwrite"
-                )
+            if before is None:
+                continue
+            for key, value in now.items():
+                if before.get(key) != value:
+                    raise PdropEvalError(
+                        f"run {run_dir} ran task {task} with {key}={before.get(key)!r}, this command gives "
+                        f"{value!r}: resume with the same data and task card, or use another --run-name or --overwrite"
+                    )
     merged = {**stored, **settings, "data": {**stored.get("data", {}), **settings["data"]}}
     if world.is_main and merged != stored:
         write_json_atomic(path, merged)
@@ -133,13 +143,18 @@ def _clear_run(run_dir: Path) -> None:
 
 
 def _vlmeval_tsv(task: Task, source: ResolvedSource) -> Path | None:
-    """The VLMEvalKit TSV `--scorer vlmeval` scores against, or None when the task has no VLMEvalKit scorer."""
+    """The VLMEvalKit TSV `--scorer vlmeval` scores against, or None when the task has no VLMEvalKit scorer.
+
+    VLMEvalKit rebuilds its dataset from `$LMUData/<name>.tsv` (and would try to download it otherwise), so the task
+    must have been read from exactly that file, not from another TSV such as LLaVA's MMBench copy.
+    """
     if task.vlmeval_dataset is None:
         return None
     tsv = source.paths.get("tsv")
-    if tsv is None:
+    expected = f"{task.vlmeval_dataset}.tsv"
+    if source.source.spec.location != "lmu_data" or tsv is None or Path(tsv).name != expected:
         raise PdropEvalError(
-            f"--scorer vlmeval scores {task.name} against VLMEvalKit's {task.vlmeval_dataset}.tsv in $LMUData, but "
+            f"--scorer vlmeval scores {task.name} against VLMEvalKit's {expected} in $LMUData, but "
             f"its data was found as {source.source.format} ({source.where}): put the TSV there, or use --scorer native"
         )
     return Path(tsv)
@@ -174,6 +189,16 @@ def _trim_left_padding(input_ids: torch.Tensor, attention_mask: torch.Tensor):
     return input_ids[:, first:], attention_mask[:, first:]
 
 
+def _scores(task: Task, prediction: str, gold: Any, meta: dict[str, Any]) -> dict[str, float]:
+    return {name: get_metric(name).score(prediction, gold, meta) for name in task.metrics}
+
+
+def _rescored(task: Task, record: dict[str, Any]) -> dict[str, Any]:
+    """A stored record scored again by today's metrics, so a scorer fix or a changed card applies to old runs."""
+    scores = _scores(task, record["prediction"], record["gold"], record["meta"])
+    return {**record, "score": scores[task.metrics[0]], "scores": scores}
+
+
 def _record(
     task: Task,
     sample: Sample,
@@ -183,7 +208,7 @@ def _record(
     timing: dict[str, float],
 ) -> dict[str, Any]:
     trace = generation.trace
-    scores = {name: get_metric(name).score(prediction, sample.gold, sample.meta) for name in task.metrics}
+    scores = _scores(task, prediction, sample.gold, sample.meta)
     flops = sample_flops(shape, trace)
     return {
         "id": sample.id,
@@ -433,7 +458,13 @@ def finalize(
     for data in tasks:
         order = [_sample_key(s) for s in data.samples]
         for schedule in schedules:
-            records = merge_shards(plan.run_dir, data.task.name, schedule.label, order)
+            records = merge_shards(
+                plan.run_dir,
+                data.task.name,
+                schedule.label,
+                order,
+                lambda record, task=data.task: _rescored(task, record),
+            )
             wanted = set(order)
             records = [r for r in records if str(r["id"]) in wanted]
             result = score_schedule(data.task, schedule, records)
@@ -505,17 +536,17 @@ def run(plan: RunPlan) -> dict[str, Any] | None:
     world = current_world()
     device = device_for(plan.device, world)
     dtype = _resolved_dtype(plan.dtype, device)
-    if plan.overwrite and world.is_main and plan.run_dir.exists():
-        _clear_run(plan.run_dir)
     _check_writable(plan.run_dir)
     tasks = prepare_tasks(plan)
     init(world, device)
-    barrier(world)
-    _check_resume(plan.run_dir, _settings(plan, dtype, tasks), world)
     torch.manual_seed(plan.seed)
     loaded = load_vlm(plan.model, dtype=dtype, device=str(device), attn=plan.attn)
     depth = DecoderParts.from_model(loaded.model).num_layers
     schedules = _resolve_schedules(plan, loaded, tasks, depth)
+    if plan.overwrite and world.is_main:
+        _clear_run(plan.run_dir)
+    barrier(world)
+    _check_resume(plan.run_dir, _settings(plan, dtype, tasks), world)
     evaluator = TaskEvaluator(plan, loaded, schedules, world)
     with torch.inference_mode():
         for data in tasks:

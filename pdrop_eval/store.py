@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -98,14 +98,23 @@ def _plain(value: Any) -> Any:
     raise TypeError(f"cannot store {type(value).__name__} in a prediction record")
 
 
-def merge_shards(run_dir: Path, task: str, label: str, order: Sequence[str]) -> list[dict[str, Any]]:
-    """One merged file in sample order from all shards; shards are removed only after the merge is on disk."""
+def merge_shards(
+    run_dir: Path,
+    task: str,
+    label: str,
+    order: Sequence[str],
+    refresh: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+) -> list[dict[str, Any]]:
+    """One merged file in sample order from all shards, each record passed through `refresh` (re-scoring) first;
+    shards are removed only after the merge is on disk."""
     records = read_predictions(run_dir, task, label)
     known = set(order)
     ordered = [records[key] for key in order if key in records]
     ordered += [record for key, record in records.items() if key not in known]
+    if refresh is not None:
+        ordered = [refresh(record) for record in ordered]
     target = merged_path(run_dir, task, label)
-    write_text_atomic(target, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in ordered))
+    write_text_atomic(target, "".join(json.dumps(r, ensure_ascii=False, default=_plain) + "\n" for r in ordered))
     for shard in _files_for(run_dir, task, label):
         if shard != target:
             shard.unlink()

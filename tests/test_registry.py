@@ -97,6 +97,11 @@ def test_unknown_metric_is_rejected_once_the_metrics_registry_exists(tmp_path, m
                                                              "format: hf_vqa\n    files: {rows: a.parquet}"),
          "needs `repo`"),
         ("name: [unclosed", "cannot read"),
+        (CARD.format(name="x", metric="exact_match").replace("size: 4", "size: lots"), "whole numbers"),
+        (CARD.format(name="x", metric="exact_match").replace("format: synthetic_shapes", "format: [x]"),
+         "unknown format"),
+        (CARD.format(name="x", metric="exact_match").replace("format: synthetic_shapes",
+                                                             "format: llava_gqa\n    files: [a, b]"), "must map"),
     ],
 )
 def test_card_mistakes_name_the_card_and_the_problem(tmp_path, text, problem):
@@ -105,6 +110,13 @@ def test_card_mistakes_name_the_card_and_the_problem(tmp_path, text, problem):
     with pytest.raises(PdropEvalError, match=problem) as caught:
         load_card(path)
     assert str(path) in str(caught.value)
+
+
+def test_data_file_in_the_wrong_layout_is_one_clear_error(tmp_path):
+    """A TSV without VLMEvalKit's `index` column: named with the file and the missing field, no traceback."""
+    write_tsv(tmp_path / "DocVQA_VAL.tsv", ["id", "image", "question", "answer"], [[1, b64_image(), "a?", "x"]])
+    with pytest.raises(PdropEvalError, match="DocVQA_VAL.tsv.*(index|layout)"):
+        load_samples(get_task("docvqa"), tmp_path, lmu_data=tmp_path)
 
 
 def test_duplicate_ids_are_an_error(tmp_path):

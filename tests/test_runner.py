@@ -286,7 +286,7 @@ def test_resume_refuses_predictions_from_other_data(tmp_path, monkeypatch, capsy
     capsys.readouterr()
     assert cli.main(args) == 2
     err = _error(capsys.readouterr().err)
-    assert "read task docvqa from" in err and "first" in err and "second" in err
+    assert "ran task docvqa with source=" in err and "first" in err and "second" in err
 
 
 def test_malformed_flags_are_one_line_too(capsys):
@@ -294,3 +294,53 @@ def test_malformed_flags_are_one_line_too(capsys):
         cli.main(["--tasks", "shapes", "--batch-size", "many"])
     assert exit_info.value.code == 2
     assert "--batch-size" in _error(capsys.readouterr().err)
+
+
+def test_vlmeval_scorer_refuses_data_that_is_not_its_tsv_before_loading(tmp_path, monkeypatch, capsys):
+    """LLaVA's MMBench TSV is a TSV too, but VLMEvalKit would rebuild MMBench_DEV_EN from $LMUData (and try to
+    download it there): refused up front, not after hours of generation."""
+    import sys
+    import types
+
+    from tests.fixtures_data import write_mmbench_tsv
+
+    monkeypatch.setitem(sys.modules, "vlmeval", types.ModuleType("vlmeval"))
+    monkeypatch.setattr(runner, "load_vlm", _fail_if_model_loads)
+    monkeypatch.setenv("LMUData", str(tmp_path / "empty-lmu"))
+    write_mmbench_tsv(tmp_path / "data" / "mmbench" / "mmbench_dev_20230712.tsv")
+    args = ["--tasks", "mmbench", "--lambda", "0.5", "--scorer", "vlmeval", "--data-root", str(tmp_path / "data"),
+            "--output-dir", str(tmp_path), "--no-report"]
+    assert cli.main(args) == 2
+    assert "MMBench_DEV_EN.tsv in $LMUData" in _error(capsys.readouterr().err)
+
+
+def test_overwrite_with_a_mistyped_task_deletes_nothing(tmp_path, capsys):
+    assert _run(tmp_path, "--lambda", "0.5", "--limit", "2") == 0
+    predictions = tmp_path / "r" / "predictions" / "shapes" / "pdrop_lam0.5_8-16-24.jsonl"
+    before = predictions.read_text()
+    args = ["--model", "tiny-llava", "--tasks", "shapez", "--lambda", "0.5", "--overwrite", "--output-dir",
+            str(tmp_path), "--run-name", "r", "--no-report"]
+    assert cli.main(args) == 2
+    assert "shapes" in _error(capsys.readouterr().err)
+    assert predictions.read_text() == before
+
+
+def test_stored_predictions_are_rescored_when_the_run_is_finished_again(tmp_path):
+    """A scorer fix (here: a tampered stored score) applies to existing predictions at the next finalize."""
+    assert _run(tmp_path, "--lambda", "0.5", "--limit", "2") == 0
+    path = tmp_path / "r" / "predictions" / "shapes" / "pdrop_lam0.5_8-16-24.jsonl"
+    records = _lines(path)
+    truth = [r["score"] for r in records]
+    for record in records:
+        record["score"] = record["scores"]["exact_match"] = 1.0 - record["score"]
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert _run(tmp_path, "--lambda", "0.5", "--limit", "2") == 0
+    assert [r["score"] for r in _lines(path)] == truth
+    metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert metrics["results"][0]["primary"] == pytest.approx(100 * sum(truth) / 2)
+
+
+def test_device_that_does_not_exist_is_one_line(tmp_path, capsys):
+    for device, expected in (("tpu:9", "not a device"), ("cuda:3", "GPU this machine does not have")):
+        assert _run(tmp_path, "--lambda", "0.5", "--device", device) == 2
+        assert expected in _error(capsys.readouterr().err)

@@ -120,7 +120,10 @@ def _read_config(path: Path) -> dict:
     config_file = path / "config.json"
     if not config_file.is_file():
         raise PdropEvalError(f"{path} has no config.json: it is not a model directory")
-    return json.loads(config_file.read_text())
+    try:
+        return json.loads(config_file.read_text())
+    except ValueError as error:
+        raise PdropEvalError(f"{config_file} is not valid JSON ({error}): the download is incomplete or corrupt") from error
 
 
 def _kind(raw_config: dict, path: Path) -> VLMKind:
