@@ -96,3 +96,12 @@ def test_pickled_weights_are_refused(tmp_path):
 def test_not_a_model_directory(tmp_path):
     with pytest.raises(PdropEvalError, match="no config.json"):
         load_vlm(str(tmp_path))
+
+
+def test_corrupt_config_is_a_clear_error(tmp_path):
+    from pdrop_eval.errors import PdropEvalError
+    from pdrop_eval.models import load_vlm
+
+    (tmp_path / "config.json").write_text('{"model_type": "llava", ')
+    with pytest.raises(PdropEvalError, match="config.json is not valid JSON"):
+        load_vlm(str(tmp_path))
