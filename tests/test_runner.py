@@ -114,34 +114,23 @@ def test_budget_picks_and_prints_lambda(tmp_path, capsys):
     assert [r["schedule"]["label"] for r in metrics["results"]] == ["pdrop_lam0.5_8-16-24"]
 
 
-def _corrupt_docvqa(lmu: Path) -> None:
-    rows = [[index, b64_image("RGB", "PNG", index), f"Question {index}?", "['a']"] for index in range(3)]
-    rows.append([3, base64.b64encode(b"not an image at all").decode() + "=" * 70, "Broken?", "['b']"])
+def _write_docvqa(lmu: Path, count: int, corrupt_last: bool = False) -> None:
+    """A VLMEvalKit DocVQA_VAL.tsv of `count` rows; with `corrupt_last`, the last image cell is not an image."""
+    rows = [[index, b64_image("RGB", "PNG", index), f"Question {index}?", "['a']"] for index in range(count)]
+    if corrupt_last:
+        rows[-1][1] = base64.b64encode(b"not an image at all").decode() + "=" * 70
     write_tsv(lmu / "DocVQA_VAL.tsv", ["index", "image", "question", "answer"], rows)
 
 
+def _docvqa_args(tmp_path: Path, run_name: str, *extra: str) -> list[str]:
+    common = ["--model", "tiny-llava", "--tasks", "docvqa", "--lambda", "0.5", "--max-new-tokens", "2", "--no-report"]
+    return [*common, "--output-dir", str(tmp_path), "--run-name", run_name, *extra]
+
+
 def test_corrupt_image_names_the_sample_and_keeps_finished_batches(tmp_path, monkeypatch, capsys):
-    _corrupt_docvqa(tmp_path / "lmu")
+    _write_docvqa(tmp_path / "lmu", 4, corrupt_last=True)
     monkeypatch.setenv("LMUData", str(tmp_path / "lmu"))
-    code = cli.main(
-        [
-            "--model",
-            "tiny-llava",
-            "--tasks",
-            "docvqa",
-            "--lambda",
-            "0.5",
-            "--batch-size",
-            "2",
-            "--max-new-tokens",
-            "2",
-            "--output-dir",
-            str(tmp_path),
-            "--run-name",
-            "c",
-            "--no-report",
-        ]
-    )
+    code = cli.main(_docvqa_args(tmp_path, "c", "--batch-size", "2"))
     err = _error(capsys.readouterr().err)
     assert code == 2 and "sample 3" in err and "DocVQA_VAL.tsv" in err
     shard = tmp_path / "c" / "predictions" / "docvqa" / "pdrop_lam0.5_8-16-24.rank0.jsonl"
@@ -230,8 +219,7 @@ def test_vlmeval_scorer_scores_through_its_dataset_classes(tmp_path, monkeypatch
     datasets.build_dataset = lambda name: FakeDocVQA() if name == "DocVQA_VAL" else None
     monkeypatch.setitem(sys.modules, "vlmeval", package)
     monkeypatch.setitem(sys.modules, "vlmeval.dataset", datasets)
-    rows = [[index, b64_image("RGB", "PNG", index), f"Question {index}?", "['a']"] for index in range(3)]
-    write_tsv(tmp_path / "lmu" / "DocVQA_VAL.tsv", ["index", "image", "question", "answer"], rows)
+    _write_docvqa(tmp_path / "lmu", 3)
     monkeypatch.setenv("LMUData", str(tmp_path / "lmu"))
     args = [
         "--model",
@@ -262,24 +250,9 @@ def test_vlmeval_scorer_scores_through_its_dataset_classes(tmp_path, monkeypatch
 
 
 def test_resume_refuses_predictions_from_other_data(tmp_path, monkeypatch, capsys):
-    rows = [[index, b64_image("RGB", "PNG", index), f"Question {index}?", "['a']"] for index in range(2)]
     for folder in ("first", "second"):
-        write_tsv(tmp_path / folder / "DocVQA_VAL.tsv", ["index", "image", "question", "answer"], rows)
-    args = [
-        "--model",
-        "tiny-llava",
-        "--tasks",
-        "docvqa",
-        "--lambda",
-        "0.5",
-        "--max-new-tokens",
-        "2",
-        "--output-dir",
-        str(tmp_path),
-        "--run-name",
-        "d",
-        "--no-report",
-    ]
+        _write_docvqa(tmp_path / folder, 2)
+    args = _docvqa_args(tmp_path, "d")
     monkeypatch.setenv("LMUData", str(tmp_path / "first"))
     assert cli.main(args) == 0
     monkeypatch.setenv("LMUData", str(tmp_path / "second"))
@@ -308,8 +281,19 @@ def test_vlmeval_scorer_refuses_data_that_is_not_its_tsv_before_loading(tmp_path
     monkeypatch.setattr(runner, "load_vlm", _fail_if_model_loads)
     monkeypatch.setenv("LMUData", str(tmp_path / "empty-lmu"))
     write_mmbench_tsv(tmp_path / "data" / "mmbench" / "mmbench_dev_20230712.tsv")
-    args = ["--tasks", "mmbench", "--lambda", "0.5", "--scorer", "vlmeval", "--data-root", str(tmp_path / "data"),
-            "--output-dir", str(tmp_path), "--no-report"]
+    args = [
+        "--tasks",
+        "mmbench",
+        "--lambda",
+        "0.5",
+        "--scorer",
+        "vlmeval",
+        "--data-root",
+        str(tmp_path / "data"),
+        "--output-dir",
+        str(tmp_path),
+        "--no-report",
+    ]
     assert cli.main(args) == 2
     assert "MMBench_DEV_EN.tsv in $LMUData" in _error(capsys.readouterr().err)
 
@@ -318,8 +302,20 @@ def test_overwrite_with_a_mistyped_task_deletes_nothing(tmp_path, capsys):
     assert _run(tmp_path, "--lambda", "0.5", "--limit", "2") == 0
     predictions = tmp_path / "r" / "predictions" / "shapes" / "pdrop_lam0.5_8-16-24.jsonl"
     before = predictions.read_text()
-    args = ["--model", "tiny-llava", "--tasks", "shapez", "--lambda", "0.5", "--overwrite", "--output-dir",
-            str(tmp_path), "--run-name", "r", "--no-report"]
+    args = [
+        "--model",
+        "tiny-llava",
+        "--tasks",
+        "shapez",
+        "--lambda",
+        "0.5",
+        "--overwrite",
+        "--output-dir",
+        str(tmp_path),
+        "--run-name",
+        "r",
+        "--no-report",
+    ]
     assert cli.main(args) == 2
     assert "shapes" in _error(capsys.readouterr().err)
     assert predictions.read_text() == before
