@@ -337,6 +337,6 @@ def test_stored_predictions_are_rescored_when_the_run_is_finished_again(tmp_path
 
 
 def test_device_that_does_not_exist_is_one_line(tmp_path, capsys):
-    for device, expected in (("tpu:9", "not a device"), ("cuda:3", "GPU this machine does not have")):
+    for device, expected in (("tpu:9", "not a device"), ("cuda:99", "GPU this machine does not have")):
         assert _run(tmp_path, "--lambda", "0.5", "--device", device) == 2
         assert expected in _error(capsys.readouterr().err)
