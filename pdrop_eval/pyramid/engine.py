@@ -24,7 +24,7 @@ from transformers import DynamicCache
 from pdrop_eval.errors import PdropEvalError
 from pdrop_eval.pyramid.ranking import last_query_attention, random_scores
 from pdrop_eval.pyramid.schedule import DropSchedule
-from pdrop_eval.pyramid.timing import Stopwatch
+from pdrop_eval.pyramid.timing import SpanTimer, Stopwatch
 
 SUPPORTED_ATTENTION = ("sdpa", "eager", "flash_attention_2")
 
@@ -221,17 +221,23 @@ def _forced_selection(
     return table.gather(1, image_ordinal.clamp(min=0)) & image_mask
 
 
-def _left_repack(keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Source column of each slot after moving each row's kept tokens to the right end, and the new valid mask."""
+def _left_repack(keep: torch.Tensor, new_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Source column of each slot after moving each row's kept tokens to the right end, and the new valid mask.
+
+    `new_length` is the longest row's kept count, known on the host, so the repack never waits for the GPU."""
     batch, length = keep.shape
     counts = keep.sum(-1)
-    new_length = int(counts.max())
     destination = new_length - counts[:, None] + keep.long().cumsum(-1) - 1
     destination = torch.where(keep, destination, new_length)  # dropped tokens land in a spare column
     source = torch.zeros(batch, new_length + 1, dtype=torch.long, device=keep.device)
     source.scatter_(1, destination, torch.arange(length, device=keep.device).expand(batch, length))
     valid = torch.arange(new_length, device=keep.device)[None, :] >= (new_length - counts)[:, None]
     return source[:, :new_length], valid
+
+
+def _kept_ordinals(image_ordinal: torch.Tensor, image_mask: torch.Tensor) -> list[list[int]]:
+    """Per row, the original ordinals of the image tokens still present, in sequence order."""
+    return [row[mask].tolist() for row, mask in zip(image_ordinal.cpu(), image_mask.cpu())]
 
 
 @torch.no_grad()
@@ -250,22 +256,26 @@ def prefill(
 
     inputs_embeds: [B, L, d] LEFT padded; attention_mask: [B, L] (1 = real token); image_token_mask: [B, L].
     forced_keep[b][s] fixes the image-token ordinals sample b keeps after stage s instead of ranking.
+
+    Row lengths and image counts are tracked on the host (a drop's new counts follow from the keep counts), so the
+    loop waits for the GPU only once, at the start; kept indices are copied to the host after the last stage.
     """
     schedule.validate_for_depth(parts.num_layers)
-    if not bool(attention_mask[:, -1].all()):
-        raise PdropEvalError("the engine needs LEFT-padded inputs: the last column must be a real token in every row")
-    device = inputs_embeds.device
     valid = attention_mask.bool()
     image_mask = image_token_mask.bool() & valid
+    counts = torch.stack([valid.sum(-1), image_mask.sum(-1), valid[:, -1].long()]).tolist()
+    lengths, image_counts = counts[0], counts[1]
+    if not all(counts[2]):
+        raise PdropEvalError("the engine needs LEFT-padded inputs: the last column must be a real token in every row")
+    device = inputs_embeds.device
     batch = valid.shape[0]
-    num_images = image_mask.sum(-1)
     image_ordinal = torch.where(image_mask, image_mask.long().cumsum(-1) - 1, -1)
     positions = _compact_positions(valid)
-    num_images_list = num_images.tolist()
+    num_images_list = list(image_counts)
     prompt_lengths = valid.sum(-1)
     traces = [
-        SampleTrace(num_image_tokens=n, prompt_tokens=int(p), drop_layers=list(schedule.layers))
-        for n, p in zip(num_images_list, prompt_lengths)
+        SampleTrace(num_image_tokens=n, prompt_tokens=p, drop_layers=list(schedule.layers))
+        for n, p in zip(num_images_list, lengths)
     ]
     if sample_seeds is None:
         sample_seeds = list(range(batch))
@@ -273,18 +283,17 @@ def prefill(
     cache = DynamicCache(config=parts.config) if use_cache else None
     hidden = inputs_embeds
     stages: list[_Stage] = []
-    rank_s = 0.0
+    kept_per_stage: list[tuple[torch.Tensor, torch.Tensor]] = []
+    rank_timer = SpanTimer(device)
     ranges = schedule.stage_ranges(parts.num_layers)
     for stage, (start, end) in enumerate(ranges):
-        padded = not bool(valid.all())
+        padded = min(lengths) < valid.shape[1]
         mask = build_attention_mask(valid, valid.shape[1], parts.attn_implementation, hidden.dtype, padded)
         position_embeddings = parts.rotary_emb(hidden, positions)
         fastv_layer = end - 1 if schedule.ranker == "fastv" and stage < len(ranges) - 1 else None
         hidden, fastv_input = _run_layers(
             parts, hidden, start, end, mask, positions, position_embeddings, cache, keep_input_of=fastv_layer
         )
-        lengths = valid.sum(-1).tolist()
-        image_counts = image_mask.sum(-1).tolist()
         for trace, length, count in zip(traces, lengths, image_counts):
             trace.tokens_per_layer.extend([length] * (end - start))
             trace.image_tokens_per_layer.extend([count] * (end - start))
@@ -293,9 +302,10 @@ def prefill(
         if stage == len(ranges) - 1:
             break
 
-        with Stopwatch(device) as watch:
+        with rank_timer.span():
             if forced_keep is not None:
                 keep_images = _forced_selection(forced_keep, stage, image_ordinal, image_mask)
+                keep_list = keep_images.sum(-1).tolist()
             else:
                 keep_list = [schedule.keep_count(n, stage) for n in num_images_list]
                 keep_counts = torch.tensor(keep_list, device=device)
@@ -306,8 +316,10 @@ def prefill(
                 else:
                     scores = last_query_attention(parts.layers[end], hidden, position_embeddings, valid)
                 keep_images = _select_image_tokens(scores, image_mask, keep_counts, max(keep_list))
+            lengths = [length - count + kept for length, count, kept in zip(lengths, image_counts, keep_list)]
+            image_counts = keep_list
             keep = valid & (~image_mask | keep_images)
-            source, valid = _left_repack(keep)
+            source, valid = _left_repack(keep, max(lengths))
             hidden = hidden.gather(1, source[..., None].expand(-1, -1, hidden.shape[-1]))
             image_mask = image_mask.gather(1, source) & valid
             image_ordinal = torch.where(image_mask, image_ordinal.gather(1, source), -1)
@@ -315,12 +327,13 @@ def prefill(
                 positions = _compact_positions(valid)
             else:
                 positions = positions.gather(1, source)
-            for trace, row_ordinals, row_mask in zip(traces, image_ordinal.cpu(), image_mask.cpu()):
-                trace.kept_image_indices.append(row_ordinals[row_mask].tolist())
-        rank_s += watch.seconds
+            kept_per_stage.append((image_ordinal, image_mask))
 
     logits = parts.lm_head(parts.norm(hidden[:, -1:]))[:, 0]
-    return PrefillResult(logits=logits, cache=cache, stages=stages, traces=traces, rank_s=rank_s)
+    for ordinal, present in kept_per_stage:
+        for trace, kept in zip(traces, _kept_ordinals(ordinal, present)):
+            trace.kept_image_indices.append(kept)
+    return PrefillResult(logits=logits, cache=cache, stages=stages, traces=traces, rank_s=rank_timer.seconds())
 
 
 @torch.no_grad()
