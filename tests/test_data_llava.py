@@ -166,3 +166,11 @@ def test_mmbench_cn_does_not_read_the_english_tsv(tmp_path):
     write_mmbench_tsv(tmp_path / "mmbench/mmbench_dev_20230712.tsv")
     with pytest.raises(PdropEvalError, match="mmbench_dev_cn_20231003.tsv"):
         load_fixture_task("mmbench_cn", tmp_path)
+
+
+def test_scienceqa_without_pid_splits_names_the_missing_file(tmp_path):
+    """eval_science_qa.py scores from pid_splits.json, so the LLaVA folder is incomplete without it."""
+    write_llava_scienceqa(tmp_path)
+    (tmp_path / "scienceqa/pid_splits.json").unlink()
+    with pytest.raises(PdropEvalError, match=r"scienceqa/pid_splits\.json \(missing\)"):
+        load_fixture_task("scienceqa_img", tmp_path)

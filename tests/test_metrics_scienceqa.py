@@ -70,6 +70,25 @@ def test_accuracy_is_correct_over_total_and_counts_unparsed():
     assert metric.primary == "accuracy"
     assert result["accuracy"] == pytest.approx(3 / 7 * 100)
     assert result["n"] == 7 and result["n_unparsed"] == 2
+    # lmms-eval's rule: "B", "C. bird" right; "The answer is A." wrong (it never reads that phrase) -> 2/7
+    assert result["lmms_eval/accuracy"] == pytest.approx(2 / 7 * 100)
+
+
+@pytest.mark.parametrize(
+    ("prediction", "gold", "llava", "lmms_eval"),
+    [
+        ("B.", "B", 0.0, True),  # lmms-eval needs no space after the period, LLaVA needs ". "
+        ("b", "B", 0.0, True),  # lmms-eval ignores case
+        ("The answer is B.", "B", 1.0, False),
+        ("B. dog", "B", 1.0, True),
+        ("c.", "C", 0.0, False),  # lmms-eval's second rule wants an uppercase first letter
+    ],
+)
+def test_lmms_eval_column_differs_from_llava_where_the_rules_do(prediction, gold, llava, lmms_eval):
+    from pdrop_eval.metrics.scienceqa import lmms_eval_hit
+
+    assert get_metric("scienceqa_accuracy").score(prediction, gold, {}) == llava
+    assert lmms_eval_hit(prediction, gold) is lmms_eval
 
 
 def test_no_records_is_nan_not_zero():

@@ -376,8 +376,9 @@ def test_scienceqa_img_end_to_end_from_llavas_folder(tmp_path, monkeypatch):
     metrics = json.loads((tmp_path / "scienceqa_img" / "metrics.json").read_text())
     assert [row["score"] for row in metrics["tasks"]["scienceqa_img"]["reference"]["rows"]] == [66.8, 68.5, 69.2]
     # gold B, B, E: "B" and one "The answer is B." are right; "E." (two characters) is unparsed, so wrong
-    result = _rescore_with(tmp_path, monkeypatch, "scienceqa_img", path,
-                           {"5": "B", "11": "The answer is B.", "42": "E."})
+    result = _rescore_with(
+        tmp_path, monkeypatch, "scienceqa_img", path, {"5": "B", "11": "The answer is B.", "42": "E."}
+    )
     assert result["primary_metric"] == "accuracy"
     assert result["primary"] == pytest.approx(200 / 3)
     assert result["metrics"]["n_unparsed"] == 1 and result["n"] == 3

@@ -13,6 +13,10 @@ to -1, which never equals the answer index, so "right" is exactly "equals gold")
 The paper's SQA-IMG number is the script's `IMG-Accuracy`: correct / total over the test questions whose prompt
 held `<image>`, i.e. those with an image; the loaders yield only those, so `accuracy` here is that number
 (LLaVA's plain `correct / total * 100`).
+
+`lmms_eval/accuracy` is a second, labelled column with lmms-eval's rule (`tasks/scienceqa/utils.py`
+`sqa_process_results`, EvolvingLMMs-Lab/lmms-eval@75571cfe0fa3): right when the stripped prediction equals the gold
+letter ignoring case, or starts with an uppercase letter and "." and that letter is the gold one ignoring case.
 """
 
 from __future__ import annotations
@@ -38,6 +42,16 @@ def parse_answer(prediction: str) -> str | None:
     return found[0] if len(found) == 1 else None
 
 
+def lmms_eval_hit(prediction: str, gold: str) -> bool:
+    """lmms-eval's ScienceQA rule: `"b"` and `"B."` are right, `"The answer is B."` is not."""
+    target, predicted = gold.strip().lower(), prediction.strip()
+    if predicted.lower() == target:
+        return True
+    if len(predicted) >= 2 and predicted[0].isupper() and predicted[1] == ".":
+        return predicted[0].lower() == target
+    return False
+
+
 def _gold_letter(gold: Any) -> str:
     if not (isinstance(gold, str) and len(gold) == 1 and "A" <= gold <= "Z"):
         raise PdropEvalError(f"metric 'scienceqa_accuracy' needs gold as one uppercase option letter, got {gold!r}")
@@ -49,13 +63,15 @@ def _score(prediction: str, gold: Any, meta: Mapping[str, Any]) -> float:
 
 
 def _aggregate(records: Sequence[ScoredRecord]) -> dict[str, float]:
-    """`accuracy` (the paper's SQA-IMG), plus how many predictions the parser could not read at all."""
+    """`accuracy` (the paper's SQA-IMG), how many predictions LLaVA's parser could not read at all, and lmms-eval's
+    accuracy beside them."""
     if not records:
         return empty_result("accuracy")
     return {
         "accuracy": percent_python([r.score for r in records]),
         "n": float(len(records)),
         "n_unparsed": float(sum(parse_answer(r.prediction) is None for r in records)),
+        "lmms_eval/accuracy": percent_python([float(lmms_eval_hit(r.prediction, r.gold)) for r in records]),
     }
 
 
