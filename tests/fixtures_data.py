@@ -290,3 +290,144 @@ def mmbench_hf_rows(index_as_string: bool = False) -> list[dict[str, Any]]:
 
 MMBENCH_HF_PROMPTS = ["What is shown?\nA. a cat\nB. a dog" + MCQ_SUFFIX,
                       "Look closely.\nWhat is shown?\nA. a dog\nB. a cat" + MCQ_SUFFIX]
+
+
+# ---- ScienceQA (LLaVA eval folder and lmms-lab) ------------------------------------------------------------------
+
+SQA_PROBLEMS = {
+    # image, hint with a blank line inside, three choices: LLaVA's text has "Context: ..." first
+    "5": {"question": "Which of the following could Gordon's test show?",
+          "choices": ["if the spacecraft was damaged", "how steady a parachute was", "whether it would swing"],
+          "answer": 1, "hint": "People can use the engineering-design process.\n\nGordon was an engineer.",
+          "image": "image.png", "task": "closed choice", "grade": "grade6", "subject": "natural science",
+          "topic": "science-and-engineering-practices", "category": "Designing experiments",
+          "skill": "Identify control and experimental groups", "lecture": "", "solution": "", "split": "test"},
+    # image, no hint, four choices
+    "11": {"question": "What is the name of the colony shown?",
+           "choices": ["Maryland", "New Hampshire", "Rhode Island", "Vermont"], "answer": 1, "hint": "",
+           "image": "image.png", "task": "closed choice", "grade": "grade5", "subject": "social science",
+           "topic": "us-history", "category": "Colonial America", "skill": "Identify the Thirteen Colonies",
+           "lecture": "", "solution": "", "split": "test"},
+    # text only: not part of ScienceQA-IMG
+    "15": {"question": "Would you find the word dozen on a dictionary page with the following guide words?\n"
+                       "daddy - definition", "choices": ["no", "yes"], "answer": 0, "hint": "", "image": None,
+           "task": "closed choice", "grade": "grade2", "subject": "language science", "topic": "reference-skills",
+           "category": "Use guide words", "skill": "Use guide words", "lecture": "", "solution": "",
+           "split": "test"},
+    # image, five choices (the most ScienceQA has), gold E, non-ASCII text
+    "42": {"question": "What is the expected ratio of offspring with a woolly fleece? Choose the most likely ratio.",
+           "choices": ["0:4", "4:0", "2:2", "1:3", "3:1"], "answer": 4,
+           "hint": "This Punnett square shows a cross between two sheep — the allele (F) is dominant.",
+           "image": "image.png", "task": "closed choice", "grade": "grade8", "subject": "natural science",
+           "topic": "biology", "category": "Genes to traits", "skill": "Punnett squares", "lecture": "",
+           "solution": "", "split": "test"},
+    # image, but in the validation split: the scorer never reads it
+    "7": {"question": "Which animal's feet are also adapted for sticking to smooth surfaces?",
+          "choices": ["tree frog", "mole"], "answer": 0, "hint": "", "image": "image.png", "task": "closed choice",
+          "grade": "grade4", "subject": "natural science", "topic": "biology", "category": "Adaptations",
+          "skill": "Animal adaptations: feet", "lecture": "", "solution": "", "split": "val"},
+}
+SQA_SUFFIX = MCQ_SUFFIX
+SQA_TEXTS = {
+    "5": "Context: People can use the engineering-design process.\n\nGordon was an engineer.\n"
+         "Which of the following could Gordon's test show?\nA. if the spacecraft was damaged\n"
+         "B. how steady a parachute was\nC. whether it would swing",
+    "11": "What is the name of the colony shown?\nA. Maryland\nB. New Hampshire\nC. Rhode Island\nD. Vermont",
+    "42": "Context: This Punnett square shows a cross between two sheep — the allele (F) is dominant.\n"
+          "What is the expected ratio of offspring with a woolly fleece? Choose the most likely ratio.\n"
+          "A. 0:4\nB. 4:0\nC. 2:2\nD. 1:3\nE. 3:1",
+}
+
+
+def _sqa_letter(pid: str) -> str:
+    return "ABCDE"[SQA_PROBLEMS[pid]["answer"]]
+
+
+def write_llava_scienceqa(root: Path) -> dict[str, Any]:
+    """LLaVA's scienceqa/ folder: llava_test_CQM-A.json (a JSON list; `<image>\\n` leads the value of rows with an
+    image, which carry `image: "<pid>/image.png"`; ids are strings; the gpt turn holds the letter) plus the ScienceQA
+    repo's problems.json (dict by pid, `answer` an index) and pid_splits.json. Row 7 has an image but is in `val`;
+    row 15 is text-only; row 42 has the placeholder at the end."""
+    base = root / "scienceqa"
+    rows = []
+    for pid in ("5", "11", "15", "42", "7"):
+        text = SQA_TEXTS.get(pid) or (SQA_PROBLEMS[pid]["question"] + "\nA. no\nB. yes")
+        row: dict[str, Any] = {"id": pid}
+        if SQA_PROBLEMS[pid]["image"]:
+            row["image"] = f"{pid}/image.png"
+            # LLaVA's file leads with the placeholder; convert_sqa_to_llava.py puts it last: both must load alike
+            text = text + "\n<image>" if pid == "42" else "<image>\n" + text
+        row["conversations"] = [{"from": "human", "value": text}, {"from": "gpt", "value": _sqa_letter(pid)}]
+        rows.append(row)
+    base.mkdir(parents=True, exist_ok=True)
+    (base / "llava_test_CQM-A.json").write_text(json.dumps(rows, indent=2), encoding="utf-8")
+    (base / "problems.json").write_text(json.dumps(SQA_PROBLEMS), encoding="utf-8")
+    splits = {"train": ["1"], "val": ["7"], "test": ["5", "11", "15", "42"], "minival": ["7"]}
+    (base / "pid_splits.json").write_text(json.dumps(splits), encoding="utf-8")
+    for seed, (pid, mode) in enumerate((("5", "RGBA"), ("11", "RGB"), ("42", "P"), ("7", "RGB"))):
+        write_image(base / "images" / "test" / pid / "image.png", mode, "PNG", seed)
+    ids = ["5", "11", "42"]
+    return {"ids": ids, "gold": [_sqa_letter(pid) for pid in ids],
+            "prompts": [SQA_TEXTS[pid] + SQA_SUFFIX for pid in ids]}
+
+
+def scienceqa_hf_rows() -> list[dict[str, Any]]:
+    """lmms-lab/ScienceQA `ScienceQA-IMG` rows: no id column, `choices` a list, `answer` an int index, `hint` ""
+    when there is none."""
+    rows = []
+    for seed, pid in enumerate(("5", "11", "42")):
+        problem = SQA_PROBLEMS[pid]
+        row = {key: problem[key] for key in ("question", "choices", "answer", "hint", "task", "grade", "subject",
+                                             "topic", "category", "skill", "lecture", "solution")}
+        row["image"] = image_cell(("RGBA", "L", "P")[seed], "PNG", seed)
+        rows.append(row)
+    return rows
+
+
+# ---- MMBench-CN --------------------------------------------------------------------------------------------------
+
+CN_SUFFIX = "\n请直接回答选项字母。"
+
+
+def mmbench_cn_rows() -> list[list[Any]]:
+    """mmbench_dev_cn_20231003.tsv shape (MMBENCH_HEADER): question 30 with its circular copy 1000030 (image by
+    reference); question 31 has a Chinese hint spanning two lines and only two options (C, D empty -> NaN)."""
+    return [
+        [30, "图中是什么动物？", "nan", "猫", "狗", "鸟", "鱼", "B", "object_localization", b64_image("RGB", "JPEG"),
+         "src", "finegrained_perception (instance-level)", "nan", "dev"],
+        [1000030, "图中是什么动物？", "nan", "狗", "鸟", "鱼", "猫", "A", "object_localization", "30", "src",
+         "finegrained_perception (instance-level)", "nan", "dev"],
+        [31, "下面哪个说法正确？", "这张照片\n摄于户外。", "是", "否", "", "", "B", "image_scene", b64_image("L", "PNG"),
+         "src", "coarse_perception", "nan", "dev"],
+    ]
+
+
+MMBENCH_CN_PROMPTS = [
+    "图中是什么动物？\nA. 猫\nB. 狗\nC. 鸟\nD. 鱼" + CN_SUFFIX,
+    "图中是什么动物？\nA. 狗\nB. 鸟\nC. 鱼\nD. 猫" + CN_SUFFIX,
+    "这张照片\n摄于户外。\n下面哪个说法正确？\nA. 是\nB. 否" + CN_SUFFIX,
+]
+
+
+def write_mmbench_cn_tsv(path: Path) -> dict[str, Any]:
+    write_tsv(path, MMBENCH_HEADER, mmbench_cn_rows())
+    return {"ids": [30, 1000030, 31], "prompts": MMBENCH_CN_PROMPTS, "gold": ["B", "A", "B"]}
+
+
+def mmbench_cn_hf_rows() -> list[dict[str, Any]]:
+    """lmms-lab/MMBench `cn` / lmms-lab/MMBench_CN: int index, "nan" strings, the `L2-category` column."""
+    rows = []
+    for seed, (index, question, hint, options, answer, category, l2) in enumerate((
+        (30, "图中是什么动物？", "nan", ("猫", "狗", "鸟", "鱼"), "B", "object_localization",
+         "finegrained_perception (instance-level)"),
+        (1000030, "图中是什么动物？", "nan", ("狗", "鸟", "鱼", "猫"), "A", "object_localization",
+         "finegrained_perception (instance-level)"),
+        (31, "下面哪个说法正确？", "这张照片\n摄于户外。", ("是", "否", "nan", "nan"), "B", "image_scene",
+         "coarse_perception"),
+    )):
+        row = {"index": index, "question": question, "hint": hint, "answer": answer, "category": category,
+               "image": image_cell("RGB", "PNG", seed), "source": "src", "L2-category": l2, "comment": "nan",
+               "split": "dev"}
+        row.update(zip("ABCD", options))
+        rows.append(row)
+    return rows

@@ -3,16 +3,22 @@ and the hub cache, with the lmms-lab schemas."""
 
 from __future__ import annotations
 
+import pytest
+
 from tests.fixtures_data import (
     MCQ_SUFFIX,
+    MMBENCH_CN_PROMPTS,
     MMBENCH_HF_PROMPTS,
     MMSTAR_QUESTION,
     SUFFIX,
     image_cell,
     load_fixture_task,
+    mmbench_cn_hf_rows,
     mmbench_hf_rows,
+    scienceqa_hf_rows,
     textvqa_rows,
     write_hf_gqa,
+    write_llava_scienceqa,
     write_parquet,
     write_parquet_shards,
 )
@@ -132,3 +138,35 @@ def test_save_to_disk_dataset_dict_with_decoded_image_feature(tmp_path):
     assert [s.id for s in samples] == [34602, 34603, 34604]
     assert samples[0].gold == ["dakota"] * 10
     assert samples[2].load_image().mode == "RGB"
+
+
+def test_scienceqa_img_config_rebuilds_llavas_prompts(tmp_path):
+    """lmms-lab/ScienceQA has no LLaVA prompt file: the text built from hint/question/choices must be the one
+    LLaVA's llava_test_CQM-A.json stores for the same problems (context line only when there is a hint)."""
+    llava = write_llava_scienceqa(tmp_path / "llava")
+    write_parquet_shards(tmp_path / "hf/lmms-lab/ScienceQA/ScienceQA-IMG", "test", scienceqa_hf_rows(), 1)
+    samples = load_fixture_task("scienceqa_img", tmp_path)
+    assert [s.id for s in samples] == [0, 1, 2]
+    assert [s.prompt for s in samples] == llava["prompts"]
+    assert [s.gold for s in samples] == llava["gold"]
+    assert samples[2].meta["options"]["E"] == "3:1"
+    assert {s.load_image().mode for s in samples} == {"RGB"}
+
+
+def test_scienceqa_rows_without_an_image_are_not_part_of_the_img_subset(tmp_path):
+    rows = scienceqa_hf_rows()
+    rows[1]["image"] = None
+    write_parquet_shards(tmp_path / "hf/lmms-lab/ScienceQA/ScienceQA-IMG", "test", rows, 1)
+    samples = load_fixture_task("scienceqa_img", tmp_path)
+    assert [s.id for s in samples] == [0, 2]
+
+
+@pytest.mark.parametrize(("repo", "folder"), [("lmms-lab/MMBench_CN", "data"), ("lmms-lab/MMBench", "cn")])
+def test_mmbench_cn_lmms_lab_layouts(tmp_path, repo, folder):
+    write_parquet_shards(tmp_path / "hf" / repo / folder, "dev", mmbench_cn_hf_rows(), 1)
+    samples = load_fixture_task("mmbench_cn", tmp_path)
+    assert [s.id for s in samples] == [30, 1000030, 31]
+    assert [s.prompt for s in samples] == MMBENCH_CN_PROMPTS
+    assert [s.gold for s in samples] == ["B", "A", "B"]
+    assert samples[2].meta["options"] == {"A": "是", "B": "否"}
+    assert samples[0].meta["l2-category"] == "finegrained_perception (instance-level)"

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from PIL import Image
 
 from pdrop_eval.errors import PdropEvalError
 from tests.fixtures_data import (
+    CN_SUFFIX,
     SUFFIX,
     load_fixture_task,
     write_jsonl,
     write_llava_gqa,
     write_llava_pope,
+    write_llava_scienceqa,
     write_llava_textvqa,
+    write_mmbench_cn_tsv,
     write_mmbench_tsv,
 )
 
@@ -92,3 +97,80 @@ def test_mmbench_tsv_options_hints_nan_and_circular_copies(tmp_path):
     assert samples[0].meta["l2-category"] == "finegrained_perception (instance-level)"
     assert copy.load_image().tobytes() == samples[0].load_image().tobytes()
     assert samples[3].load_image().mode == "RGB"
+
+
+def test_scienceqa_keeps_the_test_questions_with_an_image_and_their_llava_prompts(tmp_path):
+    """Row 15 (text-only) and row 7 (in `val`) are outside ScienceQA-IMG; `<image>` goes wherever it stood."""
+    expected = write_llava_scienceqa(tmp_path)
+    samples = load_fixture_task("scienceqa_img", tmp_path)
+    assert [s.id for s in samples] == expected["ids"]
+    assert all(isinstance(s.id, str) for s in samples)
+    assert [s.prompt for s in samples] == expected["prompts"]
+    assert [s.gold for s in samples] == expected["gold"]
+    assert samples[2].gold == "E" and samples[2].meta["options"]["E"] == "3:1"
+    assert samples[0].meta["options"] == {
+        "A": "if the spacecraft was damaged",
+        "B": "how steady a parachute was",
+        "C": "whether it would swing",
+    }
+    assert samples[0].image_source.endswith("scienceqa/images/test/5/image.png")
+    assert {s.load_image().mode for s in samples} == {"RGB"}
+
+
+def test_scienceqa_gold_comes_from_problems_json_as_the_scorer_reads_it(tmp_path):
+    write_llava_scienceqa(tmp_path)
+    path = tmp_path / "scienceqa/problems.json"
+    problems = json.loads(path.read_text())
+    problems["11"]["answer"] = 3
+    path.write_text(json.dumps(problems))
+    samples = {s.id: s for s in load_fixture_task("scienceqa_img", tmp_path)}
+    assert samples["11"].gold == "D"
+
+
+def test_scienceqa_question_missing_from_problems_json_is_an_error(tmp_path):
+    write_llava_scienceqa(tmp_path)
+    path = tmp_path / "scienceqa/problems.json"
+    problems = json.loads(path.read_text())
+    del problems["42"]
+    path.write_text(json.dumps(problems))
+    with pytest.raises(PdropEvalError, match="'42'.*missing from.*problems.json"):
+        load_fixture_task("scienceqa_img", tmp_path)
+
+
+def test_scienceqa_questions_file_of_another_split_is_an_error(tmp_path):
+    """A train file (no id in the test split) must not give an empty task."""
+    write_llava_scienceqa(tmp_path)
+    path = tmp_path / "scienceqa/pid_splits.json"
+    path.write_text(json.dumps({"train": ["5", "11", "42"], "test": ["15"]}))
+    with pytest.raises(PdropEvalError, match="no question with an image in split 'test'"):
+        load_fixture_task("scienceqa_img", tmp_path)
+
+
+@pytest.mark.parametrize("folder", ["mmbench_cn", "mmbench"])
+def test_mmbench_cn_tsv_in_the_scripts_folder_or_the_docs_folder(tmp_path, folder):
+    """scripts/v1_5/eval/mmbench_cn.sh reads mmbench_cn/, docs/Evaluation.md says mmbench/: both are found."""
+    expected = write_mmbench_cn_tsv(tmp_path / folder / "mmbench_dev_cn_20231003.tsv")
+    samples = load_fixture_task("mmbench_cn", tmp_path)
+    assert [s.id for s in samples] == expected["ids"]
+    assert [s.prompt for s in samples] == expected["prompts"]
+    assert all(s.prompt.endswith(CN_SUFFIX) for s in samples)
+    assert [s.gold for s in samples] == expected["gold"]
+    assert [s.meta["index"] for s in samples] == [30, 1000030, 31]
+    assert samples[1].meta["options"] == {"A": "狗", "B": "鸟", "C": "鱼", "D": "猫"}
+    assert samples[2].meta["options"] == {"A": "是", "B": "否"}
+    assert samples[2].meta["l2-category"] == "coarse_perception"
+    assert samples[1].load_image().tobytes() == samples[0].load_image().tobytes()
+
+
+def test_mmbench_cn_does_not_read_the_english_tsv(tmp_path):
+    write_mmbench_tsv(tmp_path / "mmbench/mmbench_dev_20230712.tsv")
+    with pytest.raises(PdropEvalError, match="mmbench_dev_cn_20231003.tsv"):
+        load_fixture_task("mmbench_cn", tmp_path)
+
+
+def test_scienceqa_without_pid_splits_names_the_missing_file(tmp_path):
+    """eval_science_qa.py scores from pid_splits.json, so the LLaVA folder is incomplete without it."""
+    write_llava_scienceqa(tmp_path)
+    (tmp_path / "scienceqa/pid_splits.json").unlink()
+    with pytest.raises(PdropEvalError, match=r"scienceqa/pid_splits\.json \(missing\)"):
+        load_fixture_task("scienceqa_img", tmp_path)

@@ -9,6 +9,7 @@ from pdrop_eval.registry import get_task, load_samples
 from tests.fixtures_data import (
     MCQ_SUFFIX,
     b64_image,
+    write_mmbench_cn_tsv,
     write_mmbench_tsv,
     write_mmstar_tsv,
     write_tsv,
@@ -67,6 +68,15 @@ def test_mmbench_from_vlmevalkit_tsv(tmp_path):
     samples = _load("mmbench", tmp_path, tmp_path)
     assert [s.prompt for s in samples] == expected["prompts"]
     assert samples[1].prompt.endswith(MCQ_SUFFIX)
+
+
+def test_mmbench_cn_from_vlmevalkit_tsv_gets_the_chinese_suffix(tmp_path):
+    expected = write_mmbench_cn_tsv(tmp_path / "MMBench_DEV_CN.tsv")
+    samples = _load("mmbench_cn", tmp_path, tmp_path)
+    assert [s.id for s in samples] == expected["ids"]
+    assert [s.prompt for s in samples] == expected["prompts"]
+    assert samples[0].prompt.endswith("\n请直接回答选项字母。")
+    assert samples[2].meta["category"] == "image_scene"
 
 
 def test_gqa_from_vlmevalkit_tsv_keeps_a_plain_string_gold(tmp_path):

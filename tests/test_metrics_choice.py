@@ -114,3 +114,45 @@ def test_choice_metrics_need_options_and_a_letter():
         metric.score("A", "A", {})
     with pytest.raises(PdropEvalError, match="letter"):
         metric.score("A", "cat", {"options": OPTIONS})
+
+
+CN_OPTIONS = {"A": "猫", "B": "狗", "C": "鸟", "D": "鱼"}
+
+
+@pytest.mark.parametrize(
+    ("answer", "letter"),
+    [
+        ("B", "B"),
+        ("B. 狗", "B"),
+        ("(B) 狗", "B"),
+        ("答案: B", "B"),  # ASCII colon is a separator
+        ("答案：B", None),  # the full-width colon is not: "答案：B" stays one word
+        ("B。", None),  # nor is the Chinese full stop
+        ("答案是B", None),  # the "answer is X" fallback is English only
+        ("狗", "B"),  # option text
+        ("狗和猫", None),  # two option texts
+        ("b", None),
+    ],
+)
+def test_infer_choice_on_chinese_answers(answer, letter):
+    """MMBench-CN goes through the same VLMEvalKit matcher; its separators are ASCII only."""
+    assert infer_choice(answer, CN_OPTIONS) == letter
+
+
+def test_mmbench_cn_circular_with_chinese_answers():
+    metric = get_metric("mmbench_circular")
+
+    def rotation(index, gold, prediction):
+        meta = {"index": index, "options": CN_OPTIONS, "category": "ocr", "l2-category": "perception"}
+        return metric.record(index, prediction, gold, meta)
+
+    records = [
+        rotation(30, "B", "狗"),  # text read as B: right
+        rotation(1_000_030, "A", "A"),
+        rotation(31, "C", "C"),
+        rotation(1_000_031, "B", "B。"),  # unreadable rotation fails question 31
+    ]
+    result = metric.aggregate(records)
+    assert result["circular_accuracy"] == 50.0
+    assert result["vanilla_accuracy"] == 75.0
+    assert result["n_questions"] == 2

@@ -16,6 +16,7 @@ NAMES = {
     "anls",
     "relaxed_accuracy",
     "ocrvqa_exact",
+    "scienceqa_accuracy",
 }
 
 ONE_SAMPLE = {
@@ -27,6 +28,7 @@ ONE_SAMPLE = {
     "anls": ("abc", ["abc"], {}),
     "relaxed_accuracy": ("3", ["3"], {}),
     "ocrvqa_exact": ("abc", ["abc"], {}),
+    "scienceqa_accuracy": ("A", "A", {"options": {"A": "x", "B": "y"}}),
 }
 
 

@@ -340,3 +340,61 @@ def test_device_that_does_not_exist_is_one_line(tmp_path, capsys):
     for device, expected in (("tpu:9", "not a device"), ("cuda:99", "GPU this machine does not have")):
         assert _run(tmp_path, "--lambda", "0.5", "--device", device) == 2
         assert expected in _error(capsys.readouterr().err)
+
+
+def _run_fixture_task(tmp_path: Path, monkeypatch, task: str) -> Path:
+    """One tiny run of `task` on the fixture data under tmp_path/data; nothing outside tmp_path is looked at."""
+    monkeypatch.setenv("LMUData", str(tmp_path / "lmu"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    args = ["--model", "tiny-llava", "--tasks", task, "--lambda", "0.5", "--max-new-tokens", "2", "--batch-size", "2"]
+    args += ["--data-root", str(tmp_path / "data"), "--output-dir", str(tmp_path), "--run-name", task, "--no-report"]
+    assert cli.main(args) == 0
+    return tmp_path / task / "predictions" / task / "pdrop_lam0.5_8-16-24.jsonl"
+
+
+def _rescore_with(tmp_path: Path, monkeypatch, task: str, path: Path, predictions: dict) -> dict:
+    """Replace the stored predictions by known answers and finish the run again: what metrics.json then holds is
+    the scorer's verdict on those answers, through the whole CLI."""
+    records = _lines(path)
+    for record in records:
+        record["prediction"] = predictions[record["id"]]
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    _run_fixture_task(tmp_path, monkeypatch, task)
+    (result,) = json.loads((tmp_path / task / "metrics.json").read_text())["results"]
+    return result
+
+
+def test_scienceqa_img_end_to_end_from_llavas_folder(tmp_path, monkeypatch):
+    from tests.fixtures_data import write_llava_scienceqa
+
+    expected = write_llava_scienceqa(tmp_path / "data")
+    path = _run_fixture_task(tmp_path, monkeypatch, "scienceqa_img")
+    records = _lines(path)
+    assert [r["id"] for r in records] == expected["ids"]
+    assert [r["prompt"] for r in records] == expected["prompts"]
+    assert [r["gold"] for r in records] == expected["gold"]
+    metrics = json.loads((tmp_path / "scienceqa_img" / "metrics.json").read_text())
+    assert [row["score"] for row in metrics["tasks"]["scienceqa_img"]["reference"]["rows"]] == [66.8, 68.5, 69.2]
+    # gold B, B, E: "B" and one "The answer is B." are right; "E." (two characters) is unparsed, so wrong
+    result = _rescore_with(
+        tmp_path, monkeypatch, "scienceqa_img", path, {"5": "B", "11": "The answer is B.", "42": "E."}
+    )
+    assert result["primary_metric"] == "accuracy"
+    assert result["primary"] == pytest.approx(200 / 3)
+    assert result["metrics"]["n_unparsed"] == 1 and result["n"] == 3
+
+
+def test_mmbench_cn_end_to_end_is_scored_circularly(tmp_path, monkeypatch):
+    from tests.fixtures_data import write_mmbench_cn_tsv
+
+    expected = write_mmbench_cn_tsv(tmp_path / "data" / "mmbench_cn" / "mmbench_dev_cn_20231003.tsv")
+    path = _run_fixture_task(tmp_path, monkeypatch, "mmbench_cn")
+    records = _lines(path)
+    assert [r["id"] for r in records] == expected["ids"]
+    assert [r["prompt"] for r in records] == expected["prompts"]
+    # question 30: both rotations right ("狗" is option B's text); question 31: "B。" is unreadable, so wrong
+    result = _rescore_with(tmp_path, monkeypatch, "mmbench_cn", path, {30: "狗", 1000030: "A", 31: "B。"})
+    assert result["primary_metric"] == "circular_accuracy"
+    assert result["primary"] == 50.0
+    assert result["metrics"]["vanilla_accuracy"] == pytest.approx(200 / 3)
+    assert result["metrics"]["n_questions"] == 2

@@ -9,12 +9,15 @@ from pdrop_eval.registry import available_tasks, get_task
 
 VQA_SUFFIX = "\nAnswer the question using a single word or phrase."
 MCQ_SUFFIX = "\nAnswer with the option's letter from the given choices directly."
+CN_MCQ_SUFFIX = "\n请直接回答选项字母。"  # LLaVA model_vqa_mmbench.py --lang cn
 EXPECTED = {
     "gqa": (VQA_SUFFIX, "exact_match", 12578),
     "textvqa": (VQA_SUFFIX, "vqa_accuracy", 5000),
     "pope": (VQA_SUFFIX, "pope", 8910),
     "mmbench": (MCQ_SUFFIX, "mmbench_circular", 4377),
+    "mmbench_cn": (CN_MCQ_SUFFIX, "mmbench_circular", 4329),
     "mmstar": (MCQ_SUFFIX, "mcq_accuracy", 1500),
+    "scienceqa_img": (MCQ_SUFFIX, "scienceqa_accuracy", 2017),
     "docvqa": (VQA_SUFFIX, "anls", 5349),
     "chartqa": (VQA_SUFFIX, "relaxed_accuracy", 2500),
     "infovqa": (VQA_SUFFIX, "anls", 2801),
@@ -24,6 +27,7 @@ EXPECTED = {
 PAPER = {  # REFERENCE §6: vanilla, FastV K2 R50, PDrop λ0.5
     "gqa": (62.0, 59.6, 60.1), "pope": (85.9, 84.8, 84.8), "textvqa": (58.2, 57.1, 57.5),
     "chartqa": (18.2, 17.8, 18.6), "docvqa": (21.4, 19.2, 21.1),
+    "mmbench_cn": (58.3, 56.8, 58.5), "scienceqa_img": (66.8, 68.5, 69.2),
 }
 
 
@@ -61,4 +65,12 @@ def test_sources_are_tried_llava_then_tsv_then_hf():
 def test_vlmeval_scorer_datasets_are_named_where_vlmevalkit_has_them():
     names = {name: task.vlmeval_dataset for name, task in available_tasks().items() if task.vlmeval_dataset}
     assert names == {"mmstar": "MMStar", "docvqa": "DocVQA_VAL", "chartqa": "ChartQA_TEST",
-                     "mmbench": "MMBench_DEV_EN", "infovqa": "InfoVQA_VAL", "ocrvqa": "OCRVQA_TEST"}
+                     "mmbench": "MMBench_DEV_EN", "infovqa": "InfoVQA_VAL", "ocrvqa": "OCRVQA_TEST",
+                     "mmbench_cn": "MMBench_DEV_CN"}
+
+
+@pytest.mark.parametrize("name", ["scienceqa_img", "mmbench_cn"])
+def test_llava_generation_length_for_the_scripts_that_allow_1024_tokens(name):
+    """model_vqa_science.py and model_vqa_mmbench.py generate up to 1,024 new tokens (not model_vqa_loader's 128):
+    a long answer that only states its letter late is still read as LLaVA reads it."""
+    assert get_task(name).max_new_tokens == 1024

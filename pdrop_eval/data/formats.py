@@ -37,12 +37,17 @@ FORMATS: dict[str, Format] = {
                "LLaVA eval folder: POPE jsonl + coco_pope_<category>.json labels + val2014"),
         Format("llava_mmbench", "data_root", ("tsv",), vlmeval_tsv.load_mcq_tsv,
                "LLaVA eval folder: MMBench TSV with base64 images and circular copies"),
+        Format("llava_scienceqa", "data_root", ("questions", "problems", "splits", "images"),
+               llava_folders.load_scienceqa,
+               "LLaVA eval folder: ScienceQA llava_test_CQM-A.json + problems.json + pid_splits.json + images/test"),
         Format("vlmeval_vqa", "lmu_data", ("tsv",), vlmeval_tsv.load_vqa_tsv, "VLMEvalKit TSV, open-ended"),
         Format("vlmeval_mcq", "lmu_data", ("tsv",), vlmeval_tsv.load_mcq_tsv, "VLMEvalKit TSV, multiple choice"),
         Format("hf_vqa", "hf", ("rows",), hf.load_hf_vqa, "Hugging Face dataset, open-ended"),
         Format("hf_mcq", "hf", ("rows",), hf.load_hf_mcq, "Hugging Face dataset, multiple choice"),
         Format("hf_gqa", "hf", ("questions", "images"), hf.load_hf_gqa,
                "Hugging Face lmms-lab/GQA: instructions + images configs"),
+        Format("hf_scienceqa", "hf", ("rows",), hf.load_hf_scienceqa,
+               "Hugging Face lmms-lab/ScienceQA: choices list + answer index + hint"),
         Format("synthetic_shapes", "generated", (), synthetic.load_shapes, "drawn on the fly"),
     )
 }

@@ -21,6 +21,7 @@ from typing import Any
 from PIL import Image
 
 from pdrop_eval.data.images import decode_image_bytes, open_image_file, to_rgb
+from pdrop_eval.data.prompts import scienceqa_options, scienceqa_prompt
 from pdrop_eval.data.request import LoadRequest
 from pdrop_eval.data.rows import mcq_samples, vqa_samples
 from pdrop_eval.data.sample import Sample
@@ -140,4 +141,41 @@ def load_hf_gqa(request: LoadRequest) -> list[Sample]:
                 meta={"image_id": image_id, "types": row.get("types") or {}},
             )
         )
+    return samples
+
+
+def _has_image(cell: Any) -> bool:
+    """False for the null image of a text-only row (None, or an encoded cell with neither bytes nor path)."""
+    if isinstance(cell, Mapping):
+        return bool(cell.get("bytes") or cell.get("path"))
+    return cell is not None
+
+
+def load_hf_scienceqa(request: LoadRequest) -> list[Sample]:
+    """lmms-lab/ScienceQA, config `ScienceQA-IMG` (split test: the 2,017 test questions that have an image, which
+    is the set LLaVA's IMG-Accuracy covers). Rows hold `question`, `hint`, `choices` (a list) and `answer` (an index
+    into it) but no problem id, so ids are row numbers. The message is rebuilt as LLaVA's llava_test_CQM-A.json
+    holds it (`prompts.scienceqa_prompt`); rows without an image are skipped, as LLaVA's IMG subset skips them."""
+    table = request.paths["rows"]
+    where = str(table)
+    column = request.options.get("image_column", "image")
+    samples = []
+    for number, row in enumerate(read_rows(table)):
+        if not _has_image(row.get(column)):
+            continue
+        options = scienceqa_options(row["choices"])
+        text = scienceqa_prompt(row["hint"], row["question"], row["choices"])
+        samples.append(
+            Sample(
+                id=number,
+                question=text,
+                prompt=text + request.prompt_suffix,
+                gold=list(options)[int(row["answer"])],
+                image_source=f"{where}#{number}",
+                load_image=partial(open_cell_image, row[column], number, where),
+                meta={"options": options},
+            )
+        )
+    if not samples:
+        raise PdropEvalError(f"{where} holds no ScienceQA question with an image")
     return samples

@@ -7,7 +7,10 @@
   (image_id, lowercased question) as `llava/eval/eval_textvqa.py` does.
 - POPE: `llava_pope_test.jsonl` (int ids, `category`) + labels from `coco/coco_pope_<category>.json` (JSON Lines,
   CRLF) matched by position within the category, as `llava/eval/eval_pope.py` does.
-- MMBench: `mmbench_dev_20230712.tsv` is a TSV; see `vlmeval_tsv.load_mcq_tsv`.
+- MMBench (en, cn): `mmbench_dev_20230712.tsv`, `mmbench_dev_cn_20231003.tsv` are TSVs; see
+  `vlmeval_tsv.load_mcq_tsv`.
+- ScienceQA: `llava_test_CQM-A.json` (LLaVA's prompts) + `problems.json` and `pid_splits.json` (the ScienceQA
+  repo's, which `eval_science_qa.py` scores from) + `images/test/<pid>/image.png`; see `load_scienceqa`.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from pdrop_eval.data.images import open_image_file
-from pdrop_eval.data.prompts import split_suffix
+from pdrop_eval.data.prompts import scienceqa_options, split_suffix
 from pdrop_eval.data.request import LoadRequest
 from pdrop_eval.data.sample import Sample
 from pdrop_eval.errors import PdropEvalError
@@ -141,4 +144,46 @@ def load_pope(request: LoadRequest) -> list[Sample]:
         question, prompt = split_suffix(row["text"], request.prompt_suffix)
         image = request.paths["images"] / row["image"]
         samples.append(_image_sample(row["question_id"], question, prompt, label, image, {"category": category}))
+    return samples
+
+
+IMAGE_PLACEHOLDER = "<image>"
+
+
+def load_scienceqa(request: LoadRequest) -> list[Sample]:
+    """ScienceQA-IMG as LLaVA runs and scores it (haotian-liu/LLaVA@c121f0432da2, `scripts/v1_5/eval/sqa.sh`).
+
+    `model_vqa_science.py`: the message is `conversations[0]["value"]` with `<image>` removed and `.strip()`ped
+    (the file stores `<image>\\nContext: <hint>\\n<question>\\nA. ...`); the image is `images/test/<row image>`;
+    `--single-pred-prompt` appends the suffix. `eval_science_qa.py` then scores the problems of
+    `pid_splits.json[split]`, with gold `problems.json[pid]["answer"]` (an index into `choices`, read as a letter
+    here), and reports IMG-Accuracy over the predictions whose prompt held `<image>`. So the samples are the rows
+    that have an `image` and whose id is in the split, in file order; text-only rows and ids outside the split
+    (which the scorer never reads) are left out.
+    """
+    questions_path, problems_path = request.paths["questions"], request.paths["problems"]
+    splits_path, split = request.paths["splits"], str(request.options.get("split", "test"))
+    problems = read_json(problems_path)
+    splits = read_json(splits_path)
+    if split not in splits:
+        raise PdropEvalError(f"{splits_path} has no split {split!r}; it has {sorted(splits)}")
+    in_split = set(splits[split])
+    samples = []
+    for row in read_json(questions_path):
+        pid = row["id"]
+        if "image" not in row or pid not in in_split:
+            continue
+        problem = problems.get(pid)
+        if problem is None:
+            raise PdropEvalError(f"ScienceQA question {pid!r} of {questions_path} is missing from {problems_path}")
+        options = scienceqa_options(problem["choices"])
+        text = row["conversations"][0]["value"].replace(IMAGE_PLACEHOLDER, "").strip()
+        gold = list(options)[problem["answer"]]
+        image = request.paths["images"] / row["image"]
+        samples.append(_image_sample(pid, text, text + request.prompt_suffix, gold, image, {"options": options}))
+    if not samples:
+        raise PdropEvalError(
+            f"{questions_path} holds no question with an image in split {split!r} of {splits_path}; "
+            "ScienceQA-IMG needs LLaVA's llava_test_CQM-A.json and the ScienceQA repo's pid_splits.json"
+        )
     return samples

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import re
+import string
 from collections.abc import Mapping
 from typing import Any
 
@@ -59,6 +60,21 @@ def mcq_prompt(question: str, hint: Any, options: Mapping[str, str], suffix: str
     for letter, option in options.items():
         text += f"\n{letter}. {option}"
     return text + suffix
+
+
+def scienceqa_options(choices: Any) -> dict[str, str]:
+    """ScienceQA's `choices` list as lettered options A, B, C... (`answer` indexes this list)."""
+    return {string.ascii_uppercase[k]: str(choice) for k, choice in enumerate(choices)}
+
+
+def scienceqa_prompt(hint: Any, question: str, choices: Any) -> str:
+    """The message of one ScienceQA question as LLaVA's `llava_test_CQM-A.json` holds it: `Context: <hint>\\n` when
+    there is a hint, the question, then `\\nA. <choice>` per choice (lmms-eval `scienceqa/utils.py`
+    `sqa_doc_to_text`, format "default", builds the same text), `.strip()`ped as `model_vqa_science.py` strips
+    the stored text. The suffix is added by the caller."""
+    context = f"Context: {hint}\n" if hint else ""
+    lines = [f"{letter}. {choice}" for letter, choice in scienceqa_options(choices).items()]
+    return (f"{context}{question}\n" + "\n".join(lines)).strip()
 
 
 _INLINE_OPTIONS = re.compile(r"Options:\s*")

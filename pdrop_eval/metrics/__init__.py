@@ -5,11 +5,12 @@
 | `exact_match`      | GQA, shapes     | answer string             | -                                            | `accuracy`          |
 | `vqa_accuracy`     | TextVQA         | list of the 10 answers    | -                                            | `accuracy`          |
 | `pope`             | POPE            | "yes" / "no"              | `category`                                   | `f1_mean`           |
-| `mmbench_circular` | MMBench dev     | option letter             | `options`, `index`, `category`, `l2-category`| `circular_accuracy` |
+| `mmbench_circular` | MMBench en, cn  | option letter             | `options`, `index`, `category`, `l2-category`| `circular_accuracy` |
 | `mcq_accuracy`     | MMStar          | option letter             | `options`, `category`, `l2-category`         | `accuracy`          |
 | `anls`             | DocVQA, InfoVQA | answer list (or string)   | `split` / `category` (optional breakdown)    | `anls`              |
 | `relaxed_accuracy` | ChartQA         | answer list (or string)   | `split` (optional breakdown)                 | `relaxed_accuracy`  |
 | `ocrvqa_exact`     | OCRVQA          | answer list (or string)   | `split` / `category` (optional breakdown)    | `accuracy`          |
+| `scienceqa_accuracy` | ScienceQA-IMG | option letter           | -                                            | `accuracy`          |
 """
 
 from __future__ import annotations
@@ -20,12 +21,23 @@ from pdrop_eval.metrics.base import Metric, ScoredRecord
 from pdrop_eval.metrics.choice import MCQ_ACCURACY, MMBENCH_CIRCULAR
 from pdrop_eval.metrics.exact import EXACT_MATCH, OCRVQA_EXACT
 from pdrop_eval.metrics.relaxed import RELAXED_ACCURACY
+from pdrop_eval.metrics.scienceqa import SCIENCEQA_ACCURACY
 from pdrop_eval.metrics.vqa import VQA_ACCURACY
 from pdrop_eval.metrics.yesno import POPE
 
 METRICS: dict[str, Metric] = {
     m.name: m
-    for m in (EXACT_MATCH, VQA_ACCURACY, POPE, MMBENCH_CIRCULAR, MCQ_ACCURACY, ANLS, RELAXED_ACCURACY, OCRVQA_EXACT)
+    for m in (
+        EXACT_MATCH,
+        VQA_ACCURACY,
+        POPE,
+        MMBENCH_CIRCULAR,
+        MCQ_ACCURACY,
+        ANLS,
+        RELAXED_ACCURACY,
+        OCRVQA_EXACT,
+        SCIENCEQA_ACCURACY,
+    )
 }
 
 
