@@ -201,13 +201,23 @@ def _run_layers(
 
 
 def _select_image_tokens(
-    scores: torch.Tensor, image_mask: torch.Tensor, keep_counts: torch.Tensor, max_keep: int
+    scores: torch.Tensor, image_mask: torch.Tensor, keep_counts: torch.Tensor, max_keep: int, max_images: int
 ) -> torch.Tensor:
-    """Top-`keep_counts[b]` image tokens per sample by score, as a [B, L] bool mask (order is kept by the mask)."""
-    masked = scores.masked_fill(~image_mask, float("-inf"))
-    top = masked.topk(max_keep, dim=-1).indices
+    """Top-`keep_counts[b]` image tokens per sample by score, as a [B, L] bool mask (order is kept by the mask).
+
+    Top-k runs on each sample's image scores alone, in sequence order, as the official code slices them out before
+    its `topk`: with ties (common in half precision) top-k over the padded row could pick other tokens.
+    """
+    batch, length = image_mask.shape
+    slot = image_mask.long().cumsum(-1) - 1  # the token's place among its sample's current image tokens
+    slot = torch.where(image_mask, slot, length)  # everything else lands in a spare slot
+    image_scores = scores.new_full((batch, length + 1), float("-inf")).scatter_(1, slot, scores)
+    image_columns = torch.full((batch, length + 1), length, dtype=torch.long, device=scores.device)
+    image_columns.scatter_(1, slot, torch.arange(length, device=scores.device).expand(batch, length))
+    top = image_scores[:, :max_images].topk(max_keep, dim=-1).indices
     within = torch.arange(max_keep, device=scores.device)[None, :] < keep_counts[:, None]
-    return torch.zeros_like(image_mask).scatter_(1, top, within)
+    keep = torch.zeros(batch, length + 1, dtype=torch.bool, device=scores.device)
+    return keep.scatter_(1, image_columns.gather(1, top), within)[:, :length]
 
 
 def _forced_selection(
@@ -315,7 +325,7 @@ def prefill(
                     scores = last_query_attention(parts.layers[end - 1], fastv_input, position_embeddings, valid)
                 else:
                     scores = last_query_attention(parts.layers[end], hidden, position_embeddings, valid)
-                keep_images = _select_image_tokens(scores, image_mask, keep_counts, max(keep_list))
+                keep_images = _select_image_tokens(scores, image_mask, keep_counts, max(keep_list), max(image_counts))
             lengths = [length - count + kept for length, count, kept in zip(lengths, image_counts, keep_list)]
             image_counts = keep_list
             keep = valid & (~image_mask | keep_images)
@@ -345,7 +355,9 @@ def _decode_step(parts: DecoderParts, tokens: torch.Tensor, state: PrefillResult
         positions = (stage.next_position + step)[:, None]
         mask = build_attention_mask(stage.key_valid, 1, parts.attn_implementation, hidden.dtype, stage.padded)
         position_embeddings = parts.rotary_emb(hidden, positions)
-        hidden, _ = _run_layers(parts, hidden, stage.start, stage.end, mask, positions, position_embeddings, state.cache)
+        hidden, _ = _run_layers(
+            parts, hidden, stage.start, stage.end, mask, positions, position_embeddings, state.cache
+        )
     return parts.lm_head(parts.norm(hidden))[:, 0]
 
 

@@ -7,6 +7,7 @@ q for one token per sample instead of the whole sequence as the official code do
 
 from __future__ import annotations
 
+import math
 import sys
 import zlib
 
@@ -47,7 +48,12 @@ def last_query_attention(
     """Head-averaged softmax attention of the last token over all keys, as `layer` would compute it.
 
     hidden_states: [B, L, d], the layer's input (left padded, so the last column is every sample's last prompt
-    token). key_valid: [B, L] bool, False for padding. Returns [B, L] float32; padding gets 0.
+    token). key_valid: [B, L] bool, False for padding. Returns [B, L] in the model's dtype; padding gets 0.
+
+    Rounding follows the official code (PyramidDrop `pdrop_rank_drop`, FastV's eager attention): logits in the
+    model's dtype divided by sqrt(head_dim), softmax in float32 cast back to the model's dtype, then the mean over
+    heads. In float16/bfloat16 that rounding creates the ties the official top-k sees; ranking in float32 would
+    keep other tokens there. In float32 every step is exact either way.
     """
     attention = layer.self_attn
     head_dim = attention.head_dim
@@ -68,10 +74,19 @@ def last_query_attention(
     key = rope(key, cos, sin)
 
     heads, kv_heads = query.shape[1], key.shape[1]
-    query = query.float().view(batch, kv_heads, heads // kv_heads, head_dim)  # group query heads by kv head
-    logits = torch.matmul(query, key.float().transpose(-1, -2)) * attention.scaling  # [B, Hkv, groups, L]
+    query = query.reshape(batch, kv_heads, heads // kv_heads, head_dim)  # group query heads by kv head
+    logits = _scaled(torch.matmul(query, key.transpose(-1, -2)), attention)  # [B, Hkv, groups, L]
     logits = logits.masked_fill(~key_valid[:, None, None, :], float("-inf"))
-    return logits.softmax(dim=-1).mean(dim=(1, 2))
+    return logits.softmax(dim=-1, dtype=torch.float32).to(hidden_states.dtype).mean(dim=(1, 2))
+
+
+def _scaled(logits: torch.Tensor, attention: nn.Module) -> torch.Tensor:
+    """The official code divides by sqrt(head_dim); multiplying by HF's `scaling` can differ by an ulp in half
+    precision, so divide wherever the two mean the same (architectures with another scale keep theirs)."""
+    root = math.sqrt(attention.head_dim)
+    if math.isclose(attention.scaling * root, 1.0, rel_tol=1e-12):
+        return logits / root
+    return logits * attention.scaling
 
 
 def random_scores(
