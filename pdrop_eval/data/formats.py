@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from pdrop_eval.data import hf, llava_folders, synthetic, vlmeval_tsv
+from pdrop_eval.data import hf, llava_folders, mme, seed_bench, synthetic, vlmeval_tsv
 from pdrop_eval.data.request import LoadRequest
 from pdrop_eval.data.sample import Sample
 
@@ -37,12 +37,18 @@ FORMATS: dict[str, Format] = {
                "LLaVA eval folder: POPE jsonl + coco_pope_<category>.json labels + val2014"),
         Format("llava_mmbench", "data_root", ("tsv",), vlmeval_tsv.load_mcq_tsv,
                "LLaVA eval folder: MMBench TSV with base64 images and circular copies"),
+        Format("llava_mme", "data_root", ("questions", "images"), mme.load_llava_mme,
+               "LLaVA eval folder: llava_mme.jsonl + MME_Benchmark_release_version (images and answers)"),
+        Format("llava_seed", "data_root", ("questions", "annotations", "images"), seed_bench.load_llava_seed,
+               "LLaVA eval folder: llava-seed-bench.jsonl + SEED-Bench.json + SEED-Bench-image, image questions"),
         Format("vlmeval_vqa", "lmu_data", ("tsv",), vlmeval_tsv.load_vqa_tsv, "VLMEvalKit TSV, open-ended"),
         Format("vlmeval_mcq", "lmu_data", ("tsv",), vlmeval_tsv.load_mcq_tsv, "VLMEvalKit TSV, multiple choice"),
         Format("hf_vqa", "hf", ("rows",), hf.load_hf_vqa, "Hugging Face dataset, open-ended"),
         Format("hf_mcq", "hf", ("rows",), hf.load_hf_mcq, "Hugging Face dataset, multiple choice"),
         Format("hf_gqa", "hf", ("questions", "images"), hf.load_hf_gqa,
                "Hugging Face lmms-lab/GQA: instructions + images configs"),
+        Format("hf_mme", "hf", ("rows",), mme.load_hf_mme, "Hugging Face lmms-lab/MME"),
+        Format("hf_seed", "hf", ("rows",), seed_bench.load_hf_seed, "Hugging Face lmms-lab/SEED-Bench, image rows"),
         Format("synthetic_shapes", "generated", (), synthetic.load_shapes, "drawn on the fly"),
     )
 }

@@ -10,6 +10,8 @@
 | `anls`             | DocVQA, InfoVQA | answer list (or string)   | `split` / `category` (optional breakdown)    | `anls`              |
 | `relaxed_accuracy` | ChartQA         | answer list (or string)   | `split` (optional breakdown)                 | `relaxed_accuracy`  |
 | `ocrvqa_exact`     | OCRVQA          | answer list (or string)   | `split` / `category` (optional breakdown)    | `accuracy`          |
+| `mme`              | MME             | "Yes" / "No"              | `category` (subtask), `image`                | `perception`        |
+| `seed_image`       | SEED-Bench img  | option letter             | `question_id`, `question_type` (+ `_id`)     | `accuracy`          |
 """
 
 from __future__ import annotations
@@ -19,13 +21,18 @@ from pdrop_eval.metrics.anls import ANLS
 from pdrop_eval.metrics.base import Metric, ScoredRecord
 from pdrop_eval.metrics.choice import MCQ_ACCURACY, MMBENCH_CIRCULAR
 from pdrop_eval.metrics.exact import EXACT_MATCH, OCRVQA_EXACT
+from pdrop_eval.metrics.mme import MME
 from pdrop_eval.metrics.relaxed import RELAXED_ACCURACY
+from pdrop_eval.metrics.seed import SEED_IMAGE
 from pdrop_eval.metrics.vqa import VQA_ACCURACY
 from pdrop_eval.metrics.yesno import POPE
 
 METRICS: dict[str, Metric] = {
     m.name: m
-    for m in (EXACT_MATCH, VQA_ACCURACY, POPE, MMBENCH_CIRCULAR, MCQ_ACCURACY, ANLS, RELAXED_ACCURACY, OCRVQA_EXACT)
+    for m in (
+        EXACT_MATCH, VQA_ACCURACY, POPE, MMBENCH_CIRCULAR, MCQ_ACCURACY, ANLS, RELAXED_ACCURACY, OCRVQA_EXACT, MME,
+        SEED_IMAGE,
+    )
 }
 
 
