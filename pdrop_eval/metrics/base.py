@@ -39,7 +39,7 @@ class Metric:
     `score(prediction, gold, meta)` scores one sample; `aggregate(records)` turns scored records into flat
     `{key: value}`; `primary` names the key of the headline number (the one the paper's table prints);
     `reference` says which official evaluator the numbers reproduce; `unit` is what the headline number counts
-    ("%" for accuracies, "score" for MME's 0–2000 sum), so reports label their axes truthfully.
+    ("%" for accuracies, "score out of 2000" for MME perception), so reports label their axes truthfully.
     """
 
     name: str

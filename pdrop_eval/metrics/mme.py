@@ -163,5 +163,5 @@ MME = Metric(
     aggregate=_aggregate,
     reference="LLaVA playground/data/eval/MME/convert_answer_to_mme.py + MME eval_tool/calculation.py "
     "(parse_pred_ans, process_result: acc + acc+ per subtask; perception = sum of 10 subtasks)",
-    unit="score",
+    unit="score out of 2000",
 )
