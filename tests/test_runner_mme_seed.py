@@ -31,10 +31,10 @@ def y_labels(monkeypatch):
     return labels
 
 
-def _run(tmp_path, task: str) -> dict:
+def _run(tmp_path, task: str, *extra: str) -> dict:
     args = ["--model", "tiny-llava", "--tasks", task, "--data-root", str(tmp_path / "data"), "--batch-size", "8",
             "--max-new-tokens", "3", "--lambda", "0.5", "--baselines", "vanilla", "--output-dir", str(tmp_path),
-            "--run-name", task]
+            "--run-name", task, *extra]
     assert cli.main(args) == 0
     return json.loads((tmp_path / task / "metrics.json").read_text())
 
@@ -84,3 +84,16 @@ def test_seedbench_run_scores_image_questions_only(tmp_path, y_labels):
         assert result["metrics"] == pytest.approx(metric.aggregate(scored), rel=1e-12)
         assert "accuracy/question_type=Instances Counting" in result["metrics"]
     assert "accuracy (%)" in y_labels
+
+
+def test_mme_cut_by_limit_scores_its_subtasks_and_leaves_the_totals_empty(tmp_path):
+    """--limit 4 covers two subtasks: no perception total exists (calculation.py needs all ten), the subtask scores
+    do, and the report is still written (every headline NaN must not break the Pareto table)."""
+    write_llava_mme(tmp_path / "data")
+    metrics = _run(tmp_path, "mme", "--limit", "4")
+    for result in metrics["results"]:
+        values = result["metrics"]
+        assert math.isnan(values["perception"]) and math.isnan(result["primary"])
+        assert values["n/perception_subtasks"] == 2 and values["n"] == 4
+        assert {"score/existence", "score/count"} <= set(values)
+    assert (tmp_path / "mme" / "report.html").stat().st_size > 0

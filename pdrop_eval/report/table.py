@@ -123,7 +123,9 @@ def pareto_front(frame: pd.DataFrame, x: str = "tflops_paper") -> pd.DataFrame:
         not any((cost <= c) & (score >= s) & ((cost < c) | (score > s)))
         for c, s in zip(cost, score)
     ]
-    return rows[keep].sort_values([x, "primary"], ascending=[True, False])
+    # Positional selection keeps the columns when nothing is left (every primary NaN, e.g. MME cut by --limit).
+    kept = rows.iloc[[i for i, k in enumerate(keep) if k]]
+    return kept.sort_values([x, "primary"], ascending=[True, False])
 
 
 def pdrop_curves(frame: pd.DataFrame, x: str = "tflops_paper") -> dict[str, pd.DataFrame]:
