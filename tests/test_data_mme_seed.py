@@ -94,8 +94,11 @@ def test_hf_seed_drops_video_rows_and_reads_the_first_frame(tmp_path):
     assert [s.id for s in samples] == expected["ids"]
     assert [s.gold for s in samples] == expected["gold"]
     assert [s.prompt for s in samples] == expected["prompts"]
-    assert [s.meta["question_type"] for s in samples] == ["Instances Counting", "Scene Understanding",
-                                                          "Instance Attributes"]
+    assert [s.meta["question_type"] for s in samples] == [
+        "Instances Counting",
+        "Scene Understanding",
+        "Instance Attributes",
+    ]
     assert samples[0].load_image().mode == "RGB"
 
 

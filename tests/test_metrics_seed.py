@@ -47,7 +47,9 @@ def test_accuracy_overall_and_per_question_type_in_type_order():
     assert out["accuracy/question_type=Scene Understanding"] == pytest.approx(50.0, rel=1e-12)
     assert out["accuracy/question_type=Instances Counting"] == pytest.approx(50.0, rel=1e-12)
     assert [k for k in out if k.startswith("accuracy/")] == [
-        "accuracy/question_type=Scene Understanding", "accuracy/question_type=Instances Counting"]
+        "accuracy/question_type=Scene Understanding",
+        "accuracy/question_type=Instances Counting",
+    ]
     assert out["lmms_eval/accuracy"] == pytest.approx(75.0, rel=1e-12)  # "B." counts there
 
 

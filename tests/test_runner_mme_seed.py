@@ -32,9 +32,27 @@ def y_labels(monkeypatch):
 
 
 def _run(tmp_path, task: str, *extra: str) -> dict:
-    args = ["--model", "tiny-llava", "--tasks", task, "--data-root", str(tmp_path / "data"), "--batch-size", "8",
-            "--max-new-tokens", "3", "--lambda", "0.5", "--baselines", "vanilla", "--output-dir", str(tmp_path),
-            "--run-name", task, *extra]
+    args = [
+        "--model",
+        "tiny-llava",
+        "--tasks",
+        task,
+        "--data-root",
+        str(tmp_path / "data"),
+        "--batch-size",
+        "8",
+        "--max-new-tokens",
+        "3",
+        "--lambda",
+        "0.5",
+        "--baselines",
+        "vanilla",
+        "--output-dir",
+        str(tmp_path),
+        "--run-name",
+        task,
+        *extra,
+    ]
     assert cli.main(args) == 0
     return json.loads((tmp_path / task / "metrics.json").read_text())
 

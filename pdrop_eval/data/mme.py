@@ -93,10 +93,17 @@ def load_llava_mme(request: LoadRequest) -> list[Sample]:
             )
         question, prompt = split_suffix(row["text"], request.prompt_suffix)
         image = release / row["image"]
-        samples.append(Sample(
-            id=sample_id, question=question, prompt=prompt, gold=answers[key], image_source=str(image),
-            load_image=partial(open_image_file, image, sample_id), meta={"category": key[0], "image": question_id},
-        ))
+        samples.append(
+            Sample(
+                id=sample_id,
+                question=question,
+                prompt=prompt,
+                gold=answers[key],
+                image_source=str(image),
+                load_image=partial(open_image_file, image, sample_id),
+                meta={"category": key[0], "image": question_id},
+            )
+        )
     return samples
 
 
@@ -107,9 +114,15 @@ def load_hf_mme(request: LoadRequest) -> list[Sample]:
     samples = []
     for sample_id, row in zip(_sample_ids([str(row["question_id"]) for row in rows]), rows):
         question = llava_text(row["question"])
-        samples.append(Sample(
-            id=sample_id, question=question, prompt=question + request.prompt_suffix, gold=row["answer"],
-            image_source=f"{where}#{sample_id}", load_image=partial(open_cell_image, row["image"], sample_id, where),
-            meta={"category": row["category"], "image": str(row["question_id"])},
-        ))
+        samples.append(
+            Sample(
+                id=sample_id,
+                question=question,
+                prompt=question + request.prompt_suffix,
+                gold=row["answer"],
+                image_source=f"{where}#{sample_id}",
+                load_image=partial(open_cell_image, row["image"], sample_id, where),
+                meta={"category": row["category"], "image": str(row["question_id"])},
+            )
+        )
     return samples

@@ -32,8 +32,14 @@ from pdrop_eval.errors import PdropEvalError
 IMAGE = "image"
 # SEED-Bench.json `question_type` for the image dimensions (lmms-lab's table carries only the ids).
 IMAGE_QUESTION_TYPES = {
-    1: "Scene Understanding", 2: "Instance Identity", 3: "Instance Attributes", 4: "Instance Location",
-    5: "Instances Counting", 6: "Spatial Relation", 7: "Instance Interaction", 8: "Visual Reasoning",
+    1: "Scene Understanding",
+    2: "Instance Identity",
+    3: "Instance Attributes",
+    4: "Instance Location",
+    5: "Instances Counting",
+    6: "Spatial Relation",
+    7: "Instance Interaction",
+    8: "Visual Reasoning",
     9: "Text Understanding",
 }
 
@@ -52,8 +58,11 @@ def unique_ids(question_ids: Sequence[Any]) -> list[Any]:
 
 def _meta(question_id: Any, type_id: Any, names: Mapping[int, str]) -> dict[str, Any]:
     type_id = int(type_id)
-    return {"question_id": str(question_id), "question_type_id": type_id,
-            "question_type": names.get(type_id, str(type_id))}
+    return {
+        "question_id": str(question_id),
+        "question_type_id": type_id,
+        "question_type": names.get(type_id, str(type_id)),
+    }
 
 
 def load_llava_seed(request: LoadRequest) -> list[Sample]:
@@ -81,11 +90,17 @@ def load_llava_seed(request: LoadRequest) -> list[Sample]:
     for sample_id, (row, annotation) in zip(unique_ids([row["question_id"] for row, _ in kept]), kept):
         question, prompt = split_suffix(row["text"], request.prompt_suffix)
         image = request.paths["images"] / row["image"]
-        samples.append(Sample(
-            id=sample_id, question=question, prompt=prompt, gold=annotation["answer"], image_source=str(image),
-            load_image=partial(open_image_file, image, sample_id),
-            meta=_meta(row["question_id"], annotation["question_type_id"], names),
-        ))
+        samples.append(
+            Sample(
+                id=sample_id,
+                question=question,
+                prompt=prompt,
+                gold=annotation["answer"],
+                image_source=str(image),
+                load_image=partial(open_image_file, image, sample_id),
+                meta=_meta(row["question_id"], annotation["question_type_id"], names),
+            )
+        )
     return samples
 
 
@@ -109,11 +124,15 @@ def load_hf_seed(request: LoadRequest) -> list[Sample]:
     samples = []
     for sample_id, row in zip(unique_ids([row["question_id"] for row in rows]), rows):
         options = {letter: str(row[f"choice_{letter.lower()}"]) for letter in OPTION_LETTERS}
-        samples.append(Sample(
-            id=sample_id, question=row["question"], prompt=mcq_prompt(row["question"], None, options,
-                                                                       request.prompt_suffix),
-            gold=row["answer"], image_source=f"{where}#{sample_id}",
-            load_image=partial(open_cell_image, _first_frame(row["image"]), sample_id, where),
-            meta=_meta(row["question_id"], row["question_type_id"], IMAGE_QUESTION_TYPES),
-        ))
+        samples.append(
+            Sample(
+                id=sample_id,
+                question=row["question"],
+                prompt=mcq_prompt(row["question"], None, options, request.prompt_suffix),
+                gold=row["answer"],
+                image_source=f"{where}#{sample_id}",
+                load_image=partial(open_cell_image, _first_frame(row["image"]), sample_id, where),
+                meta=_meta(row["question_id"], row["question_type_id"], IMAGE_QUESTION_TYPES),
+            )
+        )
     return samples

@@ -141,8 +141,10 @@ def _aggregate(records: Sequence[ScoredRecord]) -> dict[str, float]:
     out: dict[str, float] = {}
     scores: dict[str, float] = {}
     for subtask, images in by_subtask.items():
-        pairs = {image: [(mme_answer(r.prediction), _label(r.gold)) for r in questions]
-                 for image, questions in images.items()}
+        pairs = {
+            image: [(mme_answer(r.prediction), _label(r.gold)) for r in questions]
+            for image, questions in images.items()
+        }
         acc, acc_plus, scores[subtask] = subtask_score(pairs)
         out[f"score/{subtask}"] = scores[subtask]
         out[f"acc/{subtask}"] = acc * 100
