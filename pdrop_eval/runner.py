@@ -336,7 +336,8 @@ def score_schedule(task: Task, schedule: DropSchedule, records: list[dict[str, A
             for r in records
         ]
         metrics.update(metric.aggregate(scored))
-    primary_metric = get_metric(task.metrics[0]).primary
+    primary = get_metric(task.metrics[0])
+    primary_metric = primary.primary
     total_time = sum(r["timing"]["time_share_s"] for r in records)
     return {
         "task": task.name,
@@ -344,6 +345,7 @@ def score_schedule(task: Task, schedule: DropSchedule, records: list[dict[str, A
         "n": len(records),
         "metrics": metrics,
         "primary_metric": primary_metric,
+        "primary_unit": primary.unit,
         "primary": metrics.get(primary_metric, math.nan),
         "tflops_paper": _mean([r["flops_paper"] for r in records]) / 1e12,
         "tflops_exact": _mean([r["flops_exact"] for r in records]) / 1e12,

@@ -431,3 +431,142 @@ def mmbench_cn_hf_rows() -> list[dict[str, Any]]:
         row.update(zip("ABCD", options))
         rows.append(row)
     return rows
+# ---- MME and SEED-Bench ------------------------------------------------------------------------------------------
+
+MME_SUBTASKS = ("existence", "count", "position", "color", "posters", "celebrity", "scene", "landmark", "artwork",
+                "OCR", "commonsense_reasoning", "numerical_calculation", "text_translation", "code_reasoning")
+# Subtasks whose release folder holds images/ and questions_answers_YN/; the rest keep images and .txt side by side.
+MME_NESTED = frozenset({"posters", "celebrity", "scene", "landmark", "artwork"})
+MME_INSTRUCTION = " Please answer yes or no."
+# MME's own question text (with its instruction), per subtask: the yes question then the no question of one image.
+MME_QUESTIONS = {
+    "color": ("Is there a red scarf in the image?  Please answer yes or no.",  # two spaces, as in MME
+              "Is there a brown scarf in the image?  Please answer yes or no."),
+    "position": ("Is the refrigerator on the right side of the picture Please answer yes or no.",
+                 "Is the trash can under the cup in the image\uff1f Please answer yes or no."),
+    "artwork": ("Is this artwork displayed in mus\u00e9e toulouse-lautrec, albi? Please answer yes or no.",
+                "Is this artwork displayed in kupferstichkabinett, gotha? Please answer yes or no."),
+}
+
+
+def mme_question(subtask: str, k: int) -> str:
+    default = (f"Is this a {subtask} question with a yes answer?{MME_INSTRUCTION}",
+               f"Is this a {subtask} question with a no answer?{MME_INSTRUCTION}")
+    return MME_QUESTIONS.get(subtask, default)[k]
+
+
+def _mme_image_name(subtask: str) -> str:
+    return f"{subtask}_0001.png" if subtask != "scene" else "Places365_val_00000001.jpg"
+
+
+def write_llava_mme(root: Path, subtasks: tuple[str, ...] = MME_SUBTASKS) -> dict[str, Any]:
+    """LLaVA's llava_mme.jsonl (question_id = image path, MME's instruction replaced by LLaVA's suffix) and
+    MME_Benchmark_release_version: nested (images/ + questions_answers_YN/) and flat subtask folders, answer files
+    with a trailing newline, and an extra answer file for an image LLaVA's list leaves out."""
+    release = root / "MME/MME_Benchmark_release_version"
+    rows, ids, gold, prompts = [], [], [], []
+    for n, subtask in enumerate(subtasks):
+        name = _mme_image_name(subtask)
+        nested = subtask in MME_NESTED
+        image_rel = f"{subtask}/images/{name}" if nested else f"{subtask}/{name}"
+        qa_dir = release / subtask / ("questions_answers_YN" if nested else "")
+        qa_dir.mkdir(parents=True, exist_ok=True)
+        stem = name.split(".")[0]
+        lines = [f"{mme_question(subtask, k)}\t{answer}" for k, answer in enumerate(("Yes", "No"))]
+        (qa_dir / f"{stem}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        (qa_dir / "unused_0002.txt").write_text(f"Unused?{MME_INSTRUCTION}\tNo\n", encoding="utf-8")
+        write_image(release / image_rel, MODES[n % len(MODES)], "JPEG" if name.endswith(".jpg") else "PNG", seed=n)
+        for k, answer in enumerate(("Yes", "No")):
+            text = mme_question(subtask, k).replace(MME_INSTRUCTION.strip(), "").strip() + SUFFIX
+            rows.append({"question_id": image_rel, "image": image_rel, "text": text, "category": subtask})
+            ids.append(f"{image_rel}#{k}")
+            gold.append(answer)
+            prompts.append(text)
+    write_jsonl(root / "MME/llava_mme.jsonl", rows)
+    return {"ids": ids, "gold": gold, "prompts": prompts, "categories": [row["category"] for row in rows],
+            "images": [row["question_id"] for row in rows]}
+
+
+def write_hf_mme(repo: Path) -> dict[str, Any]:
+    """lmms-lab/MME: data/test-0000k-of-00002-<hash>.parquet, question_id repeated for an image's two questions,
+    MME's own question text and "Yes"/"No" answers."""
+    rows = []
+    for n, subtask in enumerate(("code_reasoning", "color", "artwork")):
+        question_id = f"{subtask}/{_mme_image_name(subtask)}"
+        for k, answer in enumerate(("Yes", "No")):
+            rows.append({"question_id": question_id, "image": image_cell(MODES[n], "PNG", n),
+                         "question": mme_question(subtask, k), "answer": answer, "category": subtask})
+    write_parquet(repo / "data/test-00000-of-00002-a25dbe3b44c4fda6.parquet", rows[:4])
+    write_parquet(repo / "data/test-00001-of-00002-7d22c7f1aba6fca4.parquet", rows[4:])
+    return {
+        "ids": [f"{row['question_id']}#{k % 2}" for k, row in enumerate(rows)],
+        "gold": [row["answer"] for row in rows],
+        "prompts": [row["question"].replace(MME_INSTRUCTION.strip(), "").strip() + SUFFIX for row in rows],
+        "categories": [row["category"] for row in rows],
+    }
+
+
+SEED_TYPES = {"Scene Understanding": 1, "Instance Identity": 2, "Instance Attributes": 3, "Instance Location": 4,
+              "Instances Counting": 5, "Spatial Relation": 6, "Instance Interaction": 7, "Visual Reasoning": 8,
+              "Text Understanding": 9, "Action Recognition": 10, "Action Prediction": 11,
+              "Procedure Understanding": 12}
+
+
+def seed_questions() -> list[dict[str, Any]]:
+    """SEED-Bench.json `questions`: string ids, id "49914" on two different image questions, one video question."""
+    return [
+        {"answer": "A", "choice_a": "One", "choice_b": "Two", "choice_c": "Three", "choice_d": "Four",
+         "data_id": "1454426_2591111986.jpg", "data_type": "image", "question": "How many towels are in the image?",
+         "question_id": "101669", "question_type_id": 5},
+        {"answer": "C", "choice_a": "A kitchen", "choice_b": "A beach", "choice_c": "A forest", "choice_d": "A road",
+         "data_id": "2371455_1084942364.jpg", "data_type": "image", "question": "Where was the photo taken?",
+         "question_id": "49914", "question_type_id": 1},
+        {"answer": "B", "choice_a": "Red", "choice_b": "Blue", "choice_c": "Green", "choice_d": "Black",
+         "data_id": "3000000_1111111111.jpg", "data_type": "image", "question": "What colour is the car?",
+         "question_id": "49914", "question_type_id": 3},
+        {"answer": "D", "choice_a": "Opening a jar", "choice_b": "Closing a jar", "choice_c": "Pouring water",
+         "choice_d": "Cutting bread", "data_id": "v_123.webm", "data_type": "video",
+         "question": "What is the person doing?", "question_id": "v0", "question_type_id": 10, "segment": None},
+    ]
+
+
+def _seed_text(question: dict[str, Any]) -> str:
+    options = "".join(f"\n{letter}. {question['choice_' + letter.lower()]}" for letter in "ABCD")
+    return question["question"] + options + MCQ_SUFFIX
+
+
+def write_llava_seed(root: Path) -> dict[str, Any]:
+    """llava-seed-bench.jsonl (int ids for image rows, "v0" for a video row whose middle frame LLaVA extracted) and
+    the official SEED-Bench.json."""
+    questions = seed_questions()
+    folder = root / "seed_bench"
+    rows = []
+    for n, question in enumerate(questions):
+        video = question["data_type"] == "video"
+        image = (f"SEED-Bench-video-image/{question['question_type_id']}_{question['question_id']}.png" if video
+                 else f"SEED-Bench-image/{question['data_id']}")
+        write_image(folder / image, MODES[n % len(MODES)], "PNG" if video else "JPEG", seed=n)
+        question_id = question["question_id"] if video else int(question["question_id"])
+        rows.append({"question_id": question_id, "image": image, "text": _seed_text(question),
+                     "category": next(k for k, v in SEED_TYPES.items() if v == question["question_type_id"])})
+    write_jsonl(folder / "llava-seed-bench.jsonl", rows)
+    (folder / "SEED-Bench.json").write_text(json.dumps({"question_type": SEED_TYPES, "questions": questions}))
+    image_questions = [q for q in questions if q["data_type"] == "image"]
+    return {"ids": [101669, "49914#0", "49914#1"], "gold": [q["answer"] for q in image_questions],
+            "prompts": [_seed_text(q) for q in image_questions],
+            "types": ["Instances Counting", "Scene Understanding", "Instance Attributes"]}
+
+
+def write_hf_seed(repo: Path) -> dict[str, Any]:
+    """lmms-lab/SEED-Bench: `image` is a list of frames (one for an image question, several for a video one)."""
+    rows = []
+    for n, question in enumerate(seed_questions()):
+        frames = 3 if question["data_type"] == "video" else 1
+        row = {key: question[key] for key in ("answer", "choice_a", "choice_b", "choice_c", "choice_d", "data_id",
+                                               "data_type", "question", "question_id", "question_type_id")}
+        row["image"] = [image_cell(MODES[(n + f) % len(MODES)], "PNG", n) for f in range(frames)]
+        rows.append(row)
+    write_parquet_shards(repo / "data", "test", rows, 2)
+    image_questions = [q for q in seed_questions() if q["data_type"] == "image"]
+    return {"ids": ["101669", "49914#0", "49914#1"], "gold": [q["answer"] for q in image_questions],
+            "prompts": [_seed_text(q) for q in image_questions]}

@@ -23,10 +23,12 @@ EXPECTED = {
     "infovqa": (VQA_SUFFIX, "anls", 2801),
     "ocrvqa": (VQA_SUFFIX, "ocrvqa_exact", 5000),
     "shapes": (VQA_SUFFIX, "exact_match", 300),
+    "mme": (VQA_SUFFIX, "mme", 2374),
+    "seedbench": (MCQ_SUFFIX, "seed_image", 14233),
 }
 PAPER = {  # REFERENCE §6: vanilla, FastV K2 R50, PDrop λ0.5
     "gqa": (62.0, 59.6, 60.1), "pope": (85.9, 84.8, 84.8), "textvqa": (58.2, 57.1, 57.5),
-    "chartqa": (18.2, 17.8, 18.6), "docvqa": (21.4, 19.2, 21.1),
+    "chartqa": (18.2, 17.8, 18.6), "docvqa": (21.4, 19.2, 21.1), "mme": (1510.7, 1475.6, 1500.8),
     "mmbench_cn": (58.3, 56.8, 58.5), "scienceqa_img": (66.8, 68.5, 69.2),
 }
 
@@ -67,6 +69,11 @@ def test_vlmeval_scorer_datasets_are_named_where_vlmevalkit_has_them():
     assert names == {"mmstar": "MMStar", "docvqa": "DocVQA_VAL", "chartqa": "ChartQA_TEST",
                      "mmbench": "MMBench_DEV_EN", "infovqa": "InfoVQA_VAL", "ocrvqa": "OCRVQA_TEST",
                      "mmbench_cn": "MMBench_DEV_CN"}
+
+
+def test_mme_reference_is_the_perception_total_and_seedbench_has_none():
+    assert "perception" in get_task("mme").reference.metric
+    assert get_task("seedbench").reference is None
 
 
 @pytest.mark.parametrize("name", ["scienceqa_img", "mmbench_cn"])

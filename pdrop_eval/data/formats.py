@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from pdrop_eval.data import hf, llava_folders, synthetic, vlmeval_tsv
+from pdrop_eval.data import hf, llava_folders, mme, seed_bench, synthetic, vlmeval_tsv
 from pdrop_eval.data.request import LoadRequest
 from pdrop_eval.data.sample import Sample
 
@@ -40,6 +40,10 @@ FORMATS: dict[str, Format] = {
         Format("llava_scienceqa", "data_root", ("questions", "problems", "splits", "images"),
                llava_folders.load_scienceqa,
                "LLaVA eval folder: ScienceQA llava_test_CQM-A.json + problems.json + pid_splits.json + images/test"),
+        Format("llava_mme", "data_root", ("questions", "images"), mme.load_llava_mme,
+               "LLaVA eval folder: llava_mme.jsonl + MME_Benchmark_release_version (images and answers)"),
+        Format("llava_seed", "data_root", ("questions", "annotations", "images"), seed_bench.load_llava_seed,
+               "LLaVA eval folder: llava-seed-bench.jsonl + SEED-Bench.json + SEED-Bench-image, image questions"),
         Format("vlmeval_vqa", "lmu_data", ("tsv",), vlmeval_tsv.load_vqa_tsv, "VLMEvalKit TSV, open-ended"),
         Format("vlmeval_mcq", "lmu_data", ("tsv",), vlmeval_tsv.load_mcq_tsv, "VLMEvalKit TSV, multiple choice"),
         Format("hf_vqa", "hf", ("rows",), hf.load_hf_vqa, "Hugging Face dataset, open-ended"),
@@ -48,6 +52,8 @@ FORMATS: dict[str, Format] = {
                "Hugging Face lmms-lab/GQA: instructions + images configs"),
         Format("hf_scienceqa", "hf", ("rows",), hf.load_hf_scienceqa,
                "Hugging Face lmms-lab/ScienceQA: choices list + answer index + hint"),
+        Format("hf_mme", "hf", ("rows",), mme.load_hf_mme, "Hugging Face lmms-lab/MME"),
+        Format("hf_seed", "hf", ("rows",), seed_bench.load_hf_seed, "Hugging Face lmms-lab/SEED-Bench, image rows"),
         Format("synthetic_shapes", "generated", (), synthetic.load_shapes, "drawn on the fly"),
     )
 }

@@ -11,6 +11,8 @@
 | `relaxed_accuracy` | ChartQA         | answer list (or string)   | `split` (optional breakdown)                 | `relaxed_accuracy`  |
 | `ocrvqa_exact`     | OCRVQA          | answer list (or string)   | `split` / `category` (optional breakdown)    | `accuracy`          |
 | `scienceqa_accuracy` | ScienceQA-IMG | option letter           | -                                            | `accuracy`          |
+| `mme`              | MME             | "Yes" / "No"              | `category` (subtask), `image`                | `perception`        |
+| `seed_image`       | SEED-Bench img  | option letter             | `question_id`, `question_type` (+ `_id`)     | `accuracy`          |
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ from pdrop_eval.metrics.anls import ANLS
 from pdrop_eval.metrics.base import Metric, ScoredRecord
 from pdrop_eval.metrics.choice import MCQ_ACCURACY, MMBENCH_CIRCULAR
 from pdrop_eval.metrics.exact import EXACT_MATCH, OCRVQA_EXACT
+from pdrop_eval.metrics.mme import MME
 from pdrop_eval.metrics.relaxed import RELAXED_ACCURACY
 from pdrop_eval.metrics.scienceqa import SCIENCEQA_ACCURACY
+from pdrop_eval.metrics.seed import SEED_IMAGE
 from pdrop_eval.metrics.vqa import VQA_ACCURACY
 from pdrop_eval.metrics.yesno import POPE
 
@@ -37,6 +41,8 @@ METRICS: dict[str, Metric] = {
         RELAXED_ACCURACY,
         OCRVQA_EXACT,
         SCIENCEQA_ACCURACY,
+        MME,
+        SEED_IMAGE,
     )
 }
 

@@ -38,7 +38,8 @@ class Metric:
 
     `score(prediction, gold, meta)` scores one sample; `aggregate(records)` turns scored records into flat
     `{key: value}`; `primary` names the key of the headline number (the one the paper's table prints);
-    `reference` says which official evaluator the numbers reproduce.
+    `reference` says which official evaluator the numbers reproduce; `unit` is what the headline number counts
+    ("%" for accuracies, "score out of 2000" for MME perception), so reports label their axes truthfully.
     """
 
     name: str
@@ -46,6 +47,7 @@ class Metric:
     score: ScoreFn
     aggregate: AggregateFn
     reference: str
+    unit: str = "%"
 
     def record(self, id: str | int, prediction: str, gold: Any, meta: Mapping[str, Any] | None = None) -> ScoredRecord:
         """Score one sample and wrap it as the `ScoredRecord` that `aggregate` expects."""

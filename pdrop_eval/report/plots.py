@@ -28,6 +28,7 @@ def plot_task(rows: pd.DataFrame, reference: pd.DataFrame, convention: str, out_
     """Write the plot for one task's rows (one or several runs) and its published reference rows."""
     x = f"tflops_{convention}"
     metric = rows["primary_metric"].iloc[0]
+    unit = rows["primary_unit"].iloc[0]
     fig = Figure(figsize=(9.5, 5.2))
     ax = fig.add_subplot()
     colours = iter(f"C{i}" for i in range(1000))
@@ -57,7 +58,7 @@ def plot_task(rows: pd.DataFrame, reference: pd.DataFrame, convention: str, out_
             handles.append(handle)
             labels.append(f"paper: {point['paper_method']}")
     ax.set_xlabel(f"TFLOPs per sample, {convention} convention ({TFLOPS_CONVENTIONS[convention]})")
-    ax.set_ylabel(f"{metric} (%)")
+    ax.set_ylabel(f"{metric} ({unit})")
     ax.set_title(f"{task}: {metric} vs TFLOPs — higher and further left is better")
     ax.grid(True, alpha=0.3)
     ax.margins(x=0.08, y=0.08)

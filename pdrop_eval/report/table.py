@@ -51,6 +51,7 @@ def _row_template() -> dict[str, Any]:
         "ratios": (),
         "positions": "",
         "primary_metric": "",
+        "primary_unit": "%",
         **{f: math.nan for f in _NUMERIC_FIELDS},
         "metrics": {},
         "predictions": "",
@@ -71,6 +72,7 @@ def _row(run: Run, result: dict[str, Any]) -> dict[str, Any]:
         ratios=tuple(_number(v) for v in schedule["ratios"]),
         positions=schedule.get("positions") or "",
         primary_metric=result["primary_metric"],
+        primary_unit=result.get("primary_unit") or "%",
         metrics={k: _number(v) for k, v in result["metrics"].items()},
         predictions=result.get("predictions") or "",
         run_dir=str(run.directory),
@@ -121,7 +123,9 @@ def pareto_front(frame: pd.DataFrame, x: str = "tflops_paper") -> pd.DataFrame:
         not any((cost <= c) & (score >= s) & ((cost < c) | (score > s)))
         for c, s in zip(cost, score)
     ]
-    return rows[keep].sort_values([x, "primary"], ascending=[True, False])
+    # Positional selection keeps the columns when nothing is left (every primary NaN, e.g. MME cut by --limit).
+    kept = rows.iloc[[i for i, k in enumerate(keep) if k]]
+    return kept.sort_values([x, "primary"], ascending=[True, False])
 
 
 def pdrop_curves(frame: pd.DataFrame, x: str = "tflops_paper") -> dict[str, pd.DataFrame]:
