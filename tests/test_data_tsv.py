@@ -91,10 +91,13 @@ def test_corrupt_base64_image_names_the_sample_and_file(tmp_path):
         sample.load_image()
 
 
-def test_missing_column_is_reported(tmp_path):
+def test_missing_required_column_is_one_error_naming_file_column_and_present_columns(tmp_path):
     write_tsv(tmp_path / "DocVQA_VAL.tsv", ["index", "image", "question"], [[5, b64_image(), "q?"]])
-    with pytest.raises(PdropEvalError, match="lacks the column"):
+    with pytest.raises(PdropEvalError) as caught:
         _load("docvqa", tmp_path, tmp_path)
+    message = str(caught.value)
+    assert "DocVQA_VAL.tsv" in message and "answer column 'answer'" in message
+    assert "['image', 'index', 'question']" in message
 
 
 def test_only_list_literals_split_into_several_answers():

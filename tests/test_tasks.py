@@ -19,6 +19,7 @@ EXPECTED = {
     "chartqa": (VQA_SUFFIX, "relaxed_accuracy", 2500),
     "infovqa": (VQA_SUFFIX, "anls", 2801),
     "ocrvqa": (VQA_SUFFIX, "ocrvqa_exact", 5000),
+    "ocrvqa_core": (VQA_SUFFIX, "ocrvqa_exact", None),  # VLMEvalKit does not publish OCRVQA_TESTCORE's size
     "shapes": (VQA_SUFFIX, "exact_match", 300),
 }
 PAPER = {  # REFERENCE §6: vanilla, FastV K2 R50, PDrop λ0.5
@@ -61,4 +62,5 @@ def test_sources_are_tried_llava_then_tsv_then_hf():
 def test_vlmeval_scorer_datasets_are_named_where_vlmevalkit_has_them():
     names = {name: task.vlmeval_dataset for name, task in available_tasks().items() if task.vlmeval_dataset}
     assert names == {"mmstar": "MMStar", "docvqa": "DocVQA_VAL", "chartqa": "ChartQA_TEST",
-                     "mmbench": "MMBench_DEV_EN", "infovqa": "InfoVQA_VAL", "ocrvqa": "OCRVQA_TEST"}
+                     "mmbench": "MMBench_DEV_EN", "infovqa": "InfoVQA_VAL", "ocrvqa": "OCRVQA_TEST",
+                     "ocrvqa_core": "OCRVQA_TESTCORE"}
