@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 
-from pdrop_eval.errors import PdropEvalError
+from pdrop_eval.errors import PdropEvalError, PdropEvalWarning
 from pdrop_eval.registry import get_task, load_samples
 from tests.fixtures_data import (
     MCQ_SUFFIX,
+    MMBENCH_HEADER,
+    MMSTAR_QUESTION,
     b64_image,
+    mmbench_rows,
     write_mmbench_tsv,
+    write_mmstar_authors_tsv,
     write_mmstar_tsv,
     write_tsv,
     write_vqa_tsv,
@@ -117,3 +123,50 @@ def test_matcher_gets_every_option_while_the_prompt_stops_at_the_first_gap():
     row = {"A": "cat", "B": "dog", "C": float("nan"), "D": "hen"}
     assert leading_options(row) == {"A": "cat", "B": "dog"}
     assert all_options(row) == {"A": "cat", "B": "dog", "D": "hen"}
+
+
+def _load_noting_warnings(name: str, tmp_path):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        samples = _load(name, tmp_path, tmp_path)
+    return samples, [str(w.message) for w in caught if issubclass(w.category, PdropEvalWarning)]
+
+
+def test_mmstar_tsv_as_published_with_l2_category_underscore(tmp_path):
+    """VLMEvalKit's and Lin-Chen/MMStar's MMStar.tsv spell the column `l2_category`; the task reads it silently."""
+    expected = write_mmstar_authors_tsv(tmp_path / "MMStar.tsv")
+    samples, warned = _load_noting_warnings("mmstar", tmp_path)
+    assert warned == []
+    assert [s.id for s in samples] == expected["ids"]
+    assert [s.meta["l2-category"] for s in samples] == expected["l2"]
+    assert [s.meta["category"] for s in samples] == ["coarse perception", "math"]
+    assert [s.meta["options"] for s in samples] == expected["options"]
+    assert samples[0].prompt == MMSTAR_QUESTION + MCQ_SUFFIX
+
+
+def test_missing_metadata_columns_warn_once_and_the_task_runs(tmp_path):
+    """MMBench without category, l2-category, hint and split: questions and scores still come out, the metrics'
+    breakdowns are left out (no key in meta), and one warning names every missing column."""
+    dropped = {"category", "l2-category", "hint", "split"}
+    keep = [i for i, name in enumerate(MMBENCH_HEADER) if name not in dropped]
+    write_tsv(tmp_path / "MMBench_DEV_EN.tsv", [MMBENCH_HEADER[i] for i in keep],
+              [[row[i] for i in keep] for row in mmbench_rows()])
+    samples, warned = _load_noting_warnings("mmbench", tmp_path)
+    assert [s.prompt for s in samples][2:] == ['Which "word" is right?\nA. x\\ny\nB. z' + MCQ_SUFFIX,
+                                               "Pick one\nA. yes\nB. no" + MCQ_SUFFIX]
+    assert samples[0].prompt.startswith("What is shown?\nA. a cat")
+    assert all(not dropped & set(s.meta) for s in samples)
+    assert [s.meta["index"] for s in samples] == [12, 1000012, 13, 14]
+    assert len(warned) == 1
+    assert "task mmbench" in warned[0] and "['category', 'hint', 'l2-category', 'split']" in warned[0]
+
+
+def test_ocrvqa_testcore_is_its_own_task_read_whole(tmp_path):
+    """OCRVQA_TESTCORE.tsv is task ocrvqa_core: every row (no 5,000 subset), VLMEvalKit's answer lists."""
+    rows = [[i, b64_image() if i == 0 else "0", f"Who wrote book {i}?", f"['author {i}']"] for i in range(5003)]
+    write_tsv(tmp_path / "OCRVQA_TESTCORE.tsv", ["index", "image", "question", "answer"], rows)
+    samples = _load("ocrvqa_core", tmp_path, tmp_path)
+    assert [s.id for s in samples] == list(range(5003))
+    assert samples[4242].gold == ["author 4242"]
+    with pytest.raises(PdropEvalError, match="no data found for task 'ocrvqa'"):
+        _load("ocrvqa", tmp_path, tmp_path)
