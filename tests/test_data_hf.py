@@ -236,3 +236,15 @@ def test_several_splits_missing_a_metadata_column_warn_once(tmp_path):
     ours = [w for w in caught if issubclass(w.category, PdropEvalWarning)]
     assert len(ours) == 1
     assert "task two" in str(ours[0].message) and "['level']" in str(ours[0].message)
+
+
+def test_gqa_instructions_without_image_id_name_the_file_and_its_columns(tmp_path):
+    repo = tmp_path / "hf/lmms-lab/GQA"
+    write_hf_gqa(repo)
+    rows = [{"id": "1", "question": "Is it overcast?", "answer": "no"}]
+    write_parquet_shards(repo / "testdev_balanced_instructions", "testdev", rows, 1)
+    with pytest.raises(PdropEvalError) as caught:
+        load_fixture_task("gqa", tmp_path)
+    message = str(caught.value)
+    assert "testdev-00000-of-00001.parquet lacks the image id column 'imageId'" in message
+    assert "['answer', 'id', 'question']" in message

@@ -26,7 +26,7 @@ from PIL import Image
 
 from pdrop_eval.data.images import decode_image_bytes, open_image_file, to_rgb
 from pdrop_eval.data.request import LoadRequest
-from pdrop_eval.data.rows import mcq_samples, vqa_samples
+from pdrop_eval.data.rows import mcq_samples, require_columns, vqa_samples
 from pdrop_eval.data.sample import Sample
 from pdrop_eval.errors import PdropEvalError
 
@@ -162,12 +162,19 @@ def load_hf_mcq(request: LoadRequest) -> list[Sample]:
 
 
 def load_hf_gqa(request: LoadRequest) -> list[Sample]:
-    """lmms-lab GQA: `testdev_balanced_instructions` rows joined to `testdev_balanced_images` on imageId = id."""
+    """lmms-lab GQA: `testdev_balanced_instructions` rows (id, imageId, question, answer, types...) joined to
+    `testdev_balanced_images` rows (id, image) on imageId = id, as lmms-eval's gqa/utils.py gqa_process_docs joins
+    them (EvolvingLMMs-Lab/lmms-eval@75571cf)."""
     questions, images = request.paths["questions"], request.paths["images"]
-    image_by_id = {row["id"]: row["image"] for row in read_rows(images)}
+    image_rows, question_rows = read_rows(images), read_rows(questions)
+    require_columns(image_rows, {"id": "id", "image": "image"}, str(images))
+    require_columns(
+        question_rows, {"id": "id", "image id": "imageId", "question": "question", "answer": "answer"}, str(questions)
+    )
+    image_by_id = {row["id"]: row["image"] for row in image_rows}
     where = str(images)
     samples = []
-    for row in read_rows(questions):
+    for row in question_rows:
         image_id = row["imageId"]
         if image_id not in image_by_id:
             raise PdropEvalError(f"GQA question {row['id']!r}: image {image_id!r} is not in {where}")

@@ -111,6 +111,21 @@ def _alternatives(column: Any) -> list[str]:
     return [str(name) for name in column] if isinstance(column, (list, tuple)) else [str(column)]
 
 
+def require_columns(rows: Sequence[Mapping[str, Any]], columns: Mapping[str, str | None], where: str) -> set[str]:
+    """The table's column names, once every `role: column` given (None: the card reads none) is among them; else
+    one error naming the file, the column and the columns the file has."""
+    if not rows:
+        raise PdropEvalError(f"{where} holds no rows")
+    present = set(rows[0])
+    for role, column in columns.items():
+        if column is not None and column not in present:
+            raise PdropEvalError(
+                f"{where} lacks the {role} column {column!r}; its columns are {sorted(present)}. Use the official "
+                "file, or name the column under `fields` in the task card"
+            )
+    return present
+
+
 REQUIRED_ROLES = ("id", "question", "answer", "ocr_tokens")
 """Roles a sample cannot be built without (`ocr_tokens` only where the card names it: TextVQA)."""
 
@@ -122,16 +137,8 @@ def _check_columns(
     columns it has. Metadata columns (category, l2-category, split, hint...) missing: noted in `absent` and the
     task runs without them, unless the card lists them under `meta_required` (a metric that cannot do without).
     Records in `fields.meta_columns` which name each meta column goes by in this file."""
-    if not rows:
-        raise PdropEvalError(f"{where} holds no rows")
-    present = set(rows[0])
-    required = [(role, fields.names.get(role)) for role in REQUIRED_ROLES] + [("image", fields.image)]
-    for role, column in required:
-        if column is not None and column not in present:
-            raise PdropEvalError(
-                f"{where} lacks the {role} column {column!r}; its columns are {sorted(present)}. Use the official "
-                "file, or name the column under `fields` in the task card"
-            )
+    required = {role: fields.names.get(role) for role in REQUIRED_ROLES}
+    present = require_columns(rows, {**required, "image": fields.image}, where)
     missing: list[str] = []
     for key, alternatives in fields.meta.items():
         found = next((name for name in alternatives if name in present), None)
