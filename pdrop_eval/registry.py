@@ -108,7 +108,21 @@ def _parse_source(raw: Any, path: Path) -> Source:
     if FORMATS[name].location == "hf" and "repo" not in raw:
         raise _card_error(path, f"format {name} needs `repo` (e.g. lmms-lab/GQA)")
     options = {key: value for key, value in raw.items() if key not in ("format", "files")}
+    _check_split_options(options, files, path)
     return Source(format=name, files={role: str(rel) for role, rel in files.items()}, options=options)
+
+
+def _check_split_options(options: Mapping[str, Any], files: Mapping[str, Any], path: Path) -> None:
+    """`splits` (a table spread over several splits), `meta_required` and `{split}` in a file pattern are read
+    as lists and names later; a slip there would read the wrong files silently, so it is caught with the card."""
+    for key in ("splits", "meta_required"):
+        value = options.get(key)
+        names = isinstance(value, list) and value and all(isinstance(item, str) for item in value)
+        if value is not None and not names:
+            raise _card_error(path, f"`{key}` must be a non-empty list of names like [adversarial, random]: {value!r}")
+    has_split = options.get("splits") or options.get("split")
+    if any("{split}" in str(pattern) for pattern in files.values()) and not has_split:
+        raise _card_error(path, "a file pattern holds {split} but the source names no `split` or `splits`")
 
 
 def _parse_reference(raw: Any, path: Path) -> Reference | None:

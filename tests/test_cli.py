@@ -30,6 +30,7 @@ def test_list_tasks_shows_every_task_with_data_status_size_and_source(tmp_path, 
     textvqa = out.split("textvqa  [", 1)[1]
     assert "not found" in textvqa.splitlines()[1]
     assert "found (synthetic_shapes, generated on the fly)" in out
+    assert "\nocrvqa_core  [size not published, metrics: ocrvqa_exact]" in out
 
 
 def test_list_tasks_includes_user_cards(tmp_path, capsys):

@@ -222,8 +222,8 @@ def test_several_splits_missing_a_metadata_column_warn_once(tmp_path):
     (tmp_path / "cards").mkdir()
     (tmp_path / "cards/two.yaml").write_text(
         "name: two\ndescription: d\nsize: 4\nprompt_suffix: ''\nmax_new_tokens: 4\nmetrics: [exact_match]\n"
-        "sources:\n  - format: hf_vqa\n    repo: me/two\n    splits: [easy, hard]\n    files: {rows: '{split}-*.parquet'}\n"
-        "    fields: {id: qid}\n    meta: {difficulty: level}\n"
+        "sources:\n  - format: hf_vqa\n    repo: me/two\n    splits: [easy, hard]\n"
+        "    files: {rows: '{split}-*.parquet'}\n    fields: {id: qid}\n    meta: {difficulty: level}\n"
     )
     for split in ("easy", "hard"):
         rows = [{"qid": k, "question": "q?", "answer": "a", "image": image_cell()} for k in range(2)]
