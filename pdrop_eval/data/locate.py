@@ -102,6 +102,7 @@ def _saved_config(folder: Path) -> str | None:
 def _saved_splits(folder: Path, splits: list[str | None], config: str, at_root: bool) -> tuple[HFSplit, ...] | None:
     """The wanted splits in a save_to_disk folder. A copy at the repo root could be any of the repo's configs
     (lmms-lab/DocVQA's two configs both have `validation`), so there the config `datasets` recorded must match."""
+
     def config_matches(split_folder: Path) -> bool:
         return not at_root or _saved_config(split_folder) in (None, config)
 
