@@ -359,8 +359,23 @@ def test_gqa_mmstar_and_pope_full_run_from_their_published_files(tmp_path, monke
     write_pope_full_parquet(data / "hf/lmms-lab/POPE")
     monkeypatch.setenv("LMUData", str(tmp_path / "lmu"))
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
-    args = ["--model", "tiny-llava", "--tasks", "gqa,mmstar,pope", "--lambda", "0.5", "--max-new-tokens", "2",
-            "--data-root", str(data), "--output-dir", str(tmp_path), "--run-name", "h", "--no-report"]
+    args = [
+        "--model",
+        "tiny-llava",
+        "--tasks",
+        "gqa,mmstar,pope",
+        "--lambda",
+        "0.5",
+        "--max-new-tokens",
+        "2",
+        "--data-root",
+        str(data),
+        "--output-dir",
+        str(tmp_path),
+        "--run-name",
+        "h",
+        "--no-report",
+    ]
     assert cli.main(args) == 0
     assert "warning:" not in capsys.readouterr().err
     metrics = json.loads((tmp_path / "h" / "metrics.json").read_text())
