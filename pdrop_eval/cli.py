@@ -1,6 +1,7 @@
 """Command line: argparse in, calls into the library out; no logic of its own.
 
-A `PdropEvalError` anywhere becomes one `error: ...` line on stderr and exit status 2, never a traceback.
+A `PdropEvalError` anywhere becomes one `error: ...` line on stderr and exit status 2, never a traceback; a
+`PdropEvalWarning` one `warning: ...` line.
 """
 
 from __future__ import annotations
@@ -8,10 +9,11 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from pdrop_eval.errors import PdropEvalError
+from pdrop_eval.errors import PdropEvalError, PdropEvalWarning
 
 EXAMPLES = """examples:
   python run_eval.py --model llava-hf/llava-1.5-7b-hf --tasks gqa,mmstar --lambda 0.5
@@ -205,13 +207,30 @@ def _run(argv: Sequence[str]) -> int:
     return _evaluate(args, argv)
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A PdropEvalWarning as one `warning:` line, printed by rank 0 only under torchrun (every rank loads the data);
+    any other warning as Python shows it."""
+    if not issubclass(category, PdropEvalWarning):
+        _PYTHON_SHOWWARNING(message, category, filename, lineno, file, line)
+        return
+    from pdrop_eval.distributed import current_world
+
+    if current_world().is_main:
+        print(f"warning: {' '.join(str(message).split())}", file=sys.stderr)
+
+
+_PYTHON_SHOWWARNING = warnings.showwarning
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        return _run(argv)
-    except PdropEvalError as err:
-        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: predictions written so far are kept; rerun the same command to resume", file=sys.stderr)
-        return 130
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        try:
+            return _run(argv)
+        except PdropEvalError as err:
+            print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("interrupted: predictions written so far are kept; rerun the same command to resume", file=sys.stderr)
+            return 130

@@ -8,3 +8,8 @@ exits non-zero instead of showing a traceback.
 
 class PdropEvalError(Exception):
     """A problem the user can fix; the message names the problem and the fix."""
+
+
+class PdropEvalWarning(UserWarning):
+    """Something the user should know that does not stop the run (a metadata column missing from a data file);
+    the CLI prints it as one `warning:` line."""

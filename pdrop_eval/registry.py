@@ -10,6 +10,7 @@ benchmark whose loader and metric exist is one new card.
 from __future__ import annotations
 
 import difflib
+import warnings
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from pdrop_eval.data.formats import FORMATS, Format
 from pdrop_eval.data.locate import DataLocations, locate
 from pdrop_eval.data.request import LoadRequest
 from pdrop_eval.data.sample import Sample
-from pdrop_eval.errors import PdropEvalError
+from pdrop_eval.errors import PdropEvalError, PdropEvalWarning
 
 CARD_KEYS = {
     "name", "description", "size", "prompt_suffix", "max_new_tokens", "metrics", "sources", "published",
@@ -64,9 +65,11 @@ class Reference:
 
 @dataclass(frozen=True)
 class Task:
+    """`size` is the expected number of samples, None where the publisher does not state it (OCRVQA_TESTCORE)."""
+
     name: str
     description: str
-    size: int
+    size: int | None
     prompt_suffix: str
     max_new_tokens: int
     metrics: tuple[str, ...]
@@ -105,7 +108,21 @@ def _parse_source(raw: Any, path: Path) -> Source:
     if FORMATS[name].location == "hf" and "repo" not in raw:
         raise _card_error(path, f"format {name} needs `repo` (e.g. lmms-lab/GQA)")
     options = {key: value for key, value in raw.items() if key not in ("format", "files")}
+    _check_split_options(options, files, path)
     return Source(format=name, files={role: str(rel) for role, rel in files.items()}, options=options)
+
+
+def _check_split_options(options: Mapping[str, Any], files: Mapping[str, Any], path: Path) -> None:
+    """`splits` (a table spread over several splits), `meta_required` and `{split}` in a file pattern are read
+    as lists and names later; a slip there would read the wrong files silently, so it is caught with the card."""
+    for key in ("splits", "meta_required"):
+        value = options.get(key)
+        names = isinstance(value, list) and value and all(isinstance(item, str) for item in value)
+        if value is not None and not names:
+            raise _card_error(path, f"`{key}` must be a non-empty list of names like [adversarial, random]: {value!r}")
+    has_split = options.get("splits") or options.get("split")
+    if any("{split}" in str(pattern) for pattern in files.values()) and not has_split:
+        raise _card_error(path, "a file pattern holds {split} but the source names no `split` or `splits`")
 
 
 def _parse_reference(raw: Any, path: Path) -> Reference | None:
@@ -139,9 +156,10 @@ def load_card(path: Path) -> Task:
     if not isinstance(sources, list) or not sources:
         raise _card_error(path, "`sources` must be a non-empty list")
     try:
-        size, max_new_tokens = int(raw["size"]), int(raw["max_new_tokens"])
+        size = None if raw["size"] is None else int(raw["size"])
+        max_new_tokens = int(raw["max_new_tokens"])
     except (TypeError, ValueError) as err:
-        raise _card_error(path, f"`size` and `max_new_tokens` must be whole numbers ({err})") from err
+        raise _card_error(path, f"`size` (or null) and `max_new_tokens` must be whole numbers ({err})") from err
     return Task(
         name=str(raw["name"]),
         description=str(raw["description"]).strip(),
@@ -274,8 +292,14 @@ def load_samples(
     repeated = [str(sample_id) for sample_id, count in Counter(s.id for s in samples).items() if count > 1]
     if repeated:
         raise PdropEvalError(f"task {task.name}: sample ids repeat in {resolved.where} (e.g. {repeated[:5]})")
+    if request.absent_columns:
+        warnings.warn(
+            f"task {task.name}: the data in {resolved.where} ({resolved.source.format}) has no metadata column(s) "
+            f"{sorted(request.absent_columns)}; the task runs without the breakdowns they give",
+            PdropEvalWarning,
+            stacklevel=2,
+        )
     return samples if limit is None else samples[:limit]
-
 
 
 def describe_tasks(
@@ -293,8 +317,9 @@ def describe_tasks(
         found = find_data(task, locations)
         status = (f"found ({found.source.format}, {found.where})" if found is not None
                   else "not found (see --data-root / $PDROP_DATA, $LMUData, $HF_HUB_CACHE)")
+        size = "size not published" if task.size is None else f"{task.size} samples"
         blocks.append("\n".join([
-            f"{name}  [{task.size} samples, metrics: {', '.join(task.metrics)}]",
+            f"{name}  [{size}, metrics: {', '.join(task.metrics)}]",
             f"  data: {status}",
             f"  sources, in search order: {', '.join(source.format for source in task.sources)}",
             *(f"  published: {where}" for where in task.published),

@@ -25,6 +25,7 @@ import torch
 from tqdm import tqdm
 
 from pdrop_eval import __version__
+from pdrop_eval.data.hf import HFTable
 from pdrop_eval.data.sample import Sample
 from pdrop_eval.distributed import World, barrier, current_world, device_for, finish, init, shard
 from pdrop_eval.errors import PdropEvalError
@@ -405,6 +406,8 @@ def _file_hashes(source: ResolvedSource) -> dict[str, str]:
     """sha256 of each data file a task was read from (folders of images are named, not hashed)."""
     hashes = {}
     for role, value in source.paths.items():
+        if isinstance(value, HFTable):
+            value = value.files
         for path in value if isinstance(value, (list, tuple)) else [value]:
             path = Path(path)
             if path.is_file():

@@ -570,3 +570,64 @@ def write_hf_seed(repo: Path) -> dict[str, Any]:
     image_questions = [q for q in seed_questions() if q["data_type"] == "image"]
     return {"ids": ["101669", "49914#0", "49914#1"], "gold": [q["answer"] for q in image_questions],
             "prompts": [_seed_text(q) for q in image_questions]}
+# ---- the published schemas of MMStar's TSV and lmms-lab/POPE's configs ------------------------------------------
+
+MMSTAR_AUTHORS_HEADER = ["index", "question", "answer", "category", "l2_category", "bench", "image"]
+
+
+def write_mmstar_authors_tsv(path: Path) -> dict[str, Any]:
+    """MMStar.tsv as Lin-Chen/MMStar publishes it (and VLMEvalKit mirrors it): `l2_category` with an underscore,
+    the source benchmark in `bench`, options only inside the question, no A-D columns."""
+    rows = [
+        [0, MMSTAR_QUESTION, "A", "coarse perception", "image scene and topic", "seedbench", b64_image("RGB", "JPEG")],
+        [1, "How many dogs?\nOptions: A: 1, 2 or 3, B: 4", "B", "math", "numeric commonsense and calculation",
+         "mathvista", "0"],
+    ]
+    write_tsv(path, MMSTAR_AUTHORS_HEADER, rows)
+    return {"ids": [0, 1], "gold": ["A", "B"], "l2": ["image scene and topic", "numeric commonsense and calculation"],
+            "options": [{"A": "The suitcase is on the book.", "B": "The suitcase is beneath the cat.",
+                         "C": "The suitcase is beneath the bed.", "D": "The suitcase is beneath the book."},
+                        {"A": "1, 2 or 3", "B": "4"}]}
+
+
+POPE_FULL_SPLITS = ("adversarial", "popular", "random")
+
+
+def pope_full_rows(split: str) -> list[dict[str, Any]]:
+    """Two rows of one lmms-lab/POPE `Full` split: question_id restarts at "1" in every split (as in LLaVA's
+    coco_pope_<category>.json), and there is no category column: the split is the category."""
+    return [
+        {"question_id": str(k + 1), "question": f"Is there a {obj} in the image?", "answer": answer,
+         "image_source": f"COCO_val2014_00000031019{k}", "image": image_cell("RGB", "JPEG", seed=k)}
+        for k, (obj, answer) in enumerate((("snowboard", "yes"), ("dog", "no")))
+    ]
+
+
+POPE_FULL_IDS = [f"{split}/{k}" for split in POPE_FULL_SPLITS for k in (1, 2)]
+
+
+def write_pope_full_parquet(repo: Path) -> None:
+    """`Full/<split>-00000-of-00001.parquet`, the hub's layout for a named config with several splits."""
+    for split in POPE_FULL_SPLITS:
+        write_parquet_shards(repo / "Full", split, pope_full_rows(split), 1)
+
+
+def save_hf_to_disk(path: Path, splits: dict[str, list[dict[str, Any]]], config_name: str | None = None) -> None:
+    """`DatasetDict.save_to_disk`, with the image columns typed as `datasets.Image` and, like a copy loaded from the
+    hub with `load_dataset(repo, config)`, the config name recorded in each split's dataset_info.json."""
+    import datasets
+
+    def build(rows: list[dict[str, Any]]) -> Any:
+        features = datasets.Dataset.from_list(rows).features
+        features["image"] = datasets.Image()
+        info = datasets.DatasetInfo(config_name=config_name, features=features)
+        return datasets.Dataset.from_list(rows, features=features, info=info)
+
+    datasets.DatasetDict({name: build(rows) for name, rows in splits.items()}).save_to_disk(str(path))
+
+
+def pope_default_rows() -> list[dict[str, Any]]:
+    """lmms-lab/POPE's default config (split test): `id`, `question_id`, `category` per row."""
+    return [{"id": str(k), "question_id": "1", "question": "Is there a dog in the image?", "answer": answer,
+             "image_source": "COCO_val2014_000000310196", "image": image_cell("RGB", "JPEG"), "category": category}
+            for k, (answer, category) in enumerate((("yes", "adversarial"), ("no", "popular"), ("no", "random")))]

@@ -30,6 +30,7 @@ def test_list_tasks_shows_every_task_with_data_status_size_and_source(tmp_path, 
     textvqa = out.split("textvqa  [", 1)[1]
     assert "not found" in textvqa.splitlines()[1]
     assert "found (synthetic_shapes, generated on the fly)" in out
+    assert "\nocrvqa_core  [size not published, metrics: ocrvqa_exact]" in out
 
 
 def test_list_tasks_includes_user_cards(tmp_path, capsys):
@@ -64,3 +65,23 @@ def test_run_eval_script_is_a_thin_entry_point():
 
     text = (pathlib.Path(__file__).parents[1] / "run_eval.py").read_text()
     assert "from pdrop_eval.cli import main" in text and "raise SystemExit(main())" in text
+
+
+def test_a_data_warning_is_one_line_printed_by_rank_zero_only(monkeypatch, capsys):
+    import warnings
+
+    from pdrop_eval import cli
+    from pdrop_eval.errors import PdropEvalWarning
+
+    def warns(argv):
+        warnings.simplefilter("always")  # so the second call is not hidden as a repeat
+        warnings.warn("task mmstar: no metadata column(s)\n ['l2_category']", PdropEvalWarning, stacklevel=1)
+        return 0
+
+    monkeypatch.setattr(cli, "_run", warns)
+    monkeypatch.setenv("RANK", "0")
+    assert main([]) == 0
+    assert capsys.readouterr().err == "warning: task mmstar: no metadata column(s) ['l2_category']\n"
+    monkeypatch.setenv("RANK", "1")
+    assert main([]) == 0
+    assert capsys.readouterr().err == ""

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 
-from pdrop_eval.errors import PdropEvalError
+from pdrop_eval.errors import PdropEvalError, PdropEvalWarning
 from pdrop_eval.registry import get_task, load_samples
 from tests.fixtures_data import (
     MCQ_SUFFIX,
+    MMBENCH_HEADER,
+    MMSTAR_QUESTION,
     b64_image,
+    mmbench_rows,
     write_mmbench_cn_tsv,
     write_mmbench_tsv,
+    write_mmstar_authors_tsv,
     write_mmstar_tsv,
     write_tsv,
     write_vqa_tsv,
@@ -101,10 +107,13 @@ def test_corrupt_base64_image_names_the_sample_and_file(tmp_path):
         sample.load_image()
 
 
-def test_missing_column_is_reported(tmp_path):
+def test_missing_required_column_is_one_error_naming_file_column_and_present_columns(tmp_path):
     write_tsv(tmp_path / "DocVQA_VAL.tsv", ["index", "image", "question"], [[5, b64_image(), "q?"]])
-    with pytest.raises(PdropEvalError, match="lacks the column"):
+    with pytest.raises(PdropEvalError) as caught:
         _load("docvqa", tmp_path, tmp_path)
+    message = str(caught.value)
+    assert "DocVQA_VAL.tsv" in message and "answer column 'answer'" in message
+    assert "['image', 'index', 'question']" in message
 
 
 def test_only_list_literals_split_into_several_answers():
@@ -124,3 +133,50 @@ def test_matcher_gets_every_option_while_the_prompt_stops_at_the_first_gap():
     row = {"A": "cat", "B": "dog", "C": float("nan"), "D": "hen"}
     assert leading_options(row) == {"A": "cat", "B": "dog"}
     assert all_options(row) == {"A": "cat", "B": "dog", "D": "hen"}
+
+
+def _load_noting_warnings(name: str, tmp_path):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        samples = _load(name, tmp_path, tmp_path)
+    return samples, [str(w.message) for w in caught if issubclass(w.category, PdropEvalWarning)]
+
+
+def test_mmstar_tsv_as_published_with_l2_category_underscore(tmp_path):
+    """VLMEvalKit's and Lin-Chen/MMStar's MMStar.tsv spell the column `l2_category`; the task reads it silently."""
+    expected = write_mmstar_authors_tsv(tmp_path / "MMStar.tsv")
+    samples, warned = _load_noting_warnings("mmstar", tmp_path)
+    assert warned == []
+    assert [s.id for s in samples] == expected["ids"]
+    assert [s.meta["l2-category"] for s in samples] == expected["l2"]
+    assert [s.meta["category"] for s in samples] == ["coarse perception", "math"]
+    assert [s.meta["options"] for s in samples] == expected["options"]
+    assert samples[0].prompt == MMSTAR_QUESTION + MCQ_SUFFIX
+
+
+def test_missing_metadata_columns_warn_once_and_the_task_runs(tmp_path):
+    """MMBench without category, l2-category, hint and split: questions and scores still come out, the metrics'
+    breakdowns are left out (no key in meta), and one warning names every missing column."""
+    dropped = {"category", "l2-category", "hint", "split"}
+    keep = [i for i, name in enumerate(MMBENCH_HEADER) if name not in dropped]
+    write_tsv(tmp_path / "MMBench_DEV_EN.tsv", [MMBENCH_HEADER[i] for i in keep],
+              [[row[i] for i in keep] for row in mmbench_rows()])
+    samples, warned = _load_noting_warnings("mmbench", tmp_path)
+    assert [s.prompt for s in samples][2:] == ['Which "word" is right?\nA. x\\ny\nB. z' + MCQ_SUFFIX,
+                                               "Pick one\nA. yes\nB. no" + MCQ_SUFFIX]
+    assert samples[0].prompt.startswith("What is shown?\nA. a cat")
+    assert all(not dropped & set(s.meta) for s in samples)
+    assert [s.meta["index"] for s in samples] == [12, 1000012, 13, 14]
+    assert len(warned) == 1
+    assert "task mmbench" in warned[0] and "['category', 'hint', 'l2-category', 'split']" in warned[0]
+
+
+def test_ocrvqa_testcore_is_its_own_task_read_whole(tmp_path):
+    """OCRVQA_TESTCORE.tsv is task ocrvqa_core: every row (no 5,000 subset), VLMEvalKit's answer lists."""
+    rows = [[i, b64_image() if i == 0 else "0", f"Who wrote book {i}?", f"['author {i}']"] for i in range(5003)]
+    write_tsv(tmp_path / "OCRVQA_TESTCORE.tsv", ["index", "image", "question", "answer"], rows)
+    samples = _load("ocrvqa_core", tmp_path, tmp_path)
+    assert [s.id for s in samples] == list(range(5003))
+    assert samples[4242].gold == ["author 4242"]
+    with pytest.raises(PdropEvalError, match="no data found for task 'ocrvqa'"):
+        _load("ocrvqa", tmp_path, tmp_path)

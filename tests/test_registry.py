@@ -102,6 +102,12 @@ def test_unknown_metric_is_rejected_once_the_metrics_registry_exists(tmp_path, m
          "unknown format"),
         (CARD.format(name="x", metric="exact_match").replace("format: synthetic_shapes",
                                                              "format: llava_gqa\n    files: [a, b]"), "must map"),
+        (CARD.format(name="x", metric="exact_match").replace(
+            "format: synthetic_shapes", "format: hf_vqa\n    repo: a/b\n    splits: adversarial\n    files: {rows: x}"),
+         "`splits` must be a non-empty list"),
+        (CARD.format(name="x", metric="exact_match").replace(
+            "format: synthetic_shapes", "format: hf_vqa\n    repo: a/b\n    files: {rows: 'Full/{split}-*.parquet'}"),
+         "holds {split} but the source names no"),
     ],
 )
 def test_card_mistakes_name_the_card_and_the_problem(tmp_path, text, problem):

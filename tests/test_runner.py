@@ -11,7 +11,14 @@ import pytest
 from pdrop_eval import cli, runner
 from pdrop_eval.metrics import get_metric
 from pdrop_eval.plan import lambda_for_budget
-from tests.fixtures_data import b64_image, write_tsv
+from tests.fixtures_data import (
+    POPE_FULL_IDS,
+    b64_image,
+    write_llava_gqa,
+    write_mmstar_authors_tsv,
+    write_pope_full_parquet,
+    write_tsv,
+)
 
 pytestmark = pytest.mark.engine
 
@@ -398,3 +405,44 @@ def test_mmbench_cn_end_to_end_is_scored_circularly(tmp_path, monkeypatch):
     assert result["primary"] == 50.0
     assert result["metrics"]["vanilla_accuracy"] == pytest.approx(200 / 3)
     assert result["metrics"]["n_questions"] == 2
+def test_gqa_mmstar_and_pope_full_run_from_their_published_files(tmp_path, monkeypatch, capsys):
+    """The headline command on the real schemas: GQA from LLaVA's folder, MMStar from its published TSV
+    (`l2_category`), POPE from lmms-lab/POPE's `Full` parquet; metrics.json hashes every file read, the HF shards
+    included, and no warning is printed because nothing the cards read is missing."""
+    data = tmp_path / "data"
+    write_llava_gqa(data)
+    write_mmstar_authors_tsv(tmp_path / "lmu" / "MMStar.tsv")
+    write_pope_full_parquet(data / "hf/lmms-lab/POPE")
+    monkeypatch.setenv("LMUData", str(tmp_path / "lmu"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    args = [
+        "--model",
+        "tiny-llava",
+        "--tasks",
+        "gqa,mmstar,pope",
+        "--lambda",
+        "0.5",
+        "--max-new-tokens",
+        "2",
+        "--data-root",
+        str(data),
+        "--output-dir",
+        str(tmp_path),
+        "--run-name",
+        "h",
+        "--no-report",
+    ]
+    assert cli.main(args) == 0
+    assert "warning:" not in capsys.readouterr().err
+    metrics = json.loads((tmp_path / "h" / "metrics.json").read_text())
+    by_task = {r["task"]: r for r in metrics["results"]}
+    assert set(by_task) == {"gqa", "mmstar", "pope"}
+    assert {"accuracy/l2-category=image scene and topic", "accuracy/category=math"} <= set(by_task["mmstar"]["metrics"])
+    assert {"f1/adversarial", "f1/popular", "f1/random", "f1_mean"} <= set(by_task["pope"]["metrics"])
+    pope_files = metrics["run"]["data_files"]["pope"]
+    assert sorted(key.split("/")[-1] for key in pope_files) == [
+        f"{split}-00000-of-00001.parquet" for split in ("adversarial", "popular", "random")
+    ]
+    assert all(len(digest) == 64 for digest in pope_files.values())
+    records = _lines(tmp_path / "h" / by_task["pope"]["predictions"])
+    assert [r["id"] for r in records] == POPE_FULL_IDS

@@ -22,6 +22,7 @@ EXPECTED = {
     "chartqa": (VQA_SUFFIX, "relaxed_accuracy", 2500),
     "infovqa": (VQA_SUFFIX, "anls", 2801),
     "ocrvqa": (VQA_SUFFIX, "ocrvqa_exact", 5000),
+    "ocrvqa_core": (VQA_SUFFIX, "ocrvqa_exact", None),  # VLMEvalKit does not publish OCRVQA_TESTCORE's size
     "shapes": (VQA_SUFFIX, "exact_match", 300),
     "mme": (VQA_SUFFIX, "mme", 2374),
     "seedbench": (MCQ_SUFFIX, "seed_image", 14233),
@@ -68,7 +69,7 @@ def test_vlmeval_scorer_datasets_are_named_where_vlmevalkit_has_them():
     names = {name: task.vlmeval_dataset for name, task in available_tasks().items() if task.vlmeval_dataset}
     assert names == {"mmstar": "MMStar", "docvqa": "DocVQA_VAL", "chartqa": "ChartQA_TEST",
                      "mmbench": "MMBench_DEV_EN", "infovqa": "InfoVQA_VAL", "ocrvqa": "OCRVQA_TEST",
-                     "mmbench_cn": "MMBench_DEV_CN"}
+                     "mmbench_cn": "MMBench_DEV_CN", "ocrvqa_core": "OCRVQA_TESTCORE"}
 
 
 def test_mme_reference_is_the_perception_total_and_seedbench_has_none():

@@ -2,9 +2,13 @@
 
 Two on-disk shapes are read for each table a card names:
 - the hub layout: parquet shards matched by the card's glob (`data/validation-*.parquet`, config folders such as
-  `testdev_balanced_instructions/testdev-*.parquet`, or a root-level `mmstar.parquet`), found under
-  `<data-root>/hf/<owner>/<name>/` or a hub-cache snapshot; read with pyarrow, images kept encoded;
+  `testdev_balanced_instructions/testdev-*.parquet` or `Full/{split}-*.parquet`, or a root-level
+  `mmstar.parquet`), found under `<data-root>/hf/<owner>/<name>/` or a hub-cache snapshot; read with pyarrow,
+  images kept encoded;
 - a `Dataset.save_to_disk` / `DatasetDict.save_to_disk` folder, read with `datasets.load_from_disk`.
+
+A table may span several splits (lmms-lab/POPE's `Full` config: adversarial, popular, random); each split is
+read on its own so a loader knows which split a row came from.
 
 `datasets` is imported only inside the function that needs it: the GPU image does not ship it.
 """
@@ -23,32 +27,62 @@ from PIL import Image
 from pdrop_eval.data.images import decode_image_bytes, open_image_file, to_rgb
 from pdrop_eval.data.prompts import scienceqa_options, scienceqa_prompt
 from pdrop_eval.data.request import LoadRequest
-from pdrop_eval.data.rows import mcq_samples, vqa_samples
+from pdrop_eval.data.rows import mcq_samples, require_columns, vqa_samples
 from pdrop_eval.data.sample import Sample
 from pdrop_eval.errors import PdropEvalError
 
 
 @dataclass(frozen=True)
-class HFTable:
-    """Where one table of a Hugging Face dataset was found: parquet shards, or a save_to_disk folder + split."""
+class HFSplit:
+    """One split of a table: its parquet shards, or its place in a save_to_disk folder (`name` None: the folder
+    holds a single `Dataset`, not a `DatasetDict`)."""
 
+    name: str | None
     parquet_files: tuple[Path, ...] = ()
     disk_dir: Path | None = None
-    split: str | None = None
 
     def __str__(self) -> str:
         if self.disk_dir is not None:
-            return f"{self.disk_dir} (save_to_disk, split {self.split})"
+            return f"{self.disk_dir} (save_to_disk{'' if self.name is None else f', split {self.name}'})"
         return ", ".join(str(path) for path in self.parquet_files)
+
+
+@dataclass(frozen=True)
+class HFTable:
+    """Where one table of a Hugging Face dataset was found, split by split."""
+
+    splits: tuple[HFSplit, ...]
+
+    def __str__(self) -> str:
+        return "; ".join(str(split) for split in self.splits)
+
+    @property
+    def files(self) -> tuple[Path, ...]:
+        """The parquet files or save_to_disk folders read, for provenance."""
+        found: list[Path] = []
+        for split in self.splits:
+            for path in (*split.parquet_files, *([split.disk_dir] if split.disk_dir is not None else [])):
+                if path not in found:
+                    found.append(path)
+        return tuple(found)
 
 
 def read_rows(table: HFTable) -> list[dict[str, Any]]:
     """Every row of the table as a dict; image columns stay encoded ({"bytes", "path"}) until a sample needs them."""
-    if table.disk_dir is not None:
-        return _read_disk(table)
+    return [row for _, rows in read_splits(table) for row in rows]
+
+
+def read_splits(table: HFTable) -> list[tuple[str | None, list[dict[str, Any]]]]:
+    """(split name, rows) for each split of the table, in the order the card lists the splits."""
+    return [(split.name, _read_split(split)) for split in table.splits]
+
+
+def _read_split(split: HFSplit) -> list[dict[str, Any]]:
+    if split.disk_dir is not None:
+        return _read_disk(split)
     pq = _optional_import("pyarrow.parquet", "pyarrow")
     rows: list[dict[str, Any]] = []
-    for path in table.parquet_files:
+    for path in split.parquet_files:
         try:
             rows.extend(pq.read_table(path).to_pylist())
         except (OSError, ValueError) as err:
@@ -66,17 +100,16 @@ def _optional_import(module: str, package: str) -> Any:
         ) from err
 
 
-def _read_disk(table: HFTable) -> list[dict[str, Any]]:
+def _read_disk(split: HFSplit) -> list[dict[str, Any]]:
     datasets = _optional_import("datasets", "datasets")
 
+    folder = split.disk_dir if split.name is None else split.disk_dir / split.name
     try:
-        loaded = datasets.load_from_disk(str(table.disk_dir))
+        loaded = datasets.load_from_disk(str(folder))
     except (OSError, ValueError, FileNotFoundError) as err:
-        raise PdropEvalError(f"cannot load the saved dataset {table.disk_dir}: {err}") from err
+        raise PdropEvalError(f"cannot load the saved dataset {folder}: {err}") from err
     if isinstance(loaded, datasets.DatasetDict):
-        if table.split not in loaded:
-            raise PdropEvalError(f"{table.disk_dir} has splits {sorted(loaded)}, not {table.split!r}")
-        loaded = loaded[table.split]
+        raise PdropEvalError(f"{folder} holds a DatasetDict with splits {sorted(loaded)}, not the split itself")
     for name, feature in loaded.features.items():
         if isinstance(feature, datasets.Image):
             loaded = loaded.cast_column(name, datasets.Image(decode=False))
@@ -106,27 +139,43 @@ def _cell_opener(column: str, where: str):
     return opener
 
 
+def _split_samples(build, request: LoadRequest) -> list[Sample]:
+    table: HFTable = request.paths["rows"]
+    samples: list[Sample] = []
+    for split, (name, rows) in zip(table.splits, read_splits(table)):
+        where = str(split)
+        opener = _cell_opener(request.options.get("image_column", "image"), where)
+        samples += build(
+            rows, request.options, request.prompt_suffix, opener, where, split=name, absent=request.absent_columns
+        )
+    return samples
+
+
 def load_hf_vqa(request: LoadRequest) -> list[Sample]:
-    """Open-ended lmms-lab tables (textvqa, DocVQA/InfographicVQA, ChartQA, POPE); columns from the card."""
-    table = request.paths["rows"]
-    opener = _cell_opener(request.options.get("image_column", "image"), str(table))
-    return vqa_samples(read_rows(table), request.options, request.prompt_suffix, opener, str(table))
+    """Open-ended lmms-lab tables (textvqa, DocVQA/InfographicVQA, ChartQA, POPE default or `Full`); columns from
+    the card."""
+    return _split_samples(vqa_samples, request)
 
 
 def load_hf_mcq(request: LoadRequest) -> list[Sample]:
     """Multiple-choice tables: lmms-lab MMBench ("nan" strings for missing hints/options), Lin-Chen MMStar."""
-    table = request.paths["rows"]
-    opener = _cell_opener(request.options.get("image_column", "image"), str(table))
-    return mcq_samples(read_rows(table), request.options, request.prompt_suffix, opener, str(table))
+    return _split_samples(mcq_samples, request)
 
 
 def load_hf_gqa(request: LoadRequest) -> list[Sample]:
-    """lmms-lab GQA: `testdev_balanced_instructions` rows joined to `testdev_balanced_images` on imageId = id."""
+    """lmms-lab GQA: `testdev_balanced_instructions` rows (id, imageId, question, answer, types...) joined to
+    `testdev_balanced_images` rows (id, image) on imageId = id, as lmms-eval's gqa/utils.py gqa_process_docs joins
+    them (EvolvingLMMs-Lab/lmms-eval@75571cf)."""
     questions, images = request.paths["questions"], request.paths["images"]
-    image_by_id = {row["id"]: row["image"] for row in read_rows(images)}
+    image_rows, question_rows = read_rows(images), read_rows(questions)
+    require_columns(image_rows, {"id": "id", "image": "image"}, str(images))
+    require_columns(
+        question_rows, {"id": "id", "image id": "imageId", "question": "question", "answer": "answer"}, str(questions)
+    )
+    image_by_id = {row["id"]: row["image"] for row in image_rows}
     where = str(images)
     samples = []
-    for row in read_rows(questions):
+    for row in question_rows:
         image_id = row["imageId"]
         if image_id not in image_by_id:
             raise PdropEvalError(f"GQA question {row['id']!r}: image {image_id!r} is not in {where}")

@@ -58,14 +58,22 @@ def _base64_opener(path: Path, column: str):
 
 
 def load_vqa_tsv(request: LoadRequest) -> list[Sample]:
-    """Open-ended VLMEvalKit datasets: DocVQA_VAL, ChartQA_TEST, InfoVQA_VAL, OCRVQA_TEST, GQA_TestDev_Balanced."""
+    """Open-ended VLMEvalKit datasets: DocVQA_VAL, ChartQA_TEST, InfoVQA_VAL, OCRVQA_TEST / OCRVQA_TESTCORE,
+    GQA_TestDev_Balanced (`index`, `image`, `question`, `answer`, and `split` for ChartQA; VLMEvalKit
+    docs/en/Development.md, TSV fields table)."""
     path = request.paths["tsv"]
     opener = _base64_opener(path, request.options.get("image_column", "image"))
-    return vqa_samples(read_tsv(path), request.options, request.prompt_suffix, opener, str(path))
+    return vqa_samples(
+        read_tsv(path), request.options, request.prompt_suffix, opener, str(path), absent=request.absent_columns
+    )
 
 
 def load_mcq_tsv(request: LoadRequest) -> list[Sample]:
-    """Multiple-choice TSVs: MMBench (LLaVA's copy or VLMEvalKit's MMBench_DEV_EN) and MMStar."""
+    """Multiple-choice TSVs: MMBench (LLaVA's copy or VLMEvalKit's MMBench_DEV_EN: `hint`, `A`-`D`, `category`,
+    `l2-category`, `split`) and MMStar (`category`, `l2_category`: the columns Lin-Chen/MMStar's own
+    eval/vlmeval/evaluate/mmstar.py reads from its MMStar.tsv, also the name lmms-eval mmstar/utils.py reads)."""
     path = request.paths["tsv"]
     opener = _base64_opener(path, request.options.get("image_column", "image"))
-    return mcq_samples(read_tsv(path), request.options, request.prompt_suffix, opener, str(path))
+    return mcq_samples(
+        read_tsv(path), request.options, request.prompt_suffix, opener, str(path), absent=request.absent_columns
+    )
