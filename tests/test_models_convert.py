@@ -4,14 +4,11 @@ Llava and give the same outputs as the HF model they were made from."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 from huggingface_hub import constants
 from PIL import Image
-from safetensors.torch import save_file
-from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel
 
 from pdrop_eval.errors import PdropEvalError
 from pdrop_eval.models import build_batch, load_vlm
@@ -19,70 +16,9 @@ from pdrop_eval.models.cache import cache_root
 from pdrop_eval.models.convert import main as convert_main
 from pdrop_eval.models.tiny import tiny_model_dir
 from pdrop_eval.models.tiny_tokenizer import build_base_tokenizer
+from tests.checkpoint_fixtures import write_clip, write_original
 
 pytestmark = pytest.mark.engine
-
-_TO_ORIGINAL = {
-    "model.language_model.": "model.",
-    "model.multi_modal_projector.linear_1.": "model.mm_projector.0.",
-    "model.multi_modal_projector.linear_2.": "model.mm_projector.2.",
-    "lm_head.": "lm_head.",
-}
-
-
-def write_clip(hf_weights: dict, vision_config: dict, out: Path) -> None:
-    """A full CLIP checkpoint (text tower included, pickled .bin) like openai/clip-vit-large-patch14-336."""
-    text = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2}
-    config = CLIPConfig(text_config=text, vision_config=vision_config, projection_dim=8)
-    state = CLIPModel(config).state_dict()
-    prefix = "model.vision_tower."
-    vision = {key[len(prefix) :]: value for key, value in hf_weights.items() if key.startswith(prefix)}
-    state.update(
-        {key if key.startswith("vision_model.") else "vision_model." + key: value for key, value in vision.items()}
-    )
-    out.mkdir()
-    config.save_pretrained(out)
-    torch.save(state, out / "pytorch_model.bin")
-    CLIPImageProcessorPil(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336}).save_pretrained(out)
-
-
-def write_original(hf_dir: Path, hf_weights: dict, out: Path, vision_tower: str, shards: bool) -> None:
-    """tiny-llava as liuhaotian/llava-v1.5 stores it: llava_llama config with mm_* keys, no vision tower, no <image>."""
-    tokenizer = build_base_tokenizer()
-    vocab = len(tokenizer)
-    state = {}
-    for key, value in hf_weights.items():
-        for hf_prefix, original_prefix in _TO_ORIGINAL.items():
-            if key.startswith(hf_prefix):
-                state[original_prefix + key[len(hf_prefix) :]] = value[:vocab] if "embed_tokens" in key else value
-    state = {key: value[:vocab].clone() if key == "lm_head.weight" else value.clone() for key, value in state.items()}
-    hf_config = json.loads((hf_dir / "config.json").read_text())
-    config = {
-        **hf_config["text_config"],
-        "model_type": "llava_llama",
-        "architectures": ["LlavaLlamaForCausalLM"],
-        "vocab_size": vocab,
-        "torch_dtype": "float32",
-        "mm_vision_tower": vision_tower,
-        "mm_projector_type": "mlp2x_gelu",
-        "mm_vision_select_layer": -2,
-        "mm_vision_select_feature": "patch",
-        "mm_hidden_size": hf_config["vision_config"]["hidden_size"],
-        "image_aspect_ratio": "pad",
-    }
-    out.mkdir()
-    (out / "config.json").write_text(json.dumps(config))
-    tokenizer.save_pretrained(out)
-    if not shards:
-        save_file(state, out / "model.safetensors")
-        return
-    keys = sorted(state)
-    index = {}
-    for number, part in enumerate((keys[: len(keys) // 2], keys[len(keys) // 2 :]), start=1):
-        name = f"pytorch_model-0000{number}-of-00002.bin"
-        torch.save({key: state[key] for key in part}, out / name)
-        index.update(dict.fromkeys(part, name))
-    (out / "pytorch_model.bin.index.json").write_text(json.dumps({"weight_map": index}))
 
 
 @pytest.fixture(scope="module")

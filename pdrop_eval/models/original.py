@@ -13,7 +13,8 @@ locally. Key mapping (checked against transformers' convert_llava_weights_to_hf.
 The mapped names are checked against the key set of the installed transformers' own (meta-device) Llava model,
 so a layout change fails loudly here instead of loading half-random weights.
 
-`<image>` (and `<pad>` when missing) are added to the tokenizer; their new embedding and lm_head rows are the
+The tokenizer is read with tokenizer_files.load_tokenizer (Vicuna's is often a bare SentencePiece
+`tokenizer.model`). `<image>` (and `<pad>` when missing) are added to it; their new embedding and lm_head rows are the
 mean of the existing rows, so they never win a greedy argmax. The vocabulary is padded to a multiple of 64 as
 llava-hf does.
 
@@ -31,7 +32,6 @@ import torch
 from safetensors.torch import save_file
 from transformers import (
     AddedToken,
-    AutoTokenizer,
     CLIPImageProcessorPil,
     CLIPVisionConfig,
     GenerationConfig,
@@ -45,8 +45,9 @@ from pdrop_eval.errors import PdropEvalError
 from pdrop_eval.models.cache import build_once, cache_root
 from pdrop_eval.models.checkpoint import read_state_dict, weight_files
 from pdrop_eval.models.locate import find_local, missing_message
+from pdrop_eval.models.tokenizer_files import load_tokenizer
 
-CONVERTER_VERSION = 1
+CONVERTER_VERSION = 2
 VOCAB_MULTIPLE = 64
 _TEXT_MODEL_TYPES = {"llava_llama": "llama", "llava": "llama", "llava_mistral": "mistral", "llava_qwen": "qwen2"}
 _EMBEDDED_VISION_PREFIX = "model.vision_tower.vision_tower."
@@ -93,9 +94,7 @@ def convert_original(src: Path, vision_tower_dir: Path, out_dir: Path) -> None:
     raw_config = json.loads((src / "config.json").read_text())
     _check_supported(raw_config, src)
     text_config_class = CONFIG_MAPPING[_TEXT_MODEL_TYPES[raw_config["model_type"]]]
-    tokenizer = AutoTokenizer.from_pretrained(  # config given: AutoConfig does not know the `llava_llama` type
-        src, config=text_config_class(), local_files_only=True, trust_remote_code=False
-    )
+    tokenizer = load_tokenizer(src, config=text_config_class())  # AutoConfig does not know the `llava_llama` type
     base_vocab = int(raw_config["vocab_size"])
     tokenizer.add_tokens(AddedToken("<image>", special=True, normalized=False), special_tokens=True)
     if tokenizer.pad_token is None:
