@@ -1,9 +1,12 @@
 """Original LLaVA-format checkpoints (language model + projector, CLIP tower referenced by name) convert to HF
-Llava and give the same outputs as the HF model they were made from."""
+Llava and give the same outputs as the HF model they were made from; a cached conversion is used only while
+nothing it was made from has changed."""
 
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,7 +14,7 @@ from huggingface_hub import constants
 from PIL import Image
 
 from pdrop_eval.errors import PdropEvalError
-from pdrop_eval.models import build_batch, load_vlm
+from pdrop_eval.models import build_batch, fingerprint, load_vlm
 from pdrop_eval.models.cache import cache_root
 from pdrop_eval.models.convert import main as convert_main
 from pdrop_eval.models.tiny import tiny_model_dir
@@ -83,3 +86,48 @@ def test_command_line_conversion(checkpoints, tmp_path, tiny_vlm, capsys):
         == 2
     )
     assert "already exists" in capsys.readouterr().err
+
+
+def resave_in_place(shard: Path, key: str) -> torch.Tensor:
+    """Overwrite tensor `key` in pickled shard `shard` with other values: same names, shapes and dtypes, so the file
+    keeps its size (what a training run re-saving its checkpoint does). Returns the new tensor."""
+    state = torch.load(shard, weights_only=True)
+    state[key] = -2.0 * state[key] + 0.5
+    size = shard.stat().st_size
+    torch.save(state, shard)
+    assert shard.stat().st_size == size
+    return state[key]
+
+
+def shard_of(checkpoint: Path, key: str) -> Path:
+    return checkpoint / json.loads((checkpoint / "pytorch_model.bin.index.json").read_text())["weight_map"][key]
+
+
+@pytest.mark.parametrize("hashed_max_bytes", [fingerprint.HASHED_MAX_BYTES, 0], ids=["hashed", "stat"])
+def test_weights_resaved_in_place_are_converted_again(checkpoints, tmp_path, monkeypatch, hashed_max_bytes):
+    """Both ways a file is fingerprinted notice a same-size re-save; the replaced conversion is deleted."""
+    monkeypatch.setattr(fingerprint, "HASHED_MAX_BYTES", hashed_max_bytes)
+    source = tmp_path / "checkpoint"
+    shutil.copytree(checkpoints / "bin", source)
+    first = load_vlm(str(source))
+    assert load_vlm(str(source)).path == first.path
+    key = "model.embed_tokens.weight"
+    embedding = resave_in_place(shard_of(source, key), key)
+    second = load_vlm(str(source))
+    assert second.path != first.path
+    assert not first.path.exists()
+    rows = second.model.get_input_embeddings().weight[: embedding.shape[0]]
+    assert torch.equal(rows, embedding)
+
+
+def test_another_vision_tower_is_another_conversion(checkpoints, tmp_path):
+    tower = tmp_path / "clip"
+    shutil.copytree(checkpoints / "clip", tower)
+    key = "vision_model.post_layernorm.weight"
+    weight = resave_in_place(tower / "pytorch_model.bin", key)
+    default = load_vlm(str(checkpoints / "bin"))
+    other = load_vlm(str(checkpoints / "bin"), vision_tower=str(tower))
+    assert other.path != default.path and default.path.exists()
+    converted = dict(other.model.named_parameters())
+    names = [name for name in converted if name.endswith("post_layernorm.weight") and "vision_tower" in name]
+    assert len(names) == 1 and torch.equal(converted[names[0]], weight)

@@ -20,10 +20,11 @@ from transformers import (
 )
 
 from pdrop_eval.errors import PdropEvalError
+from pdrop_eval.models.converted_cache import hf_format_dir
 from pdrop_eval.models.images import mean_color
 from pdrop_eval.models.loaded import LoadedVLM, VLMKind
 from pdrop_eval.models.locate import model_dir
-from pdrop_eval.models.original import hf_format_dir, is_original_llava_config
+from pdrop_eval.models.original import is_original_llava_config
 from pdrop_eval.models.tokenizer_files import load_tokenizer
 
 DTYPES: dict[str, torch.dtype | str] = {

@@ -23,7 +23,6 @@ The command-line entry point is `python -m pdrop_eval.models.convert SRC --visio
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from pathlib import Path
@@ -42,9 +41,7 @@ from transformers import (
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from pdrop_eval.errors import PdropEvalError
-from pdrop_eval.models.cache import build_once, cache_root
-from pdrop_eval.models.checkpoint import read_state_dict, weight_files
-from pdrop_eval.models.locate import find_local, missing_message
+from pdrop_eval.models.checkpoint import read_state_dict
 from pdrop_eval.models.tokenizer_files import load_tokenizer
 
 CONVERTER_VERSION = 2
@@ -62,31 +59,6 @@ _KEY_RULES = (
 def is_original_llava_config(raw_config: dict) -> bool:
     """Original LLaVA configs are a language-model config with `mm_*` keys added."""
     return "mm_vision_tower" in raw_config or raw_config.get("model_type") in ("llava_llama", "llava_mistral")
-
-
-def converted_cache_dir(src: Path) -> Path:
-    """Where an automatic conversion of `src` is cached: keyed on its resolved path and weight file sizes."""
-    src = src.resolve()
-    fingerprint = [str(src), CONVERTER_VERSION, *[(p.name, p.stat().st_size) for p in weight_files(src)]]
-    digest = hashlib.sha256(json.dumps(fingerprint).encode()).hexdigest()[:12]
-    return cache_root() / "converted" / f"{src.name}-{digest}"
-
-
-def hf_format_dir(src: Path, raw_config: dict, vision_tower: str | None = None) -> Path:
-    """The HF-format copy of original checkpoint `src`: cached, converted now, or refused with the command to run."""
-    target = converted_cache_dir(src)
-    if target.is_dir():
-        return target
-    tower_name = vision_tower or raw_config.get("mm_vision_tower")
-    tower_dir = find_local(tower_name) if tower_name else None
-    if tower_dir is None:
-        raise PdropEvalError(
-            f"{src} is an original-format LLaVA checkpoint; converting it needs its CLIP vision tower "
-            f"{tower_name!r}, which is not available offline ({missing_message(str(tower_name), 'vision tower')}) "
-            f"Then pass load_vlm(..., vision_tower=PATH_TO_CLIP), or convert once with: "
-            f"python -m pdrop_eval.models.convert {src} --vision-tower PATH_TO_CLIP --out {target}"
-        )
-    return build_once(target, lambda staging: convert_original(src, tower_dir, staging))
 
 
 def convert_original(src: Path, vision_tower_dir: Path, out_dir: Path) -> None:
