@@ -77,9 +77,10 @@ def train_sentencepiece() -> bytes:
 
 
 def save_sentencepiece_tokenizer(out: Path) -> int:
-    """The tokenizer files of liuhaotian/llava-v1.5-7b (Vicuna's): `tokenizer.model`, a `tokenizer_config.json`
-    naming the slow `LlamaTokenizer` with `legacy: false`, and a special_tokens_map.json that pads with `<unk>`.
-    No tokenizer.json. Returns the vocabulary size."""
+    """The tokenizer files of an original LLaVA-1.5 checkpoint (Vicuna's, saved by LLaVA's training): only
+    `tokenizer.model`, a `tokenizer_config.json` naming the slow `LlamaTokenizer` with `legacy: false`, and a
+    special_tokens_map.json padding with `<unk>` (llava/train/train.py:train sets pad = unk for Vicuna
+    templates). No tokenizer.json. Returns the vocabulary size."""
     (out / "tokenizer.model").write_bytes(train_sentencepiece())
     config = {
         "add_bos_token": True,

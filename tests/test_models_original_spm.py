@@ -114,3 +114,12 @@ def test_missing_sentencepiece_in_the_command_line_converter(spm_checkpoint, tmp
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "pip install sentencepiece protobuf" in error
     assert not out.exists()
+
+
+def test_the_converted_copy_needs_no_sentencepiece(spm_checkpoint, monkeypatch):
+    """Only the conversion reads tokenizer.model; the cached HF copy has a tokenizer.json."""
+    converted = load_vlm(str(spm_checkpoint / "vicuna")).path
+    assert (converted / "tokenizer.json").is_file()
+    monkeypatch.setitem(sys.modules, "sentencepiece", None)
+    monkeypatch.setitem(sys.modules, "google.protobuf", None)
+    assert load_vlm(str(spm_checkpoint / "vicuna")).path == converted

@@ -7,10 +7,11 @@ needs the sentencepiece and protobuf packages). When those are missing it does n
 the file as a tiktoken vocabulary and fails with a message about tiktoken. So the packages are checked first.
 
 The converted tokenizer gives LLaVA's ids: on every chunk LLaVA's evaluation tokenises (text between `<image>`
-markers) it equals the slow sentencepiece `LlamaTokenizer(legacy=False)` that LLaVA's own loader
-(llava/model/builder.py:load_pretrained_model, `use_fast=False`) builds on transformers 4.37.2. Measured on
-transformers 4.37.2 (slow), 5.17.0 and 5.24.0 over 330 strings: the only difference is a chunk that itself starts
-with a space (slow keeps one more `▁`), which no prompt template here produces (tests/test_models_original_spm.py).
+markers) it equals the slow sentencepiece `LlamaTokenizer(legacy=False)` that LLaVA's own loader builds
+(haotian-liu/LLaVA@04fb03d llava/model/builder.py:load_pretrained_model, `use_fast=False`; transformers 4.37.2,
+LLaVA's pin). Measured with a Llama-style SentencePiece model over 333 strings on transformers 4.37.2 (slow),
+5.17.0 and 5.24.0: the only difference is a chunk that itself starts with a space (slow keeps one more `▁`),
+which no prompt template here produces (tests/test_models_original_spm.py).
 """
 
 from __future__ import annotations
