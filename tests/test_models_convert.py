@@ -1,88 +1,27 @@
 """Original LLaVA-format checkpoints (language model + projector, CLIP tower referenced by name) convert to HF
-Llava and give the same outputs as the HF model they were made from."""
+Llava and give the same outputs as the HF model they were made from; a cached conversion is used only while
+nothing it was made from has changed."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 from huggingface_hub import constants
 from PIL import Image
-from safetensors.torch import save_file
-from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel
 
 from pdrop_eval.errors import PdropEvalError
-from pdrop_eval.models import build_batch, load_vlm
+from pdrop_eval.models import build_batch, fingerprint, load_vlm
 from pdrop_eval.models.cache import cache_root
 from pdrop_eval.models.convert import main as convert_main
 from pdrop_eval.models.tiny import tiny_model_dir
 from pdrop_eval.models.tiny_tokenizer import build_base_tokenizer
+from tests.checkpoint_fixtures import write_clip, write_original
 
 pytestmark = pytest.mark.engine
-
-_TO_ORIGINAL = {
-    "model.language_model.": "model.",
-    "model.multi_modal_projector.linear_1.": "model.mm_projector.0.",
-    "model.multi_modal_projector.linear_2.": "model.mm_projector.2.",
-    "lm_head.": "lm_head.",
-}
-
-
-def write_clip(hf_weights: dict, vision_config: dict, out: Path) -> None:
-    """A full CLIP checkpoint (text tower included, pickled .bin) like openai/clip-vit-large-patch14-336."""
-    text = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2}
-    config = CLIPConfig(text_config=text, vision_config=vision_config, projection_dim=8)
-    state = CLIPModel(config).state_dict()
-    prefix = "model.vision_tower."
-    vision = {key[len(prefix) :]: value for key, value in hf_weights.items() if key.startswith(prefix)}
-    state.update(
-        {key if key.startswith("vision_model.") else "vision_model." + key: value for key, value in vision.items()}
-    )
-    out.mkdir()
-    config.save_pretrained(out)
-    torch.save(state, out / "pytorch_model.bin")
-    CLIPImageProcessorPil(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336}).save_pretrained(out)
-
-
-def write_original(hf_dir: Path, hf_weights: dict, out: Path, vision_tower: str, shards: bool) -> None:
-    """tiny-llava as liuhaotian/llava-v1.5 stores it: llava_llama config with mm_* keys, no vision tower, no <image>."""
-    tokenizer = build_base_tokenizer()
-    vocab = len(tokenizer)
-    state = {}
-    for key, value in hf_weights.items():
-        for hf_prefix, original_prefix in _TO_ORIGINAL.items():
-            if key.startswith(hf_prefix):
-                state[original_prefix + key[len(hf_prefix) :]] = value[:vocab] if "embed_tokens" in key else value
-    state = {key: value[:vocab].clone() if key == "lm_head.weight" else value.clone() for key, value in state.items()}
-    hf_config = json.loads((hf_dir / "config.json").read_text())
-    config = {
-        **hf_config["text_config"],
-        "model_type": "llava_llama",
-        "architectures": ["LlavaLlamaForCausalLM"],
-        "vocab_size": vocab,
-        "torch_dtype": "float32",
-        "mm_vision_tower": vision_tower,
-        "mm_projector_type": "mlp2x_gelu",
-        "mm_vision_select_layer": -2,
-        "mm_vision_select_feature": "patch",
-        "mm_hidden_size": hf_config["vision_config"]["hidden_size"],
-        "image_aspect_ratio": "pad",
-    }
-    out.mkdir()
-    (out / "config.json").write_text(json.dumps(config))
-    tokenizer.save_pretrained(out)
-    if not shards:
-        save_file(state, out / "model.safetensors")
-        return
-    keys = sorted(state)
-    index = {}
-    for number, part in enumerate((keys[: len(keys) // 2], keys[len(keys) // 2 :]), start=1):
-        name = f"pytorch_model-0000{number}-of-00002.bin"
-        torch.save({key: state[key] for key in part}, out / name)
-        index.update(dict.fromkeys(part, name))
-    (out / "pytorch_model.bin.index.json").write_text(json.dumps({"weight_map": index}))
 
 
 @pytest.fixture(scope="module")
@@ -147,3 +86,48 @@ def test_command_line_conversion(checkpoints, tmp_path, tiny_vlm, capsys):
         == 2
     )
     assert "already exists" in capsys.readouterr().err
+
+
+def resave_in_place(shard: Path, key: str) -> torch.Tensor:
+    """Overwrite tensor `key` in pickled shard `shard` with other values: same names, shapes and dtypes, so the file
+    keeps its size (what a training run re-saving its checkpoint does). Returns the new tensor."""
+    state = torch.load(shard, weights_only=True)
+    state[key] = -2.0 * state[key] + 0.5
+    size = shard.stat().st_size
+    torch.save(state, shard)
+    assert shard.stat().st_size == size
+    return state[key]
+
+
+def shard_of(checkpoint: Path, key: str) -> Path:
+    return checkpoint / json.loads((checkpoint / "pytorch_model.bin.index.json").read_text())["weight_map"][key]
+
+
+@pytest.mark.parametrize("hashed_max_bytes", [fingerprint.HASHED_MAX_BYTES, 0], ids=["hashed", "stat"])
+def test_weights_resaved_in_place_are_converted_again(checkpoints, tmp_path, monkeypatch, hashed_max_bytes):
+    """Both ways a file is fingerprinted notice a same-size re-save; the replaced conversion is deleted."""
+    monkeypatch.setattr(fingerprint, "HASHED_MAX_BYTES", hashed_max_bytes)
+    source = tmp_path / "checkpoint"
+    shutil.copytree(checkpoints / "bin", source)
+    first = load_vlm(str(source))
+    assert load_vlm(str(source)).path == first.path
+    key = "model.embed_tokens.weight"
+    embedding = resave_in_place(shard_of(source, key), key)
+    second = load_vlm(str(source))
+    assert second.path != first.path
+    assert not first.path.exists()
+    rows = second.model.get_input_embeddings().weight[: embedding.shape[0]]
+    assert torch.equal(rows, embedding)
+
+
+def test_another_vision_tower_is_another_conversion(checkpoints, tmp_path):
+    tower = tmp_path / "clip"
+    shutil.copytree(checkpoints / "clip", tower)
+    key = "vision_model.post_layernorm.weight"
+    weight = resave_in_place(tower / "pytorch_model.bin", key)
+    default = load_vlm(str(checkpoints / "bin"))
+    other = load_vlm(str(checkpoints / "bin"), vision_tower=str(tower))
+    assert other.path != default.path and default.path.exists()
+    converted = dict(other.model.named_parameters())
+    names = [name for name in converted if name.endswith("post_layernorm.weight") and "vision_tower" in name]
+    assert len(names) == 1 and torch.equal(converted[names[0]], weight)

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import torch
 from transformers import (
-    AutoTokenizer,
     CLIPImageProcessorPil,
     LlavaForConditionalGeneration,
     LlavaNextForConditionalGeneration,
@@ -21,10 +20,12 @@ from transformers import (
 )
 
 from pdrop_eval.errors import PdropEvalError
+from pdrop_eval.models.converted_cache import hf_format_dir
 from pdrop_eval.models.images import mean_color
 from pdrop_eval.models.loaded import LoadedVLM, VLMKind
 from pdrop_eval.models.locate import model_dir
-from pdrop_eval.models.original import hf_format_dir, is_original_llava_config
+from pdrop_eval.models.original import is_original_llava_config
+from pdrop_eval.models.tokenizer_files import load_tokenizer
 
 DTYPES: dict[str, torch.dtype | str] = {
     "float32": torch.float32,
@@ -63,7 +64,7 @@ def load_vlm(
         model = _MODEL_CLASSES[kind].from_pretrained(
             path, dtype=torch_dtype, attn_implementation=attn, local_files_only=True, use_safetensors=True
         )
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+        tokenizer = load_tokenizer(path)
         image_processor = _IMAGE_PROCESSORS[kind].from_pretrained(path, local_files_only=True)
     except (OSError, ValueError) as error:
         raise PdropEvalError(f"could not load the model in {path}: {error}. {_weights_hint(path)}") from error
@@ -123,7 +124,9 @@ def _read_config(path: Path) -> dict:
     try:
         return json.loads(config_file.read_text())
     except ValueError as error:
-        raise PdropEvalError(f"{config_file} is not valid JSON ({error}): the download is incomplete or corrupt") from error
+        raise PdropEvalError(
+            f"{config_file} is not valid JSON ({error}): the download is incomplete or corrupt"
+        ) from error
 
 
 def _kind(raw_config: dict, path: Path) -> VLMKind:

@@ -13,7 +13,8 @@ locally. Key mapping (checked against transformers' convert_llava_weights_to_hf.
 The mapped names are checked against the key set of the installed transformers' own (meta-device) Llava model,
 so a layout change fails loudly here instead of loading half-random weights.
 
-`<image>` (and `<pad>` when missing) are added to the tokenizer; their new embedding and lm_head rows are the
+The tokenizer is read with tokenizer_files.load_tokenizer (Vicuna's is often a bare SentencePiece
+`tokenizer.model`). `<image>` (and `<pad>` when missing) are added to it; their new embedding and lm_head rows are the
 mean of the existing rows, so they never win a greedy argmax. The vocabulary is padded to a multiple of 64 as
 llava-hf does.
 
@@ -22,7 +23,6 @@ The command-line entry point is `python -m pdrop_eval.models.convert SRC --visio
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from pathlib import Path
@@ -31,7 +31,6 @@ import torch
 from safetensors.torch import save_file
 from transformers import (
     AddedToken,
-    AutoTokenizer,
     CLIPImageProcessorPil,
     CLIPVisionConfig,
     GenerationConfig,
@@ -42,11 +41,10 @@ from transformers import (
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from pdrop_eval.errors import PdropEvalError
-from pdrop_eval.models.cache import build_once, cache_root
-from pdrop_eval.models.checkpoint import read_state_dict, weight_files
-from pdrop_eval.models.locate import find_local, missing_message
+from pdrop_eval.models.checkpoint import read_state_dict
+from pdrop_eval.models.tokenizer_files import load_tokenizer
 
-CONVERTER_VERSION = 1
+CONVERTER_VERSION = 2
 VOCAB_MULTIPLE = 64
 _TEXT_MODEL_TYPES = {"llava_llama": "llama", "llava": "llama", "llava_mistral": "mistral", "llava_qwen": "qwen2"}
 _EMBEDDED_VISION_PREFIX = "model.vision_tower.vision_tower."
@@ -63,39 +61,12 @@ def is_original_llava_config(raw_config: dict) -> bool:
     return "mm_vision_tower" in raw_config or raw_config.get("model_type") in ("llava_llama", "llava_mistral")
 
 
-def converted_cache_dir(src: Path) -> Path:
-    """Where an automatic conversion of `src` is cached: keyed on its resolved path and weight file sizes."""
-    src = src.resolve()
-    fingerprint = [str(src), CONVERTER_VERSION, *[(p.name, p.stat().st_size) for p in weight_files(src)]]
-    digest = hashlib.sha256(json.dumps(fingerprint).encode()).hexdigest()[:12]
-    return cache_root() / "converted" / f"{src.name}-{digest}"
-
-
-def hf_format_dir(src: Path, raw_config: dict, vision_tower: str | None = None) -> Path:
-    """The HF-format copy of original checkpoint `src`: cached, converted now, or refused with the command to run."""
-    target = converted_cache_dir(src)
-    if target.is_dir():
-        return target
-    tower_name = vision_tower or raw_config.get("mm_vision_tower")
-    tower_dir = find_local(tower_name) if tower_name else None
-    if tower_dir is None:
-        raise PdropEvalError(
-            f"{src} is an original-format LLaVA checkpoint; converting it needs its CLIP vision tower "
-            f"{tower_name!r}, which is not available offline ({missing_message(str(tower_name), 'vision tower')}) "
-            f"Then pass load_vlm(..., vision_tower=PATH_TO_CLIP), or convert once with: "
-            f"python -m pdrop_eval.models.convert {src} --vision-tower PATH_TO_CLIP --out {target}"
-        )
-    return build_once(target, lambda staging: convert_original(src, tower_dir, staging))
-
-
 def convert_original(src: Path, vision_tower_dir: Path, out_dir: Path) -> None:
     """Write the HF-format model (config, safetensors, tokenizer, processor, generation config) to `out_dir`."""
     raw_config = json.loads((src / "config.json").read_text())
     _check_supported(raw_config, src)
     text_config_class = CONFIG_MAPPING[_TEXT_MODEL_TYPES[raw_config["model_type"]]]
-    tokenizer = AutoTokenizer.from_pretrained(  # config given: AutoConfig does not know the `llava_llama` type
-        src, config=text_config_class(), local_files_only=True, trust_remote_code=False
-    )
+    tokenizer = load_tokenizer(src, config=text_config_class())  # AutoConfig does not know the `llava_llama` type
     base_vocab = int(raw_config["vocab_size"])
     tokenizer.add_tokens(AddedToken("<image>", special=True, normalized=False), special_tokens=True)
     if tokenizer.pad_token is None:
