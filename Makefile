@@ -7,6 +7,9 @@ TORCH_PIN ?= torch==2.13.0
 # The oldest transformers we support: the GPU image runs it, so CI tests the engine against it too.
 COMPAT_VENV ?= .venv-compat
 COMPAT_TRANSFORMERS ?= transformers==5.17.0
+# The lmms_eval/* columns are tested against this release's own functions. Installed without its dependencies (they
+# would replace torch with a CUDA build); the `test` extra carries the few its task modules import.
+LMMS_EVAL_PIN ?= lmms-eval==0.7.3
 
 .PHONY: install test test-compat lint demo clean
 
@@ -14,6 +17,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q $(TORCH_PIN)
 	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q --no-deps '$(LMMS_EVAL_PIN)'
 	touch $@
 
 install: $(VENV)/.installed

@@ -26,6 +26,7 @@ from pdrop_eval.metrics.base import (
     percent_numpy,
     require_meta,
 )
+from pdrop_eval.metrics.lmms_eval_mcq import mmstar_letter_hit
 
 CIRCULAR_MODULUS = 1_000_000
 
@@ -176,32 +177,36 @@ MMBENCH_CIRCULAR = Metric(
 )
 
 
-def mmstar_first_letter(prediction: str, gold: str) -> bool:
-    """lmms-eval `mmstar/utils.py` `exact_match`: the gold letter must be the prediction's first character, or the
-    one after "(", "option " or "the answer is " (all lowercased)."""
-    answer = gold.lower().strip().replace("\n", " ")
-    predict = prediction.lower().strip().replace("\n", " ")
-    for prefix in ("", "(", "option ", "the answer is "):
-        if predict.startswith(prefix) and predict[len(prefix) : len(prefix) + 1] == answer:
-            return True
-    return False
-
-
 def _mcq_score(prediction: str, gold: Any, meta: Mapping[str, Any]) -> float:
-    """VLMEvalKit `extract_answer_from_item` strips the prediction, then `can_infer`; unreadable -> "Z" -> wrong."""
-    return _choice_hit(prediction.strip(), gold, meta, "mcq_accuracy")
+    """VLMEvalKit `extract_answer_from_item` hands the prediction to `can_infer` as stored (the decoder already
+    stripped it); unreadable -> "Z" -> wrong."""
+    return _choice_hit(prediction, gold, meta, "mcq_accuracy")
 
 
-def _lmms_eval_average(records: Sequence[ScoredRecord]) -> float:
-    """lmms-eval's MMStar "average": mean over l2-categories of each one's accuracy (macro), ×100."""
+def _macro_over_l2(records: Sequence[ScoredRecord]) -> float:
+    """lmms-eval 0.7.3 `mmstar/utils.py` `mmstar_aggregate_results`: each l2-category's mean letter hit, then the
+    plain mean of those (categories in order of first appearance, as its dict fills), ×100."""
     per_l2: dict[str, list[float]] = {}
     for r in records:
-        per_l2.setdefault(str(r.meta["l2-category"]), []).append(float(mmstar_first_letter(r.prediction, r.gold)))
-    return sum(sum(v) / len(v) for v in per_l2.values()) / len(per_l2) * 100
+        per_l2.setdefault(str(r.meta["l2-category"]), []).append(mmstar_letter_hit(r.prediction, r.gold))
+    means = [sum(hits) / len(hits) for hits in per_l2.values()]
+    return sum(means) / len(means) * 100
+
+
+def _lmms_eval_keys(records: Sequence[ScoredRecord]) -> dict[str, float]:
+    """lmms-eval's MMStar metrics: `average` over every record, and one per `category` (its metric names) over that
+    category's records, all with the macro-over-l2-category aggregation."""
+    out = {"lmms_eval/average": _macro_over_l2(records)}
+    if all("category" in r.meta for r in records):
+        by_category: dict[str, list[ScoredRecord]] = {}
+        for r in records:
+            by_category.setdefault(str(r.meta["category"]), []).append(r)
+        out.update({f"lmms_eval/{c}": _macro_over_l2(rows) for c, rows in sorted(by_category.items())})
+    return out
 
 
 def _mcq_aggregate(records: Sequence[ScoredRecord]) -> dict[str, float]:
-    """VLMEvalKit `report_acc`: Overall (micro), per l2-category, per category; plus lmms-eval's macro average."""
+    """VLMEvalKit `report_acc`: Overall (micro), per l2-category, per category; plus lmms-eval's macro averages."""
     if not records:
         return empty_result("accuracy")
     out = {"accuracy": percent_numpy([r.score for r in records]), "n": float(len(records))}
@@ -209,7 +214,7 @@ def _mcq_aggregate(records: Sequence[ScoredRecord]) -> dict[str, float]:
         if all(key in r.meta for r in records):
             out.update(breakdown_percent(records, "accuracy", key, percent_numpy))
     if all("l2-category" in r.meta for r in records):
-        out["lmms_eval/average"] = _lmms_eval_average(records)
+        out.update(_lmms_eval_keys(records))
     return out
 
 

@@ -1,8 +1,10 @@
 """Exact-match scorers: GQA as LLaVA scores it, and OCRVQA as VLMEvalKit scores it.
 
-GQA (LLaVA `scripts/v1_5/eval/gqa.sh`): the generated text is `.strip()`ped (`model_vqa_loader.py`), then
+GQA (LLaVA `scripts/v1_5/eval/gqa.sh`, haotian-liu/LLaVA@c121f04): the generated text is `.strip()`ped once, when
+it is decoded (`llava/eval/model_vqa_loader.py`; ours: `pdrop_eval.models.batch.decode`), then
 `scripts/convert_gqa_for_eval.py` writes `text.rstrip('.').lower()` and GQA's own `eval.py` counts
-`predicted == question["answer"]`. Nothing else is normalised, and the gold answer is compared as stored.
+`predicted == question["answer"]`. The scorer therefore does not strip again: a prediction handed to it with
+whitespace around it is scored as LLaVA's converter would score it. The gold answer is compared as stored.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 import string
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+import numpy as np
 
 from pdrop_eval.errors import PdropEvalError
 from pdrop_eval.metrics.base import (
@@ -25,14 +29,21 @@ _DROP_PUNCTUATION = str.maketrans("", "", string.punctuation)
 
 
 def gqa_prediction(prediction: str) -> str:
-    """What LLaVA hands to GQA's evaluator: stripped, trailing periods removed, lowercased (in that order)."""
-    return prediction.strip().rstrip(".").lower()
+    """`convert_gqa_for_eval.py`: trailing periods removed, then lowercased (the decoder already stripped it)."""
+    return prediction.rstrip(".").lower()
 
 
 def lmms_eval_exact(prediction: str, gold: str) -> bool:
-    """lmms-eval's GQA rule (`exact_match` with ignore_case and ignore_punctuation): lowercase both sides, delete
-    every ASCII punctuation character, compare."""
-    return prediction.lower().translate(_DROP_PUNCTUATION) == gold.lower().translate(_DROP_PUNCTUATION)
+    """lmms-eval 0.7.3's GQA rule: `ConfigurableTask.process_results` strips the generation, then `gqa.yaml`'s
+    `exact_match` (`api/metrics.py` `exact_match_hf_evaluate`, ignore_case and ignore_punctuation) lowercases both
+    sides, deletes every ASCII punctuation character and compares.
+
+    Done, as there, on one-element numpy string arrays: their fixed width cuts what lowercasing lengthens
+    ("İ" becomes two characters, the string's last one falls off), and trailing NULs vanish.
+    """
+    sides = [np.asarray([prediction.strip()]), np.asarray([gold])]
+    pred, ref = (np.char.translate(np.char.lower(side), table=_DROP_PUNCTUATION) for side in sides)
+    return bool((pred == ref)[0])
 
 
 def _gqa_score(prediction: str, gold: Any, meta: Mapping[str, Any]) -> float:
@@ -42,7 +53,8 @@ def _gqa_score(prediction: str, gold: Any, meta: Mapping[str, Any]) -> float:
 
 
 def _gqa_aggregate(records: Sequence[ScoredRecord]) -> dict[str, float]:
-    """GQA `eval.py` accuracy (mean of 0/1 ×100), plus lmms-eval's looser rule as a labelled second column."""
+    """GQA `eval.py` accuracy (mean of 0/1 ×100), plus lmms-eval 0.7.3's looser rule as a labelled second column
+    (its `mean` aggregation, ×100)."""
     if not records:
         return empty_result("accuracy")
     return {

@@ -98,8 +98,9 @@ def _category_keys(category: str, c: Confusion) -> dict[str, float]:
 
 
 def _lmms_eval_keys(records: Sequence[ScoredRecord]) -> dict[str, float]:
-    """lmms-eval `pope/utils.py` over all records: the prediction must equal "yes"/"no" after lower().strip();
-    anything else is wrong for accuracy and falls out of precision/recall entirely."""
+    """lmms-eval 0.7.3 `pope/utils.py` (`pope_process_results`, `pope_aggregate_*`) over all records, pooled: the
+    prediction must equal "yes"/"no" after lower().strip(); anything else is wrong for accuracy and falls out of
+    precision/recall entirely. Its `pope_yes_ratio` counts gold labels, not predictions, so it has no column here."""
     pairs = [(r.prediction.lower().strip(), r.gold) for r in records]
     c = Confusion.of(pairs)
     return {
