@@ -237,18 +237,20 @@ def _failed_record(task: Task, sample: Sample, reason: str) -> dict[str, Any]:
 
 @dataclass
 class FailureWatch:
-    """Tells one odd sample (recorded, the run goes on) from a broken dataset (the run stops): judged once, when
-    this process has tried min(FAILURE_WINDOW, its pending samples) samples of the task."""
+    """Tells one odd sample (recorded, the run goes on) from a broken dataset (the run stops): judged once, over
+    the first min(FAILURE_WINDOW, total) of this process's samples of the task. Samples a previous run finished
+    count as good ones at the front (`tried` starts at their number), so retrying the one odd sample of a finished
+    run does not look like a broken dataset."""
 
     task: str
-    pending: int
+    total: int
     tried: int = 0
     early_failures: int = 0
     reasons: list[str] = field(default_factory=list)
 
     @property
     def window(self) -> int:
-        return min(FAILURE_WINDOW, self.pending)
+        return min(FAILURE_WINDOW, self.total)
 
     def add(self, outcomes: list[str | None]) -> None:
         """Record a batch, in sample order: each sample's failure reason, or None when it could be used."""
@@ -333,7 +335,7 @@ class TaskEvaluator:
             for index, label in enumerate(labels)
         }
         max_new_tokens = self.plan.max_new_tokens or task.max_new_tokens
-        watch = FailureWatch(task.name, len(pending))
+        watch = FailureWatch(task.name, total=len(mine), tried=len(mine) - len(pending))
         try:
             for start in range(0, len(pending), self.plan.batch_size):
                 batch = pending[start : start + self.plan.batch_size]

@@ -12,8 +12,11 @@ from pathlib import Path
 import pytest
 
 from pdrop_eval import cli, runner, store
+from pdrop_eval.data.hf import HFTable, load_hf_vqa
+from pdrop_eval.data.request import LoadRequest
+from pdrop_eval.errors import PdropEvalError
 from pdrop_eval.models.tiny import tiny_model_dir
-from tests.fixtures_data import write_jsonl, write_llava_gqa
+from tests.fixtures_data import write_image, write_jsonl, write_llava_gqa, write_parquet
 from tests.run_fixtures import SAMPLE_IDS, write_run_dir
 from tests.test_runner import _error, _lines, count_encoded  # noqa: F401  (count_encoded is a fixture)
 
@@ -278,3 +281,19 @@ def test_a_full_disk_is_one_line_and_the_rerun_loses_nothing(when, tmp_path, mon
     assert not [p for p in (tmp_path / "r").rglob("*.tmp")], "no half-written temporary file is left behind"
     assert _run(tmp_path) == 0
     assert [r["id"] for r in _lines(tmp_path / MERGED)] == [0, 1, 2, 3]
+
+
+def test_hf_image_cells_named_by_path_stay_inside_their_table_folder(tmp_path):
+    """A save_to_disk-style cell without bytes is read relative to the table's folder; one leaving it is refused."""
+    folder = tmp_path / "hf" / "data"
+    write_image(folder / "inside.png", "RGB", "PNG")
+
+    def load(path: str):
+        rows = [{"index": 7, "question": "q", "answer": "a", "image": {"bytes": None, "path": path}}]
+        write_parquet(folder / "validation.parquet", rows)
+        return load_hf_vqa(LoadRequest(paths={"rows": HFTable(parquet_files=(folder / "validation.parquet",))}))
+
+    assert load("inside.png")[0].load_image().size == (6, 4)
+    for escaping in ("../../outside.png", str(tmp_path / "outside.png")):
+        with pytest.raises(PdropEvalError, match="sample 7: image path .* points outside the images folder"):
+            load(escaping)

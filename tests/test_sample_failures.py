@@ -89,6 +89,8 @@ def test_a_failed_sample_is_retried_once_its_input_is_fixed(tmp_path, monkeypatc
     assert count_encoded["images"] == 3
     path = tmp_path / "r" / "predictions" / "docvqa" / f"{LABEL}.jsonl"
     before = _lines(path)
+    assert docvqa_run(tmp_path, "--batch-size", "2") == 0, "a rerun with the sample still odd finishes as before"
+    assert _lines(path) == before
     write_docvqa(tmp_path / "lmu", 4, {})
     count_encoded["images"] = 0
     assert docvqa_run(tmp_path, "--batch-size", "2") == 0
@@ -120,6 +122,8 @@ def test_failure_watch_judges_the_first_window_only():
     late.add([None] * 32)
     late.add(["bad"] * 68)
     assert len(late.reasons) == 68
+    retried = FailureWatch("t", 4, tried=3)  # a finished run's one odd sample, still odd on the rerun
+    retried.add(["bad"])
     stops = FailureWatch("t", 100)
     stops.add(["bad"] * 16 + [None] * 14)
     with pytest.raises(PdropEvalError, match="17 of its first 32 samples failed"):

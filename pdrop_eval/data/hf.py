@@ -7,6 +7,9 @@ Two on-disk shapes are read for each table a card names:
 - a `Dataset.save_to_disk` / `DatasetDict.save_to_disk` folder, read with `datasets.load_from_disk`.
 
 `datasets` is imported only inside the function that needs it: the GPU image does not ship it.
+
+Hub tables embed their images as bytes. A cell that names its image by path only (a `save_to_disk` folder built
+from local files) is read relative to the table's folder and refused when the path leaves it, as LLaVA folders are.
 """
 
 from __future__ import annotations
@@ -20,11 +23,11 @@ from typing import Any
 
 from PIL import Image
 
-from pdrop_eval.data.images import decode_image_bytes, open_image_file, to_rgb
+from pdrop_eval.data.images import decode_image_bytes, image_path, open_image_file, to_rgb
 from pdrop_eval.data.request import LoadRequest
 from pdrop_eval.data.rows import mcq_samples, vqa_samples
 from pdrop_eval.data.sample import Sample
-from pdrop_eval.errors import PdropEvalError
+from pdrop_eval.errors import PdropEvalError, SampleError
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,11 @@ class HFTable:
     parquet_files: tuple[Path, ...] = ()
     disk_dir: Path | None = None
     split: str | None = None
+
+    @property
+    def folder(self) -> Path:
+        """Where path-only image cells are looked up: the save_to_disk folder, or the first shard's folder."""
+        return self.disk_dir if self.disk_dir is not None else self.parquet_files[0].parent
 
     def __str__(self) -> str:
         if self.disk_dir is not None:
@@ -93,14 +101,24 @@ def open_cell_image(cell: Any, sample_id: Any, where: str) -> Image.Image:
             return open_image_file(Path(cell["path"]), sample_id)
     if isinstance(cell, str) and cell:
         return open_image_file(Path(cell), sample_id)
-    raise PdropEvalError(f"sample {sample_id!r}: {where} holds no image for it")
+    raise SampleError(f"sample {sample_id!r}: {where} holds no image for it")
 
 
-def _cell_opener(column: str, where: str):
+def _contained(cell: Any, table: HFTable, sample_id: Any) -> Any:
+    """The cell with a path-only image joined to the table's folder (refused when it leaves it); others as they are."""
+    where = f"{table}, sample {sample_id!r}"
+    if isinstance(cell, Mapping) and not cell.get("bytes") and cell.get("path"):
+        return {**cell, "path": str(image_path(table.folder, cell["path"], where))}
+    if isinstance(cell, str) and cell:
+        return str(image_path(table.folder, cell, where))
+    return cell
+
+
+def _cell_opener(column: str, table: HFTable):
     def opener(row: Mapping[str, Any], sample_id: Any):
         if column not in row:
-            raise PdropEvalError(f"{where} has no image column {column!r}")
-        return partial(open_cell_image, row[column], sample_id, where)
+            raise PdropEvalError(f"{table} has no image column {column!r}")
+        return partial(open_cell_image, _contained(row[column], table, sample_id), sample_id, str(table))
 
     return opener
 
@@ -108,14 +126,14 @@ def _cell_opener(column: str, where: str):
 def load_hf_vqa(request: LoadRequest) -> list[Sample]:
     """Open-ended lmms-lab tables (textvqa, DocVQA/InfographicVQA, ChartQA, POPE); columns from the card."""
     table = request.paths["rows"]
-    opener = _cell_opener(request.options.get("image_column", "image"), str(table))
+    opener = _cell_opener(request.options.get("image_column", "image"), table)
     return vqa_samples(read_rows(table), request.options, request.prompt_suffix, opener, str(table))
 
 
 def load_hf_mcq(request: LoadRequest) -> list[Sample]:
     """Multiple-choice tables: lmms-lab MMBench ("nan" strings for missing hints/options), Lin-Chen MMStar."""
     table = request.paths["rows"]
-    opener = _cell_opener(request.options.get("image_column", "image"), str(table))
+    opener = _cell_opener(request.options.get("image_column", "image"), table)
     return mcq_samples(read_rows(table), request.options, request.prompt_suffix, opener, str(table))
 
 
@@ -129,6 +147,7 @@ def load_hf_gqa(request: LoadRequest) -> list[Sample]:
         image_id = row["imageId"]
         if image_id not in image_by_id:
             raise PdropEvalError(f"GQA question {row['id']!r}: image {image_id!r} is not in {where}")
+        image_cell = _contained(image_by_id[image_id], images, row["id"])
         samples.append(
             Sample(
                 id=row["id"],
@@ -136,7 +155,7 @@ def load_hf_gqa(request: LoadRequest) -> list[Sample]:
                 prompt=row["question"] + request.prompt_suffix,
                 gold=row["answer"],
                 image_source=f"{where}#{image_id}",
-                load_image=partial(open_cell_image, image_by_id[image_id], row["id"], where),
+                load_image=partial(open_cell_image, image_cell, row["id"], where),
                 meta={"image_id": image_id, "types": row.get("types") or {}},
             )
         )

@@ -37,8 +37,11 @@ def _decode(data: bytes, sample_id: object, where: str) -> Image.Image:
             image.load()
             return to_rgb(image)
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as err:
+        # PIL's "cannot identify" message names the in-memory buffer's address: say it stably instead, so the
+        # reason recorded for a failed sample is the same from run to run.
+        detail = "not an image format PIL can identify" if isinstance(err, UnidentifiedImageError) else err
         raise SampleError(
-            f"sample {sample_id!r}: cannot decode the image from {where} ({err}); the file looks corrupt, "
+            f"sample {sample_id!r}: cannot decode the image from {where} ({detail}); the file looks corrupt, "
             "download it again"
         ) from err
 
