@@ -107,9 +107,11 @@ def _check_resume(run_dir: Path, settings: dict[str, Any], world: World) -> None
     stored: dict[str, Any] = {}
     if path.exists():
         try:
-            stored = json.loads(path.read_text())
-        except json.JSONDecodeError as error:
+            stored = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
             raise PdropEvalError(f"{path} is not valid JSON: rerun with --overwrite to start afresh") from error
+        if not isinstance(stored, dict):
+            raise PdropEvalError(f"{path} is not a JSON object: rerun with --overwrite to start afresh")
         for key in RESUME_SETTINGS:
             if stored.get(key) != settings.get(key):
                 raise PdropEvalError(

@@ -222,6 +222,16 @@ def test_damaged_predictions_are_one_line_and_stay_on_disk(damage, finished, tmp
 
 
 @pytest.mark.engine
+@pytest.mark.parametrize(("content", "expected"), [(b"\xff\xfe", "is not valid JSON"), (b"[]", "not a JSON object")])
+def test_a_damaged_run_json_is_one_line(content, expected, finished, tmp_path, capsys):
+    out = _copy(finished, tmp_path)
+    (out / "r" / "run.json").write_bytes(content)
+    assert _run(out) == 2
+    assert expected in _error(capsys.readouterr().err)
+    assert len(_lines(out / MERGED)) == 4
+
+
+@pytest.mark.engine
 def test_a_repeated_record_with_the_same_prediction_is_still_fine(finished, tmp_path, count_encoded):  # noqa: F811
     """What a crash between writing the merged file and removing the shards leaves: resolved, nothing recomputed."""
     out = _copy(finished, tmp_path)
