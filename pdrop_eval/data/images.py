@@ -36,7 +36,9 @@ def _decode(data: bytes, sample_id: object, where: str) -> Image.Image:
         with Image.open(io.BytesIO(data)) as image:
             image.load()
             return to_rgb(image)
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as err:
+    except Image.DecompressionBombError as err:
+        raise SampleError(f"sample {sample_id!r}: the image in {where} is too large to decode safely ({err})") from err
+    except (UnidentifiedImageError, OSError, ValueError) as err:
         # PIL's "cannot identify" message names the in-memory buffer's address: say it stably instead, so the
         # reason recorded for a failed sample is the same from run to run.
         detail = "not an image format PIL can identify" if isinstance(err, UnidentifiedImageError) else err
