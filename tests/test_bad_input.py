@@ -69,8 +69,10 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], str]] = {
     "--layers 1e400": (lambda tmp: ["--tasks", "shapes", "--layers", "1e400"], "'1e400' is not a finite number"),
     "--seed 2**64": (lambda tmp: ["--tasks", "shapes", "--seed", str(2**64)], "--seed must be a whole number"),
     "card not UTF-8": (
-        lambda tmp: (_card(tmp / "cards", b"name: mine\ndescription: caf\xe9\n"), ["--tasks-dir", str(tmp / "cards"),
-                     "--tasks", "mine"])[1],
+        lambda tmp: (
+            _card(tmp / "cards", b"name: mine\ndescription: caf\xe9\n"),
+            ["--tasks-dir", str(tmp / "cards"), "--tasks", "mine"],
+        )[1],
         "save it as UTF-8",
     ),
     "card metrics: []": (lambda tmp: _shapes_card(tmp, metrics="[]"), "`metrics` must name at least one metric"),
