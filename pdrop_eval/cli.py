@@ -1,7 +1,10 @@
 """Command line: argparse in, calls into the library out; no logic of its own.
 
-A `PdropEvalError` anywhere becomes one `error: ...` line on stderr and exit status 2, never a traceback; a
-`PdropEvalWarning` one `warning: ...` line.
+A `PdropEvalError` anywhere becomes one `error: ...` line on stderr and exit status 2, never a traceback; so does an
+`OSError` that no module turned into one (a disk that fills up or a folder that vanishes mid-run). Ctrl-C is one
+`error: interrupted ...` line and exit status 130 (128 + SIGINT, what shells report for an interrupted command, so
+scripts can tell it from bad input). Predictions are fsynced per batch, so in every case the same command resumes.
+A `PdropEvalWarning` is one `warning: ...` line.
 """
 
 from __future__ import annotations
@@ -97,6 +100,9 @@ def build_report_parser() -> argparse.ArgumentParser:
     return parser
 
 
+SEED_RANGE = range(2**64)  # what torch.manual_seed accepts as an unsigned 64-bit seed
+
+
 def _positive(value: int | None, flag: str) -> None:
     if value is not None and value < 1:
         raise PdropEvalError(f"{flag} must be at least 1, got {value}")
@@ -120,6 +126,8 @@ def plan_from_args(args: argparse.Namespace, argv: Sequence[str]):
     _positive(args.limit, "--limit")
     _positive(args.batch_size, "--batch-size")
     _positive(args.max_new_tokens, "--max-new-tokens")
+    if args.seed not in SEED_RANGE:
+        raise PdropEvalError(f"--seed must be a whole number from 0 to 2**64-1, got {args.seed}")
     tasks = tuple(dict.fromkeys(name.strip() for name in args.tasks.split(",") if name.strip()))
     lambdas = parse_number_list(args.lambdas, "--lambda") if args.lambdas else ()
     layer_lists = parse_layer_lists(args.layers or [])
@@ -229,8 +237,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             return _run(argv)
         except PdropEvalError as err:
-            print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
-            return 2
+            return _fail(str(err), 2)
+        except OSError as err:
+            where = f" {err.filename}" if err.filename else ""
+            return _fail(
+                f"cannot use{where} ({err.strerror or err}): free space or fix that path, then rerun the same "
+                "command; predictions written so far are kept",
+                2,
+            )
         except KeyboardInterrupt:
-            print("interrupted: predictions written so far are kept; rerun the same command to resume", file=sys.stderr)
-            return 130
+            return _fail(
+                "interrupted (Ctrl-C): predictions written so far are kept; rerun the same command to resume", 130
+            )
+
+
+def _fail(message: str, status: int) -> int:
+    """The one line a failed command prints (whitespace folded, so a message never spans lines)."""
+    print(f"error: {' '.join(message.split())}", file=sys.stderr)
+    return status

@@ -1,4 +1,4 @@
-"""The one exception type users see.
+"""The exception types users see.
 
 Every error a user can cause (bad flags, missing data or weights, an invalid schedule) is raised as
 `PdropEvalError` with a message that says what is wrong and how to fix it; the CLI prints it as one line and
@@ -13,3 +13,9 @@ class PdropEvalError(Exception):
 class PdropEvalWarning(UserWarning):
     """Something the user should know that does not stop the run (a metadata column missing from a data file);
     the CLI prints it as one `warning:` line."""
+
+
+class SampleError(PdropEvalError):
+    """One sample's input cannot be given to the model (its image is missing, corrupt or too large; its prompt
+    holds a literal `<image>`). The runner records that sample as failed and goes on: one odd sample among
+    thousands must not end a run. Outside a run (a notebook calling the loaders) it is an ordinary error."""

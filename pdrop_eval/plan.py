@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import itertools
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -58,7 +59,13 @@ def _parse_literal_number(text: str, what: str) -> float:
         value = None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise PdropEvalError(f"{what}: {text.strip()!r} is not a number")
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        raise PdropEvalError(f"{what}: {text.strip()!r} is not a finite number")
+    return number
 
 
 def parse_number_list(text: str, what: str) -> tuple[float, ...]:

@@ -10,6 +10,7 @@ benchmark whose loader and metric exist is one new card.
 from __future__ import annotations
 
 import difflib
+import re
 import warnings
 from collections import Counter
 from collections.abc import Mapping
@@ -31,6 +32,9 @@ CARD_KEYS = {
     "reference", "vlmeval_dataset",
 }
 REQUIRED_KEYS = ("name", "description", "size", "prompt_suffix", "max_new_tokens", "metrics", "sources")
+# A task's name becomes a folder of the run (predictions/<name>/, samples/<name>/), so it must be one plain
+# path component: no separators, no "..", nothing absolute.
+_TASK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 @dataclass(frozen=True)
@@ -141,8 +145,8 @@ def load_card(path: Path) -> Task:
     """Parse and validate one card; every mistake is reported with the card's path."""
     try:
         raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as err:
-        raise _card_error(path, f"cannot read it ({err})") from err
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise _card_error(path, f"cannot read it ({err}); save it as UTF-8 YAML") from err
     if not isinstance(raw, Mapping):
         raise _card_error(path, "it must be a YAML mapping")
     unknown = sorted(set(raw) - CARD_KEYS)
@@ -151,7 +155,14 @@ def load_card(path: Path) -> Task:
     missing = [key for key in REQUIRED_KEYS if key not in raw]
     if missing:
         raise _card_error(path, f"missing key(s) {missing}")
+    name = raw["name"]
+    if not isinstance(name, str) or not _TASK_NAME.fullmatch(name):
+        raise _card_error(
+            path, f"`name` {name!r} must be letters, digits, '.', '_' or '-' (it names the task's folders in a run)"
+        )
     metrics = raw["metrics"] if isinstance(raw["metrics"], list) else [raw["metrics"]]
+    if not metrics or not all(isinstance(metric, str) and metric for metric in metrics):
+        raise _card_error(path, f"`metrics` must name at least one metric, e.g. [exact_match]; got {raw['metrics']!r}")
     sources = raw["sources"]
     if not isinstance(sources, list) or not sources:
         raise _card_error(path, "`sources` must be a non-empty list")
@@ -161,7 +172,7 @@ def load_card(path: Path) -> Task:
     except (TypeError, ValueError) as err:
         raise _card_error(path, f"`size` (or null) and `max_new_tokens` must be whole numbers ({err})") from err
     return Task(
-        name=str(raw["name"]),
+        name=name,
         description=str(raw["description"]).strip(),
         size=size,
         prompt_suffix=str(raw["prompt_suffix"]),
@@ -292,6 +303,11 @@ def load_samples(
     repeated = [str(sample_id) for sample_id, count in Counter(s.id for s in samples).items() if count > 1]
     if repeated:
         raise PdropEvalError(f"task {task.name}: sample ids repeat in {resolved.where} (e.g. {repeated[:5]})")
+    if not samples:
+        raise PdropEvalError(
+            f"task {task.name}: its data in {resolved.where} holds no samples; check the files (or the card's "
+            f"{resolved.source.format} options) against the official ones"
+        )
     if request.absent_columns:
         warnings.warn(
             f"task {task.name}: the data in {resolved.where} ({resolved.source.format}) has no metadata column(s) "

@@ -4,6 +4,11 @@ For every batch of a task the vision tower runs once, then every schedule that s
 from the same features, so a sweep of N schedules costs clearly less than N runs. Predictions are appended and
 fsynced per batch (resume is the default); rank 0 merges the shards of all processes, scores, and writes
 metrics.json atomically.
+
+A sample whose input cannot be used (`SampleError`: a missing, corrupt or oversized image, a literal `<image>` in
+its prompt) is recorded as failed with its reason, scored wrong, and the run goes on; the next run retries it (the
+user may have fixed the file). When more than half of a task's first FAILURE_WINDOW samples fail, the data itself
+is broken and the run stops with one error line, keeping what it wrote.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import subprocess
 import sys
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -28,9 +33,10 @@ from pdrop_eval import __version__
 from pdrop_eval.data.hf import HFTable
 from pdrop_eval.data.sample import Sample
 from pdrop_eval.distributed import World, barrier, current_world, device_for, finish, init, shard
-from pdrop_eval.errors import PdropEvalError
+from pdrop_eval.errors import PdropEvalError, SampleError
 from pdrop_eval.metrics import ScoredRecord, get_metric
 from pdrop_eval.models import LoadedVLM, build_batch, decode, image_token_count, load_vlm
+from pdrop_eval.models.batch import check_prompt
 from pdrop_eval.models.images import expand_to_square, to_rgb
 from pdrop_eval.plan import RunPlan, budget_schedules, schedule_record
 from pdrop_eval.pyramid.engine import DecoderParts
@@ -39,11 +45,15 @@ from pdrop_eval.pyramid.schedule import DropSchedule
 from pdrop_eval.pyramid.timing import Stopwatch
 from pdrop_eval.pyramid.vlm import count_crops, encode_images, generate
 from pdrop_eval.registry import ResolvedSource, Task, check_data, get_task, load_samples
-from pdrop_eval.store import ShardWriter, merge_shards, read_predictions, write_json_atomic
+from pdrop_eval.store import ShardWriter, is_failed, merge_shards, read_predictions, write_json_atomic
 from pdrop_eval.store import merged_path as predictions_path
 
 SAMPLE_IMAGES_PER_TASK = 4
 RESUME_SETTINGS = ("model", "dtype", "attn", "max_new_tokens", "seed", "scorer")
+FAILURE_WINDOW = 32  # a task's first samples judged together: more than half failing means broken data
+# What finishing a run reads from each stored record; a record missing one was edited or damaged on disk.
+FAILED_FIELDS = ("prediction", "gold", "meta")
+RECORD_FIELDS = (*FAILED_FIELDS, "flops_paper", "flops_exact", "image_tokens_per_layer", "timing")
 
 
 @dataclass
@@ -98,9 +108,11 @@ def _check_resume(run_dir: Path, settings: dict[str, Any], world: World) -> None
     stored: dict[str, Any] = {}
     if path.exists():
         try:
-            stored = json.loads(path.read_text())
-        except json.JSONDecodeError as error:
+            stored = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
             raise PdropEvalError(f"{path} is not valid JSON: rerun with --overwrite to start afresh") from error
+        if not isinstance(stored, dict):
+            raise PdropEvalError(f"{path} is not a JSON object: rerun with --overwrite to start afresh")
         for key in RESUME_SETTINGS:
             if stored.get(key) != settings.get(key):
                 raise PdropEvalError(
@@ -194,10 +206,69 @@ def _scores(task: Task, prediction: str, gold: Any, meta: dict[str, Any]) -> dic
     return {name: get_metric(name).score(prediction, gold, meta) for name in task.metrics}
 
 
-def _rescored(task: Task, record: dict[str, Any]) -> dict[str, Any]:
-    """A stored record scored again by today's metrics, so a scorer fix or a changed card applies to old runs."""
-    scores = _scores(task, record["prediction"], record["gold"], record["meta"])
+def _rescored(task: Task, label: str, record: dict[str, Any]) -> dict[str, Any]:
+    """A stored record scored again by today's metrics, so a scorer fix or a changed card applies to old runs;
+    a failed sample scores 0 on every metric."""
+    missing = [key for key in (FAILED_FIELDS if is_failed(record) else RECORD_FIELDS) if key not in record]
+    if missing:
+        raise PdropEvalError(
+            f"the stored prediction of sample {record['id']!r} in {predictions_path(Path('.'), task.name, label)} "
+            f"lacks {missing}: the file was edited or damaged; delete that line to recompute the sample, or rerun "
+            "with --overwrite"
+        )
+    if is_failed(record):
+        scores = {name: 0.0 for name in task.metrics}
+    else:
+        scores = _scores(task, record["prediction"], record["gold"], record["meta"])
     return {**record, "score": scores[task.metrics[0]], "scores": scores}
+
+
+def _failed_record(task: Task, sample: Sample, reason: str) -> dict[str, Any]:
+    """What a failed sample leaves in the predictions: no answer, score 0, and why."""
+    return {
+        "id": sample.id,
+        "prompt": sample.prompt,
+        "prediction": "",
+        "gold": sample.gold,
+        "score": 0.0,
+        "scores": {name: 0.0 for name in task.metrics},
+        "meta": sample.meta,
+        "image_source": sample.image_source,
+        "failed": reason,
+    }
+
+
+@dataclass
+class FailureWatch:
+    """Tells one odd sample (recorded, the run goes on) from a broken dataset (the run stops): judged once, over
+    the first min(FAILURE_WINDOW, total) of this process's samples of the task. Samples a previous run finished
+    count as good ones at the front (`tried` starts at their number), so retrying the one odd sample of a finished
+    run does not look like a broken dataset."""
+
+    task: str
+    total: int
+    tried: int = 0
+    early_failures: int = 0
+    reasons: list[str] = field(default_factory=list)
+
+    @property
+    def window(self) -> int:
+        return min(FAILURE_WINDOW, self.total)
+
+    def add(self, outcomes: list[str | None]) -> None:
+        """Record a batch, in sample order: each sample's failure reason, or None when it could be used."""
+        judged = self.tried >= self.window
+        for reason in outcomes:
+            if reason is not None:
+                self.reasons.append(reason)
+                self.early_failures += self.tried < self.window
+            self.tried += 1
+        if not judged and self.tried >= self.window and 2 * self.early_failures > self.window:
+            raise PdropEvalError(
+                f"task {self.task}: {self.early_failures} of its first {self.window} samples failed (first: "
+                f"{self.reasons[0]}); the data looks broken, not one odd sample: fix or download it again, then rerun "
+                "the same command (failed samples are retried, finished ones kept)"
+            )
 
 
 def _record(
@@ -246,7 +317,10 @@ class TaskEvaluator:
     def run(self, data: TaskData) -> None:
         task, run_dir = data.task, self.plan.run_dir
         labels = [schedule.label for schedule in self.schedules]
-        done = {label: set(read_predictions(run_dir, task.name, label)) for label in labels}
+        done = {
+            label: {key for key, record in read_predictions(run_dir, task.name, label).items() if not is_failed(record)}
+            for label in labels
+        }
         mine = shard(data.samples, self.world)
         pending = [s for s in mine if any(_sample_key(s) not in done[label] for label in labels)]
         writers = {label: ShardWriter(run_dir, task.name, label, self.world.rank) for label in labels}
@@ -264,17 +338,48 @@ class TaskEvaluator:
             for index, label in enumerate(labels)
         }
         max_new_tokens = self.plan.max_new_tokens or task.max_new_tokens
+        watch = FailureWatch(task.name, total=len(mine), tried=len(mine) - len(pending))
         try:
             for start in range(0, len(pending), self.plan.batch_size):
                 batch = pending[start : start + self.plan.batch_size]
-                self._run_batch(task, batch, done, writers, bars, max_new_tokens)
+                usable, images = self._record_failures(task, batch, done, writers, bars, watch)
+                if usable:
+                    self._run_batch(task, usable, images, done, writers, bars, max_new_tokens)
         finally:
             for bar in bars.values():
                 bar.close()
+        if watch.reasons:
+            print(
+                f"task {task.name}: {len(watch.reasons)} sample(s) failed and are scored wrong (first: "
+                f"{watch.reasons[0]}); they are listed in the report and retried by the next run",
+                file=sys.stderr,
+            )
 
-    def _run_batch(self, task, batch, done, writers, bars, max_new_tokens) -> None:
+    def _record_failures(self, task, batch, done, writers, bars, watch: FailureWatch):
+        """Load each sample's image and check its prompt; a sample that fails is written as a failed record for
+        every schedule lacking it. Returns the usable samples and their images."""
+        usable, images, outcomes = [], [], []
+        failed: list[tuple[Sample, str]] = []
+        for sample in batch:
+            try:
+                check_prompt(sample.prompt, sample.id)
+                images.append(sample.load_image())
+                usable.append(sample)
+                outcomes.append(None)
+            except SampleError as error:
+                reason = " ".join(str(error).split())
+                failed.append((sample, reason))
+                outcomes.append(reason)
+        for label, writer in writers.items():
+            records = [_failed_record(task, s, reason) for s, reason in failed if _sample_key(s) not in done[label]]
+            if records:
+                writer.append(records)
+                bars[label].update(len(records))
+        watch.add(outcomes)
+        return usable, images
+
+    def _run_batch(self, task, batch, images, done, writers, bars, max_new_tokens) -> None:
         loaded = self.loaded
-        images = [sample.load_image() for sample in batch]
         inputs = build_batch(loaded, [sample.prompt for sample in batch], images)
         device = inputs.input_ids.device
         with Stopwatch(device) as watch:
@@ -332,28 +437,36 @@ def score_schedule(task: Task, schedule: DropSchedule, records: list[dict[str, A
         metric = get_metric(name)
         scored = [
             ScoredRecord(
-                id=r["id"], prediction=r["prediction"], gold=r["gold"], score=r["scores"][name], meta=r["meta"]
+                id=r["id"],
+                prediction=r["prediction"],
+                gold=r["gold"],
+                score=r["scores"][name],
+                meta=r["meta"],
+                failed=is_failed(r),
             )
             for r in records
         ]
         metrics.update(metric.aggregate(scored))
     primary = get_metric(task.metrics[0])
     primary_metric = primary.primary
-    total_time = sum(r["timing"]["time_share_s"] for r in records)
+    ran = [r for r in records if not is_failed(r)]  # failed samples count in the scores, not in cost or speed
+    total_time = sum(r["timing"]["time_share_s"] for r in ran)
     return {
         "task": task.name,
         "schedule": schedule_record(schedule),
         "n": len(records),
+        "failed": len(records) - len(ran),
+        "failed_samples": [{"id": r["id"], "reason": r["failed"]} for r in records if is_failed(r)],
         "metrics": metrics,
         "primary_metric": primary_metric,
         "primary_unit": primary.unit,
         "primary": metrics.get(primary_metric, math.nan),
-        "tflops_paper": _mean([r["flops_paper"] for r in records]) / 1e12,
-        "tflops_exact": _mean([r["flops_exact"] for r in records]) / 1e12,
-        "retained_tokens": _mean([_mean(r["image_tokens_per_layer"]) for r in records]),
-        "prefill_ms": _mean([r["timing"]["prefill_ms"] for r in records]),
-        "decode_ms_per_token": _mean([r["timing"]["decode_ms_per_token"] for r in records]),
-        "samples_per_s": len(records) / total_time if total_time > 0 else math.nan,
+        "tflops_paper": _mean([r["flops_paper"] for r in ran]) / 1e12,
+        "tflops_exact": _mean([r["flops_exact"] for r in ran]) / 1e12,
+        "retained_tokens": _mean([_mean(r["image_tokens_per_layer"]) for r in ran]),
+        "prefill_ms": _mean([r["timing"]["prefill_ms"] for r in ran]),
+        "decode_ms_per_token": _mean([r["timing"]["decode_ms_per_token"] for r in ran]),
+        "samples_per_s": len(ran) / total_time if total_time > 0 else math.nan,
         "predictions": str(predictions_path(Path("."), task.name, schedule.label)),
     }
 
@@ -429,7 +542,11 @@ def _save_sample_images(plan: RunPlan, loaded: LoadedVLM, data: TaskData) -> Non
     folder = plan.run_dir / "samples" / data.task.name
     folder.mkdir(parents=True, exist_ok=True)
     for sample in data.samples[:SAMPLE_IMAGES_PER_TASK]:
-        square = expand_to_square(to_rgb(sample.load_image()), loaded.pad_color).resize((size, size))
+        try:
+            image = sample.load_image()
+        except SampleError:
+            continue  # recorded as a failed sample; it has no kept-token map to draw
+        square = expand_to_square(to_rgb(image), loaded.pad_color).resize((size, size))
         square.save(folder / f"{_safe_name(sample.id)}.png")
 
 
@@ -468,7 +585,7 @@ def finalize(
                 data.task.name,
                 schedule.label,
                 order,
-                lambda record, task=data.task: _rescored(task, record),
+                lambda record, task=data.task, label=schedule.label: _rescored(task, label, record),
             )
             wanted = set(order)
             records = [r for r in records if str(r["id"]) in wanted]
@@ -520,13 +637,10 @@ def format_table(results: list[dict[str, Any]]) -> str:
 def _resolve_schedules(plan: RunPlan, loaded: LoadedVLM, tasks: list[TaskData], depth: int) -> list[DropSchedule]:
     schedules = list(plan.schedules)
     if plan.budgets:
-        first = next((data.samples[0] for data in tasks if data.samples), None)
         if loaded.image_tokens_per_image is not None:
             count = loaded.image_tokens_per_image
-        elif first is not None:
-            count = image_token_count(loaded, to_rgb(first.load_image()))
         else:
-            raise PdropEvalError("--budget needs at least one sample to know the image-token count")
+            count = image_token_count(loaded, to_rgb(_first_image(tasks)))
         for budget, schedule in budget_schedules(plan, depth, count):
             print(f"budget {budget:g} tokens, layers {list(schedule.layers)}: lambda {schedule.lam:g}", file=sys.stderr)
             schedules.append(schedule)
@@ -534,6 +648,17 @@ def _resolve_schedules(plan: RunPlan, loaded: LoadedVLM, tasks: list[TaskData], 
     for schedule in schedules:
         schedule.validate_for_depth(depth)
     return schedules
+
+
+def _first_image(tasks: list[TaskData]):
+    """The first sample image that opens: size-dependent models (NeXT) need one to count image tokens."""
+    for data in tasks:
+        for sample in data.samples:
+            try:
+                return sample.load_image()
+            except SampleError:
+                continue
+    raise PdropEvalError("--budget needs at least one readable sample image to know the image-token count")
 
 
 def run(plan: RunPlan) -> dict[str, Any] | None:

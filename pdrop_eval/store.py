@@ -2,8 +2,11 @@
 
 Each task × schedule has one merged file `predictions/<task>/<label>.jsonl`; while a run is in progress each
 process appends to its own shard `<label>.rank<r>.jsonl`. Readers take every file of a task × schedule, skip a
-torn last line, and keep the first record per id, so a crash between merging and removing shards duplicates
-nothing. Files that readers may see half-written (metrics.json) are written atomically.
+torn last line, and keep one record per id, so a crash between merging and removing shards duplicates nothing.
+A record whose sample failed (its `failed` field gives the reason) is retried by the next run, and the retry's
+record replaces it; two records of one id with different predictions mean the files were mixed up or edited, and
+are refused rather than resolved silently. Files that readers may see half-written (metrics.json) are written
+atomically. A full disk is one error line: what was fsynced stays, and the next run resumes from it.
 """
 
 from __future__ import annotations
@@ -36,6 +39,13 @@ def _files_for(run_dir: Path, task: str, label: str) -> list[Path]:
     return ([merged] if merged.exists() else []) + shards
 
 
+def _damaged(path: Path, number: int, problem: str) -> PdropEvalError:
+    return PdropEvalError(
+        f"{path} line {number} {problem}; the file was edited or corrupted: remove that line to resume, "
+        "or rerun with --overwrite"
+    )
+
+
 def _read_lines(path: Path) -> list[dict[str, Any]]:
     """Complete records of one file; a last line without its newline is a write the process did not finish."""
     records = []
@@ -45,21 +55,41 @@ def _read_lines(path: Path) -> list[dict[str, Any]]:
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
+            record = json.loads(line.decode("utf-8"))
+        except UnicodeDecodeError as error:
+            raise _damaged(path, number, f"is not UTF-8 text ({error.reason})") from error
         except json.JSONDecodeError as error:
-            raise PdropEvalError(
-                f"{path} line {number} is not valid JSON ({error.msg}); the file was edited or corrupted: "
-                "remove that line to resume, or rerun with --overwrite"
-            ) from error
+            raise _damaged(path, number, f"is not valid JSON ({error.msg})") from error
+        if not isinstance(record, dict) or "id" not in record:
+            raise _damaged(path, number, "is not a prediction record (a JSON object with an `id`)")
+        records.append(record)
     return records
 
 
+def is_failed(record: dict[str, Any]) -> bool:
+    """Whether the record stands for a sample whose input could not be used (see `SampleError`)."""
+    return bool(record.get("failed"))
+
+
 def read_predictions(run_dir: Path, task: str, label: str) -> dict[str, dict[str, Any]]:
-    """Every finished record of a task × schedule, keyed by the id as a string (first occurrence wins)."""
+    """Every finished record of a task × schedule, keyed by the id as a string.
+
+    A record of a sample that ran wins over a failed one; between two failed ones the later (the latest reason)
+    wins; two that ran must agree on the prediction (a merge interrupted before removing its shards repeats
+    records exactly), else the files hold two different answers for one sample and no rule can pick one."""
     records: dict[str, dict[str, Any]] = {}
+    origin: dict[str, Path] = {}
     for path in _files_for(run_dir, task, label):
         for record in _read_lines(path):
-            records.setdefault(str(record["id"]), record)
+            key = str(record["id"])
+            before = records.get(key)
+            if before is None or is_failed(before):
+                records[key], origin[key] = record, path
+            elif not is_failed(record) and record.get("prediction") != before.get("prediction"):
+                raise PdropEvalError(
+                    f"sample {key!r} of {task} / {label} has two different predictions ({origin[key]} and {path}): "
+                    "predictions of different runs were mixed; keep only one of them, or rerun with --overwrite"
+                )
     return records
 
 
@@ -83,10 +113,22 @@ class ShardWriter:
 
     def append(self, records: Iterable[dict[str, Any]]) -> None:
         lines = "".join(json.dumps(record, ensure_ascii=False, default=_plain) + "\n" for record in records)
-        with self.path.open("a", encoding="utf-8") as handle:
-            handle.write(lines)
-            handle.flush()
-            os.fsync(handle.fileno())
+        try:
+            with self.path.open("a", encoding="utf-8") as handle:
+                handle.write(lines)
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError as error:
+            # A partial write leaves a torn last line, which readers skip and the next writer cuts off.
+            raise write_error(self.path, error) from error
+
+
+def write_error(path: Path, error: OSError) -> PdropEvalError:
+    """A failed write (a full disk, a lost mount) as one line: earlier fsynced records are safe, so say so."""
+    return PdropEvalError(
+        f"cannot write {path} ({error.strerror or error}): free space or fix the output folder, then rerun the "
+        "same command; predictions written before this are kept and the run resumes from them"
+    )
 
 
 def _plain(value: Any) -> Any:
@@ -123,13 +165,19 @@ def merge_shards(
 
 def write_text_atomic(path: Path, text: str) -> None:
     """Write to a temporary file beside `path`, fsync, then rename over it: readers see old or new, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with temporary.open("w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with temporary.open("w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except OSError as error:
+        raise write_error(path, error) from error
+    finally:
+        # Interrupted or failed before the rename: the old file is untouched, the half-written copy is junk.
+        temporary.unlink(missing_ok=True)
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:

@@ -106,7 +106,7 @@ def test_build_batch_rejects_bad_input(tiny_vlm):
     loaded = tiny_vlm("tiny-llava")
     with pytest.raises(PdropEvalError, match="one image per prompt"):
         build_batch(loaded, ["a", "b"], [Image.new("RGB", (8, 8))])
-    with pytest.raises(PdropEvalError, match="must not contain <image>"):
+    with pytest.raises(PdropEvalError, match="contains a literal <image>"):
         build_batch(loaded, ["<image>\nWhat?"], [Image.new("RGB", (8, 8))])
 
 

@@ -11,6 +11,9 @@ A table may span several splits (lmms-lab/POPE's `Full` config: adversarial, pop
 read on its own so a loader knows which split a row came from.
 
 `datasets` is imported only inside the function that needs it: the GPU image does not ship it.
+
+Hub tables embed their images as bytes. A cell that names its image by path only (a `save_to_disk` folder built
+from local files) is read relative to the table's folder and refused when the path leaves it, as LLaVA folders are.
 """
 
 from __future__ import annotations
@@ -24,12 +27,12 @@ from typing import Any
 
 from PIL import Image
 
-from pdrop_eval.data.images import decode_image_bytes, open_image_file, to_rgb
+from pdrop_eval.data.images import decode_image_bytes, image_path, open_image_file, to_rgb
 from pdrop_eval.data.prompts import scienceqa_options, scienceqa_prompt
 from pdrop_eval.data.request import LoadRequest
 from pdrop_eval.data.rows import mcq_samples, require_columns, vqa_samples
 from pdrop_eval.data.sample import Sample
-from pdrop_eval.errors import PdropEvalError
+from pdrop_eval.errors import PdropEvalError, SampleError
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,11 @@ class HFSplit:
     name: str | None
     parquet_files: tuple[Path, ...] = ()
     disk_dir: Path | None = None
+
+    @property
+    def folder(self) -> Path:
+        """Where path-only image cells are looked up: the save_to_disk folder, or the first shard's folder."""
+        return self.disk_dir if self.disk_dir is not None else self.parquet_files[0].parent
 
     def __str__(self) -> str:
         if self.disk_dir is not None:
@@ -55,6 +63,11 @@ class HFTable:
 
     def __str__(self) -> str:
         return "; ".join(str(split) for split in self.splits)
+
+    @property
+    def folder(self) -> Path:
+        """Where path-only image cells of rows read across splits are looked up: the first split's folder."""
+        return self.splits[0].folder
 
     @property
     def files(self) -> tuple[Path, ...]:
@@ -127,14 +140,24 @@ def open_cell_image(cell: Any, sample_id: Any, where: str) -> Image.Image:
             return open_image_file(Path(cell["path"]), sample_id)
     if isinstance(cell, str) and cell:
         return open_image_file(Path(cell), sample_id)
-    raise PdropEvalError(f"sample {sample_id!r}: {where} holds no image for it")
+    raise SampleError(f"sample {sample_id!r}: {where} holds no image for it")
 
 
-def _cell_opener(column: str, where: str):
+def contain_cell(cell: Any, place: HFSplit | HFTable, sample_id: Any) -> Any:
+    """The cell with a path-only image joined to its table's folder (refused when it leaves it); others as they are."""
+    where = f"{place}, sample {sample_id!r}"
+    if isinstance(cell, Mapping) and not cell.get("bytes") and cell.get("path"):
+        return {**cell, "path": str(image_path(place.folder, cell["path"], where))}
+    if isinstance(cell, str) and cell:
+        return str(image_path(place.folder, cell, where))
+    return cell
+
+
+def _cell_opener(column: str, split: HFSplit):
     def opener(row: Mapping[str, Any], sample_id: Any):
         if column not in row:
-            raise PdropEvalError(f"{where} has no image column {column!r}")
-        return partial(open_cell_image, row[column], sample_id, where)
+            raise PdropEvalError(f"{split} has no image column {column!r}")
+        return partial(open_cell_image, contain_cell(row[column], split, sample_id), sample_id, str(split))
 
     return opener
 
@@ -144,7 +167,7 @@ def _split_samples(build, request: LoadRequest) -> list[Sample]:
     samples: list[Sample] = []
     for split, (name, rows) in zip(table.splits, read_splits(table)):
         where = str(split)
-        opener = _cell_opener(request.options.get("image_column", "image"), where)
+        opener = _cell_opener(request.options.get("image_column", "image"), split)
         samples += build(
             rows, request.options, request.prompt_suffix, opener, where, split=name, absent=request.absent_columns
         )
@@ -179,6 +202,7 @@ def load_hf_gqa(request: LoadRequest) -> list[Sample]:
         image_id = row["imageId"]
         if image_id not in image_by_id:
             raise PdropEvalError(f"GQA question {row['id']!r}: image {image_id!r} is not in {where}")
+        image_cell = contain_cell(image_by_id[image_id], images, row["id"])
         samples.append(
             Sample(
                 id=row["id"],
@@ -186,7 +210,7 @@ def load_hf_gqa(request: LoadRequest) -> list[Sample]:
                 prompt=row["question"] + request.prompt_suffix,
                 gold=row["answer"],
                 image_source=f"{where}#{image_id}",
-                load_image=partial(open_cell_image, image_by_id[image_id], row["id"], where),
+                load_image=partial(open_cell_image, image_cell, row["id"], where),
                 meta={"image_id": image_id, "types": row.get("types") or {}},
             )
         )
@@ -221,7 +245,7 @@ def load_hf_scienceqa(request: LoadRequest) -> list[Sample]:
                 prompt=text + request.prompt_suffix,
                 gold=list(options)[int(row["answer"])],
                 image_source=f"{where}#{number}",
-                load_image=partial(open_cell_image, row[column], number, where),
+                load_image=partial(open_cell_image, contain_cell(row[column], table, number), number, where),
                 meta={"options": options},
             )
         )

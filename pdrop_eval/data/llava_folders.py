@@ -21,7 +21,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from pdrop_eval.data.images import open_image_file
+from pdrop_eval.data.images import image_path, open_image_file
 from pdrop_eval.data.prompts import scienceqa_options, split_suffix
 from pdrop_eval.data.request import LoadRequest
 from pdrop_eval.data.sample import Sample
@@ -40,16 +40,20 @@ def read_json(path: Path) -> Any:
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """JSON Lines, tolerant of CRLF endings and blank lines (POPE's label files have both quirks)."""
-    rows = []
     try:
-        with open(path, encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
-                if line.strip():
-                    rows.append(json.loads(line))
+        data = Path(path).read_bytes()
     except OSError as err:
         raise PdropEvalError(f"cannot read {path}: {err.strerror}") from err
-    except ValueError as err:
-        raise PdropEvalError(f"{path} line {number} is not valid JSON: {err}") from err
+    rows = []
+    for number, line in enumerate(data.splitlines(), start=1):
+        try:
+            if line.strip():
+                rows.append(json.loads(line.decode("utf-8")))
+        except UnicodeDecodeError as err:
+            problem = f"{path} line {number} is not UTF-8 text ({err.reason}): use the official file"
+            raise PdropEvalError(problem) from err
+        except ValueError as err:
+            raise PdropEvalError(f"{path} line {number} is not valid JSON: {err}") from err
     return rows
 
 
@@ -76,7 +80,7 @@ def load_gqa(request: LoadRequest) -> list[Sample]:
             raise PdropEvalError(f"GQA question {question_id!r} of {questions_path} is missing from {annotations_path}")
         question, prompt = split_suffix(row["text"], request.prompt_suffix)
         meta = {"image_id": annotation.get("imageId"), "types": annotation.get("types", {})}
-        image = request.paths["images"] / row["image"]
+        image = image_path(request.paths["images"], row["image"], f"{questions_path}, question {question_id!r}")
         samples.append(_image_sample(question_id, question, prompt, annotation["answer"], image, meta))
     return samples
 
@@ -114,7 +118,7 @@ def load_textvqa(request: LoadRequest) -> list[Sample]:
         seen[key] += 1
         _, prompt = split_suffix(text, request.prompt_suffix)
         meta = {"image_id": row["question_id"]}
-        image = request.paths["images"] / row["image"]
+        image = image_path(request.paths["images"], row["image"], f"{questions_path}, question {own['question_id']!r}")
         samples.append(_image_sample(own["question_id"], question, prompt, list(matches[-1]["answers"]), image, meta))
     return samples
 
@@ -142,7 +146,7 @@ def load_pope(request: LoadRequest) -> list[Sample]:
         label = labels[category][position[category]]
         position[category] += 1
         question, prompt = split_suffix(row["text"], request.prompt_suffix)
-        image = request.paths["images"] / row["image"]
+        image = image_path(request.paths["images"], row["image"], f"{questions_path}, question {row['question_id']!r}")
         samples.append(_image_sample(row["question_id"], question, prompt, label, image, {"category": category}))
     return samples
 
@@ -179,7 +183,7 @@ def load_scienceqa(request: LoadRequest) -> list[Sample]:
         options = scienceqa_options(problem["choices"])
         text = row["conversations"][0]["value"].replace(IMAGE_PLACEHOLDER, "").strip()
         gold = list(options)[problem["answer"]]
-        image = request.paths["images"] / row["image"]
+        image = image_path(request.paths["images"], row["image"], f"{questions_path}, question {pid!r}")
         samples.append(_image_sample(pid, text, text + request.prompt_suffix, gold, image, {"options": options}))
     if not samples:
         raise PdropEvalError(

@@ -20,8 +20,8 @@ from collections import Counter
 from functools import partial
 from pathlib import Path
 
-from pdrop_eval.data.hf import open_cell_image, read_rows
-from pdrop_eval.data.images import open_image_file
+from pdrop_eval.data.hf import contain_cell, open_cell_image, read_rows
+from pdrop_eval.data.images import image_path, open_image_file
 from pdrop_eval.data.llava_folders import read_jsonl
 from pdrop_eval.data.prompts import split_suffix
 from pdrop_eval.data.request import LoadRequest
@@ -92,7 +92,7 @@ def load_llava_mme(request: LoadRequest) -> list[Sample]:
                 f"({key[1]}); use the MME_Benchmark_release_version folder LLaVA's llava_mme.jsonl was made from"
             )
         question, prompt = split_suffix(row["text"], request.prompt_suffix)
-        image = release / row["image"]
+        image = image_path(release, row["image"], f"{questions_path}, question {sample_id!r}")
         samples.append(
             Sample(
                 id=sample_id,
@@ -121,7 +121,7 @@ def load_hf_mme(request: LoadRequest) -> list[Sample]:
                 prompt=question + request.prompt_suffix,
                 gold=row["answer"],
                 image_source=f"{where}#{sample_id}",
-                load_image=partial(open_cell_image, row["image"], sample_id, where),
+                load_image=partial(open_cell_image, contain_cell(row["image"], table, sample_id), sample_id, where),
                 meta={"category": row["category"], "image": str(row["question_id"])},
             )
         )

@@ -21,8 +21,8 @@ from collections.abc import Mapping, Sequence
 from functools import partial
 from typing import Any
 
-from pdrop_eval.data.hf import open_cell_image, read_rows
-from pdrop_eval.data.images import open_image_file
+from pdrop_eval.data.hf import contain_cell, open_cell_image, read_rows
+from pdrop_eval.data.images import image_path, open_image_file
 from pdrop_eval.data.llava_folders import read_json, read_jsonl
 from pdrop_eval.data.prompts import OPTION_LETTERS, mcq_prompt, split_suffix
 from pdrop_eval.data.request import LoadRequest
@@ -89,7 +89,7 @@ def load_llava_seed(request: LoadRequest) -> list[Sample]:
     samples = []
     for sample_id, (row, annotation) in zip(unique_ids([row["question_id"] for row, _ in kept]), kept):
         question, prompt = split_suffix(row["text"], request.prompt_suffix)
-        image = request.paths["images"] / row["image"]
+        image = image_path(request.paths["images"], row["image"], f"{questions_path}, question {sample_id!r}")
         samples.append(
             Sample(
                 id=sample_id,
@@ -131,7 +131,9 @@ def load_hf_seed(request: LoadRequest) -> list[Sample]:
                 prompt=mcq_prompt(row["question"], None, options, request.prompt_suffix),
                 gold=row["answer"],
                 image_source=f"{where}#{sample_id}",
-                load_image=partial(open_cell_image, _first_frame(row["image"]), sample_id, where),
+                load_image=partial(
+                    open_cell_image, contain_cell(_first_frame(row["image"]), table, sample_id), sample_id, where
+                ),
                 meta=_meta(row["question_id"], row["question_type_id"], IMAGE_QUESTION_TYPES),
             )
         )

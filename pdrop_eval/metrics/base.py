@@ -19,13 +19,17 @@ from pdrop_eval.errors import PdropEvalError
 
 @dataclass(frozen=True)
 class ScoredRecord:
-    """One scored prediction: what `aggregate` consumes (and what a results table shows per row)."""
+    """One scored prediction: what `aggregate` consumes (and what a results table shows per row).
+
+    `failed`: the sample's input could not be used, so there is no prediction; it scores 0 and every aggregate
+    must count it wrong (an aggregate that parses `prediction` itself, like POPE's, checks this flag)."""
 
     id: str | int
     prediction: str
     gold: Any
     score: float
     meta: Mapping[str, Any] = field(default_factory=dict)
+    failed: bool = False
 
 
 ScoreFn = Callable[[str, Any, Mapping[str, Any]], float]

@@ -111,6 +111,13 @@ def _lmms_eval_keys(records: Sequence[ScoredRecord]) -> dict[str, float]:
     }
 
 
+def _answer(record: ScoredRecord) -> str:
+    """The parsed answer; a failed sample (no prediction) counts as the wrong one, whatever its label."""
+    if record.failed:
+        return "no" if _label(record.gold) == "yes" else "yes"
+    return pope_answer(record.prediction)
+
+
 def _aggregate(records: Sequence[ScoredRecord]) -> dict[str, float]:
     """Per-category LLaVA metrics, their means (`f1_mean` is the paper's POPE), and lmms-eval's pooled numbers."""
     if not records:
@@ -118,7 +125,7 @@ def _aggregate(records: Sequence[ScoredRecord]) -> dict[str, float]:
     by_category: dict[str, list[tuple[str, str]]] = {}
     for r in records:
         category = str(require_meta(r.meta, "category", "pope", r.id))
-        by_category.setdefault(category, []).append((pope_answer(r.prediction), _label(r.gold)))
+        by_category.setdefault(category, []).append((_answer(r), _label(r.gold)))
     out: dict[str, float] = {}
     confusions = {cat: Confusion.of(pairs) for cat, pairs in sorted(by_category.items())}
     for cat, c in confusions.items():

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from pdrop_eval.errors import PdropEvalError
+from pdrop_eval.errors import PdropEvalError, SampleError
 from pdrop_eval.models.anyres import anyres_token_count
 from pdrop_eval.models.images import preprocess_anyres, preprocess_padded, to_rgb
 from pdrop_eval.models.loaded import LoadedVLM
@@ -60,6 +60,14 @@ def image_token_count(loaded: LoadedVLM, image: Image.Image) -> int:
     )
 
 
+def check_prompt(text: str, sample_id: object = None) -> None:
+    """A message may not hold a literal `<image>`: the template adds the one image marker, and a second would ask
+    for an image the sample does not have (LLaVA's own evaluation fails on such a question too)."""
+    if IMAGE_PLACEHOLDER in text:
+        who = "prompt text" if sample_id is None else f"sample {sample_id!r}: its prompt text"
+        raise SampleError(f"{who} contains a literal {IMAGE_PLACEHOLDER}, which the template adds itself")
+
+
 def build_batch(loaded: LoadedVLM, prompts: Sequence[str], images: Sequence[Image.Image]) -> VLMBatch:
     """One image per prompt; each prompt is the bare user message, the template and `<image>\\n` are added here."""
     if len(prompts) != len(images):
@@ -72,8 +80,7 @@ def build_batch(loaded: LoadedVLM, prompts: Sequence[str], images: Sequence[Imag
     counts = [image_token_count(loaded, image) for image in images]
     rows = []
     for text, count in zip(prompts, counts):
-        if IMAGE_PLACEHOLDER in text:
-            raise PdropEvalError(f"prompt text must not contain {IMAGE_PLACEHOLDER}; it is added by the template")
+        check_prompt(text)
         prompt = format_prompt(loaded.template, text)
         rows.append(tokenize_with_images(loaded.tokenizer, prompt, loaded.image_token_id, [count]))
 

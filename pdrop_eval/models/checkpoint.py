@@ -11,6 +11,7 @@ import pickle
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from pdrop_eval.errors import PdropEvalError
@@ -32,7 +33,10 @@ def read_state_dict(directory: Path) -> dict[str, torch.Tensor]:
     state: dict[str, torch.Tensor] = {}
     for file in files:
         if file.suffix == ".safetensors":
-            state.update(load_file(file, device="cpu"))
+            try:
+                state.update(load_file(file, device="cpu"))
+            except (OSError, SafetensorError) as error:
+                raise PdropEvalError(f"cannot read {file} ({error}): the file is incomplete or damaged") from error
         else:
             try:
                 state.update(torch.load(file, map_location="cpu", weights_only=True))

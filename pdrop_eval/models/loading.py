@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from transformers import (
     CLIPImageProcessorPil,
     LlavaForConditionalGeneration,
@@ -66,7 +67,8 @@ def load_vlm(
         )
         tokenizer = load_tokenizer(path)
         image_processor = _IMAGE_PROCESSORS[kind].from_pretrained(path, local_files_only=True)
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, SafetensorError) as error:
+        # SafetensorError: a truncated or damaged weights file (an interrupted download or copy).
         raise PdropEvalError(f"could not load the model in {path}: {error}. {_weights_hint(path)}") from error
     model = model.to(torch.device(device)).eval()
 

@@ -45,6 +45,8 @@ def build_reports(run_dirs: list[Path], out_dir: Path | None = None, tflops: str
         )
     runs = unique_names([load_run(Path(d)) for d in run_dirs])
     out = Path(out_dir) if out_dir is not None else Path(run_dirs[0])
+    if out.exists() and not out.is_dir():
+        raise PdropEvalError(f"the report folder {out} is a file: give --out a folder (new or existing)")
     out.mkdir(parents=True, exist_ok=True)
     frame = results_frame(runs)
     if frame.empty:

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from pdrop_eval.errors import PdropEvalError
 
@@ -72,16 +72,19 @@ def image_file_stem(sample_id: str) -> str:
 
 def _read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
     """Lazily, so finding the first few samples does not parse a whole task's predictions."""
-    with path.open(encoding="utf-8") as lines:
+    with path.open("rb") as lines:
         for number, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
             try:
-                yield json.loads(line)
-            except json.JSONDecodeError as err:
+                record = json.loads(line.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as err:
                 raise PdropEvalError(
-                    f"{path} line {number} is not valid JSON ({err}); the file may be truncated"
+                    f"{path} line {number} is not valid JSON text ({err}); the file may be truncated or damaged"
                 ) from err
+            if not isinstance(record, dict):
+                raise PdropEvalError(f"{path} line {number} is not a prediction record (a JSON object)")
+            yield record
 
 
 def grid_mismatch(sample: KeptSample, grid: tuple[int, int]) -> str | None:
@@ -109,9 +112,17 @@ def dim_dropped(image: np.ndarray, kept: Sequence[int], grid: tuple[int, int]) -
     return (image * shade).astype(np.uint8)
 
 
-def draw_kept_map(sample: KeptSample, grid: tuple[int, int], out_path: Path) -> Path:
+def read_sample_image(sample: KeptSample) -> np.ndarray | None:
+    """The saved sample image as RGB pixels, or None when the PNG cannot be read (the report then says so)."""
+    try:
+        with Image.open(sample.image) as image:
+            return np.asarray(image.convert("RGB"))
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError):
+        return None
+
+
+def draw_kept_map(sample: KeptSample, grid: tuple[int, int], out_path: Path, image: np.ndarray) -> Path:
     """One panel for the input and one per stage; kept patches at full brightness, dropped ones dimmed."""
-    image = np.asarray(Image.open(sample.image).convert("RGB"))
     rows, cols = grid
     panels = len(sample.kept) + 1
     fig = Figure(figsize=(3.1 * panels, 3.9))

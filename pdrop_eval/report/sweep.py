@@ -10,13 +10,20 @@ from pathlib import Path
 import pandas as pd
 
 from pdrop_eval.report.document import Block, Figure, Heading, Paragraph, Table, fmt, fmt_tflops, to_html, to_markdown
-from pdrop_eval.report.kept_maps import KeptSample, draw_kept_map, find_kept_samples, grid_mismatch
+from pdrop_eval.report.kept_maps import (
+    KeptSample,
+    draw_kept_map,
+    find_kept_samples,
+    grid_mismatch,
+    read_sample_image,
+)
 from pdrop_eval.report.load import Run
 from pdrop_eval.report.plots import plot_task
 from pdrop_eval.report.reference import match_method
 from pdrop_eval.report.table import TFLOPS_CONVENTIONS, pareto_front
 
 KEPT_MAPS_PER_TASK = 3
+FAILED_SAMPLES_SHOWN = 20
 _UNSAFE_FILENAME = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -97,8 +104,38 @@ def _task_blocks(
     ]
     if not paper.empty:
         blocks += [Heading("Paper vs this run", 3), _paper_table(paper, several_runs)]
+    blocks += _failed_blocks(task, runs)
     blocks += _kept_map_blocks(task, rows, runs, files_dir)
     return blocks
+
+
+def _failed_blocks(task: str, runs: list[Run]) -> list[Block]:
+    """Samples whose input could not be used (metrics.json `failed_samples`): scored wrong, so a reader must see
+    them beside the scores. A sample fails before any schedule runs, so each is listed once per run."""
+    failed: dict[tuple[str, str], str] = {}
+    for run in runs:
+        for result in run.results:
+            if result["task"] != task:
+                continue
+            for item in result.get("failed_samples") or []:
+                if isinstance(item, dict):
+                    failed.setdefault((run.name, str(item.get("id"))), str(item.get("reason", "")))
+    if not failed:
+        return []
+    shown = list(failed.items())[:FAILED_SAMPLES_SHOWN]
+    more = len(failed) - len(shown)
+    note = f" The first {len(shown)} are listed; see `failed` in the predictions files for the rest." if more else ""
+    several_runs = len(runs) > 1
+    columns = ["run", "sample", "reason"] if several_runs else ["sample", "reason"]
+    rows = [[run, sample, reason] if several_runs else [sample, reason] for (run, sample), reason in shown]
+    return [
+        Heading(f"Failed samples ({len(failed)})", 3),
+        Paragraph(
+            "These samples' inputs could not be used (unreadable image, literal <image> in the question...). Each "
+            f"is scored wrong in every schedule and counted in `failed` in metrics.json.{note}"
+        ),
+        Table(columns, rows),
+    ]
 
 
 def _schedule_table(rows: pd.DataFrame, metric: str, several_runs: bool) -> Table:
@@ -159,11 +196,14 @@ def _kept_map_blocks(task: str, rows: pd.DataFrame, runs: list[Run], files_dir: 
             continue
         for sample in _samples(run, task, run_rows, KEPT_MAPS_PER_TASK - drawn):
             problem = grid_mismatch(sample, grid)
+            image = None if problem else read_sample_image(sample)
+            if image is None and not problem:
+                problem = f"its image {sample.image} cannot be read"
             if problem:
                 blocks.append(Paragraph(f"Run {run.name}, sample {sample.sample_id}: no map, {problem}."))
                 continue
             name = _UNSAFE_FILENAME.sub("_", f"{task}_kept_{run.name}_{sample.sample_id}") + ".png"
-            path = draw_kept_map(sample, grid, files_dir / name)
+            path = draw_kept_map(sample, grid, files_dir / name, image)
             blocks.append(Figure(path, f"{task}, sample {sample.sample_id}, {sample.schedule} (run {run.name}): "
                                        "kept image tokens after each stage, dropped ones dimmed"))
             drawn += 1
