@@ -35,10 +35,9 @@ def test_a_failed_write_keeps_the_previous_copy_and_no_temporary(tmp_path, failu
     path = tmp_path / "results.xlsx"
     path.write_bytes(b"previous good copy")
     expected = PdropEvalError if isinstance(failure, OSError) else KeyboardInterrupt
-    with pytest.raises(expected) as raised:
-        with atomic_path(path) as temporary:
-            temporary.write_bytes(b"half a work")
-            raise failure
+    with pytest.raises(expected) as raised, atomic_path(path) as temporary:
+        temporary.write_bytes(b"half a work")
+        raise failure
     if expected is PdropEvalError:
         assert "No space left on device" in str(raised.value) and "previous copy" in str(raised.value)
     assert path.read_bytes() == b"previous good copy"
@@ -102,3 +101,12 @@ def test_ctrl_c_while_drawing_a_plot_keeps_the_previous_report(reported, monkeyp
     openpyxl.load_workbook(reported / "results.xlsx")
     assert _temporaries(reported) == []
 
+
+def test_temporaries_left_by_a_killed_writer_are_cleared_by_the_next_one(reported):
+    stale = [reported / ".results.xlsx.4242.tmp.xlsx", reported / "report_files" / ".shapes_tflops.png.4242.tmp.png"]
+    for path in stale:
+        path.write_bytes(b"torn")
+    unrelated = reported / "notes.tmp"
+    unrelated.write_text("mine")
+    assert cli.main(["report", str(reported)]) == 0
+    assert _temporaries(reported) == [unrelated]
