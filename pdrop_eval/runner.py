@@ -666,6 +666,7 @@ def _run_locked(
     if world.is_main:
         cards = {data.task.name: str(data.task.card) if data.task.card else None for data in tasks}
         record_contents(plan.run_dir, cards, [schedule_record(schedule) for schedule in schedules])
+    barrier(world)  # recorded before any rank writes a prediction, so a kill leaves nothing undescribable
     evaluator = TaskEvaluator(plan, loaded, schedules, world)
     with torch.inference_mode():
         for data in tasks:
