@@ -103,6 +103,16 @@ def build_report_parser() -> argparse.ArgumentParser:
 SEED_RANGE = range(2**64)  # what torch.manual_seed accepts as an unsigned 64-bit seed
 
 
+def _names(value: str | None, flag: str, example: str) -> tuple[str, ...]:
+    """Comma-separated names, each once; a flag given with no name in it is an error, never silently nothing."""
+    if value is None:
+        return ()
+    names = tuple(dict.fromkeys(name.strip() for name in value.split(",") if name.strip()))
+    if not names:
+        raise PdropEvalError(f"{flag} {value!r} names nothing: give e.g. {flag} {example}")
+    return names
+
+
 def _positive(value: int | None, flag: str) -> None:
     if value is not None and value < 1:
         raise PdropEvalError(f"{flag} must be at least 1, got {value}")
@@ -119,28 +129,28 @@ def plan_from_args(args: argparse.Namespace, argv: Sequence[str]):
         validate_run_name,
     )
 
-    if not args.tasks:
+    tasks = _names(args.tasks, "--tasks", "gqa,mmstar")
+    if not tasks:
         raise PdropEvalError("--tasks is required, e.g. --tasks gqa,mmstar (see --list-tasks)")
-    if args.budget and (args.lambdas or args.ratios):
+    if args.budget is not None and (args.lambdas is not None or args.ratios):
         raise PdropEvalError("--budget chooses λ itself: give either --budget or --lambda/--ratios, not both")
     _positive(args.limit, "--limit")
     _positive(args.batch_size, "--batch-size")
     _positive(args.max_new_tokens, "--max-new-tokens")
     if args.seed not in SEED_RANGE:
         raise PdropEvalError(f"--seed must be a whole number from 0 to 2**64-1, got {args.seed}")
-    tasks = tuple(dict.fromkeys(name.strip() for name in args.tasks.split(",") if name.strip()))
-    lambdas = parse_number_list(args.lambdas, "--lambda") if args.lambdas else ()
+    lambdas = parse_number_list(args.lambdas, "--lambda") if args.lambdas is not None else ()
     layer_lists = parse_layer_lists(args.layers or [])
     ratio_lists = parse_ratio_lists(args.ratios or [])
-    baselines = tuple(name.strip() for name in args.baselines.split(",") if name.strip()) if args.baselines else ()
-    budgets = parse_number_list(args.budget, "--budget") if args.budget else ()
+    baselines = _names(args.baselines, "--baselines", "vanilla,fastv")
+    budgets = parse_number_list(args.budget, "--budget") if args.budget is not None else ()
     if any(budget <= 0 for budget in budgets):
         raise PdropEvalError(f"--budget values must be positive token counts, got {list(budgets)}")
     if budgets and not (lambdas or ratio_lists or baselines):
         schedules = ()
     else:
         schedules = build_schedules(lambdas, layer_lists, ratio_lists, baselines, args.position_mode, args.seed)
-    if args.run_name:
+    if args.run_name is not None:
         run_name = validate_run_name(args.run_name)
     else:
         default = f"{Path(args.model.rstrip('/')).name}_{'-'.join(tasks)}"
@@ -165,15 +175,31 @@ def plan_from_args(args: argparse.Namespace, argv: Sequence[str]):
         budgets=budgets,
         budget_layers=layer_lists or (DEFAULT_LAYERS,),
         position_mode=args.position_mode,
+        report=not args.no_report,
         command=tuple(argv),
     )
 
 
 def _report(argv: Sequence[str]) -> int:
+    """Rebuild reports; the folder written to is locked (a run still going there is refused), the run folders only
+    read are not: their metrics.json is replaced atomically, so a report read from a running run is a consistent
+    snapshot of its last finish."""
+    from pdrop_eval.lock import FolderLock
     from pdrop_eval.report import build_reports
+    from pdrop_eval.store import remove_stale_temporaries
 
     args = build_report_parser().parse_args(argv)
-    paths = build_reports([Path(d) for d in args.run_dirs], Path(args.out) if args.out else None, tflops=args.tflops)
+    out = Path(args.out) if args.out else None
+    target = out if out is not None else Path(args.run_dirs[0])
+    lock = FolderLock(target) if target.is_dir() else None
+    if lock is not None:
+        lock.acquire(["pdrop-eval", "report", *argv], "wait for it to finish, or write the report elsewhere with --out")
+        remove_stale_temporaries(target)
+    try:
+        paths = build_reports([Path(d) for d in args.run_dirs], out, tflops=args.tflops)
+    finally:
+        if lock is not None:
+            lock.release()
     print(f"wrote {_spreadsheet_line(paths)}\nwrote {paths.markdown}\nwrote {paths.html}")
     return 0
 
@@ -186,16 +212,13 @@ def _evaluate(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from pdrop_eval.runner import format_table, run
 
     plan = plan_from_args(args, argv)
-    payload = run(plan)
-    if payload is None:
+    outcome = run(plan)
+    if outcome is None:
         return 0
-    print(format_table(payload["results"]))
+    print(format_table(outcome.metrics["results"]))
     print(f"predictions and metrics.json in {plan.run_dir}")
-    if not args.no_report:
-        from pdrop_eval.report import build_reports
-
-        paths = build_reports([plan.run_dir])
-        print(f"spreadsheet {_spreadsheet_line(paths)}; report {paths.html}")
+    if outcome.report is not None:
+        print(f"spreadsheet {_spreadsheet_line(outcome.report)}; report {outcome.report.html}")
     return 0
 
 

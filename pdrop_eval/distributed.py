@@ -56,6 +56,16 @@ def barrier(world: World) -> None:
         dist.barrier()
 
 
+def broadcast_from_main(value: T, world: World) -> T:
+    """Rank 0's `value` on every rank: for decisions only rank 0 can make (whether it holds the run's lock), so all
+    ranks act on the same answer instead of the others waiting at a barrier rank 0 never reaches."""
+    if world.size == 1 or not dist.is_initialized():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def finish(world: World) -> None:
     if world.size > 1 and dist.is_initialized():
         dist.destroy_process_group()

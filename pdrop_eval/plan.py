@@ -45,6 +45,7 @@ class RunPlan:
     budgets: tuple[float, ...] = ()
     budget_layers: tuple[tuple[int, ...], ...] = (DEFAULT_LAYERS,)
     position_mode: str = "compact"
+    report: bool = True
     command: tuple[str, ...] = field(default_factory=tuple)
 
     @property
@@ -76,13 +77,19 @@ def parse_number_list(text: str, what: str) -> tuple[float, ...]:
     return tuple(_parse_literal_number(item, what) for item in items)
 
 
+def _parts(value: str, what: str, example: str) -> list[str]:
+    """The ';'-separated lists of one flag value; a value with none in it is an error, not the default."""
+    parts = [part for part in value.split(";") if part.strip()]
+    if not parts:
+        raise PdropEvalError(f"{what}: no values given (e.g. {what} {example})")
+    return parts
+
+
 def parse_layer_lists(values: Sequence[str]) -> tuple[tuple[int, ...], ...]:
     """Repeated `--layers 8,16,24 --layers 4,12,20`, or one value with ';' between schedules."""
     schedules = []
     for value in values:
-        for part in value.split(";"):
-            if not part.strip():
-                continue
+        for part in _parts(value, "--layers", "8,16,24"):
             numbers = parse_number_list(part, "--layers")
             if any(number != int(number) for number in numbers):
                 raise PdropEvalError(f"--layers: {part.strip()!r} must be whole layer counts, e.g. 8,16,24")
@@ -91,7 +98,9 @@ def parse_layer_lists(values: Sequence[str]) -> tuple[tuple[int, ...], ...]:
 
 
 def parse_ratio_lists(values: Sequence[str]) -> tuple[tuple[float, ...], ...]:
-    return tuple(parse_number_list(part, "--ratios") for value in values for part in value.split(";") if part.strip())
+    return tuple(
+        parse_number_list(part, "--ratios") for value in values for part in _parts(value, "--ratios", "0.5,0.25,0.125")
+    )
 
 
 def lambda_for_budget(budget: float, layers: tuple[int, ...], num_layers: int, num_image_tokens: int) -> float:

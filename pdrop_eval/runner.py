@@ -3,7 +3,8 @@
 For every batch of a task the vision tower runs once, then every schedule that still lacks those samples generates
 from the same features, so a sweep of N schedules costs clearly less than N runs. Predictions are appended and
 fsynced per batch (resume is the default); rank 0 merges the shards of all processes, scores, and writes
-metrics.json atomically.
+metrics.json and the reports atomically, for every task × schedule the run folder holds, not only this command's.
+One command at a time owns a run folder (pdrop_eval.lock).
 
 A sample whose input cannot be used (`SampleError`: a missing, corrupt or oversized image, a literal `<image>` in
 its prompt) is recorded as failed with its reason, scored wrong, and the run goes on; the next run retries it (the
@@ -20,11 +21,12 @@ import platform
 import subprocess
 import sys
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from tqdm import tqdm
@@ -32,8 +34,9 @@ from tqdm import tqdm
 from pdrop_eval import __version__
 from pdrop_eval.data.hf import HFTable
 from pdrop_eval.data.sample import Sample
-from pdrop_eval.distributed import World, barrier, current_world, device_for, finish, init, shard
+from pdrop_eval.distributed import World, barrier, broadcast_from_main, current_world, device_for, finish, init, shard
 from pdrop_eval.errors import PdropEvalError, SampleError
+from pdrop_eval.lock import FolderLock
 from pdrop_eval.metrics import ScoredRecord, get_metric
 from pdrop_eval.models import LoadedVLM, build_batch, decode, image_token_count, load_vlm
 from pdrop_eval.models.batch import check_prompt
@@ -45,8 +48,29 @@ from pdrop_eval.pyramid.schedule import DropSchedule
 from pdrop_eval.pyramid.timing import Stopwatch
 from pdrop_eval.pyramid.vlm import count_crops, encode_images, generate
 from pdrop_eval.registry import ResolvedSource, Task, check_data, get_task, load_samples
-from pdrop_eval.store import ShardWriter, is_failed, merge_shards, read_predictions, write_json_atomic
+from pdrop_eval.run_folder import (
+    held_labels,
+    in_recorded_order,
+    other_held_tasks,
+    previous_metrics,
+    previous_rows,
+    read_run_file,
+    record_contents,
+    schedule_records,
+)
+from pdrop_eval.store import (
+    ShardWriter,
+    atomic_path,
+    is_failed,
+    merge_shards,
+    read_predictions,
+    remove_stale_temporaries,
+    write_json_atomic,
+)
 from pdrop_eval.store import merged_path as predictions_path
+
+if TYPE_CHECKING:
+    from pdrop_eval.report import ReportPaths
 
 SAMPLE_IMAGES_PER_TASK = 4
 RESUME_SETTINGS = ("model", "dtype", "attn", "max_new_tokens", "seed", "scorer")
@@ -430,8 +454,9 @@ def _mean(values: Sequence[float]) -> float:
     return sum(values) / len(values) if values else math.nan
 
 
-def score_schedule(task: Task, schedule: DropSchedule, records: list[dict[str, Any]]) -> dict[str, Any]:
-    """Aggregate one task × schedule from its records: the official metrics plus cost and speed."""
+def score_schedule(task: Task, schedule: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Aggregate one task × schedule (its `schedule_record`) from its records: the official metrics plus cost and
+    speed."""
     metrics: dict[str, float] = {}
     for name in task.metrics:
         metric = get_metric(name)
@@ -453,7 +478,7 @@ def score_schedule(task: Task, schedule: DropSchedule, records: list[dict[str, A
     total_time = sum(r["timing"]["time_share_s"] for r in ran)
     return {
         "task": task.name,
-        "schedule": schedule_record(schedule),
+        "schedule": schedule,
         "n": len(records),
         "failed": len(records) - len(ran),
         "failed_samples": [{"id": r["id"], "reason": r["failed"]} for r in records if is_failed(r)],
@@ -467,7 +492,7 @@ def score_schedule(task: Task, schedule: DropSchedule, records: list[dict[str, A
         "prefill_ms": _mean([r["timing"]["prefill_ms"] for r in ran]),
         "decode_ms_per_token": _mean([r["timing"]["decode_ms_per_token"] for r in ran]),
         "samples_per_s": len(ran) / total_time if total_time > 0 else math.nan,
-        "predictions": str(predictions_path(Path("."), task.name, schedule.label)),
+        "predictions": str(predictions_path(Path("."), task.name, schedule["label"])),
     }
 
 
@@ -489,14 +514,14 @@ def _flatten_scores(result: Any) -> dict[str, float]:
     return flat
 
 
-def _vlmeval_metrics(plan: RunPlan, data: TaskData, schedule: DropSchedule, records: list[dict]) -> dict[str, float]:
+def _vlmeval_metrics(plan: RunPlan, data: TaskData, label: str, records: list[dict]) -> dict[str, float]:
     from pdrop_eval.data.vlmeval_scoring import score_with_vlmeval
 
     tsv = _vlmeval_tsv(data.task, data.source)
     if tsv is None:
         return {}
     predictions = {record["id"]: record["prediction"] for record in records}
-    out_dir = plan.run_dir / "vlmeval" / data.task.name / schedule.label
+    out_dir = plan.run_dir / "vlmeval" / data.task.name / label
     return _flatten_scores(score_with_vlmeval(data.task.vlmeval_dataset, tsv, predictions, out_dir))
 
 
@@ -547,7 +572,8 @@ def _save_sample_images(plan: RunPlan, loaded: LoadedVLM, data: TaskData) -> Non
         except SampleError:
             continue  # recorded as a failed sample; it has no kept-token map to draw
         square = expand_to_square(to_rgb(image), loaded.pad_color).resize((size, size))
-        square.save(folder / f"{_safe_name(sample.id)}.png")
+        with atomic_path(folder / f"{_safe_name(sample.id)}.png") as temporary:
+            square.save(temporary, format="PNG")
 
 
 def _safe_name(sample_id: object) -> str:
@@ -572,45 +598,103 @@ def _model_info(plan: RunPlan, loaded: LoadedVLM, dtype: str, device: torch.devi
     }
 
 
+@dataclass(frozen=True)
+class RunOutcome:
+    """What rank 0 hands back: metrics.json's content and, unless --no-report, the report files it wrote."""
+
+    metrics: dict[str, Any]
+    report: ReportPaths | None
+
+
+def _task_info(task: Task) -> dict[str, Any]:
+    reference = task.reference
+    return {
+        "metrics": list(task.metrics),
+        "primary_metric": get_metric(task.metrics[0]).primary,
+        "reference": None
+        if reference is None
+        else {
+            "model": reference.model,
+            "source": reference.source,
+            "metric": reference.metric,
+            "rows": [{"method": r.method, "tflops": r.tflops, "score": r.score} for r in reference.rows],
+        },
+    }
+
+
 def finalize(
-    plan: RunPlan, loaded: LoadedVLM, tasks: list[TaskData], schedules: Sequence[DropSchedule], run_info: dict
+    plan: RunPlan,
+    loaded: LoadedVLM,
+    tasks: list[TaskData],
+    others: list[Task],
+    schedules: Sequence[DropSchedule],
+    run_info: dict,
 ) -> dict[str, Any]:
-    """Rank 0, after every rank finished: merge shards, score, write metrics.json and the sample images."""
+    """Rank 0, after every rank finished: merge shards, score and write metrics.json for every task × schedule the
+    run folder holds predictions of (this command's and every earlier command's), and this command's sample images.
+
+    Tasks this command did not run are read as they are on disk: their vlmeval scores and data hashes come from the
+    last metrics.json, since their data need not be at hand now.
+    """
+    previous = previous_metrics(plan.run_dir)
+    before = previous_rows(previous)
+    recorded = schedule_records(plan.run_dir)
+    current = {data.task.name: data for data in tasks}
+    ours = [schedule.label for schedule in schedules]
+    previous_files = (previous.get("run") or {}).get("data_files") or {}
     results, task_info = [], {}
-    for data in tasks:
-        order = [_sample_key(s) for s in data.samples]
-        for schedule in schedules:
+    for task in [*(data.task for data in tasks), *others]:
+        data = current.get(task.name)
+        order = [_sample_key(s) for s in data.samples] if data else []
+        labels = in_recorded_order([*(ours if data else []), *held_labels(plan.run_dir, task.name)], recorded)
+        for label in labels:
+            if label not in recorded:
+                print(
+                    f"warning: {predictions_path(plan.run_dir, task.name, label)} is left out: run.json does not "
+                    "record its schedule",
+                    file=sys.stderr,
+                )
+                continue
             records = merge_shards(
                 plan.run_dir,
-                data.task.name,
-                schedule.label,
+                task.name,
+                label,
                 order,
-                lambda record, task=data.task, label=schedule.label: _rescored(task, label, record),
+                lambda record, task=task, label=label: _rescored(task, label, record),
             )
-            wanted = set(order)
-            records = [r for r in records if str(r["id"]) in wanted]
-            result = score_schedule(data.task, schedule, records)
+            result = score_schedule(task, recorded[label], records)
             if plan.scorer == "vlmeval":
-                result["metrics"].update(_vlmeval_metrics(plan, data, schedule, records))
+                result["metrics"].update(
+                    _vlmeval_metrics(plan, data, label, records) if data else _kept_vlmeval(before, result)
+                )
             results.append(result)
-        _save_sample_images(plan, loaded, data)
-        reference = data.task.reference
-        task_info[data.task.name] = {
-            "metrics": list(data.task.metrics),
-            "primary_metric": get_metric(data.task.metrics[0]).primary,
-            "reference": None
-            if reference is None
-            else {
-                "model": reference.model,
-                "source": reference.source,
-                "metric": reference.metric,
-                "rows": [{"method": r.method, "tflops": r.tflops, "score": r.score} for r in reference.rows],
-            },
-        }
-        run_info["data_files"][data.task.name] = _file_hashes(data.source)
-    payload = {"run": run_info, "tasks": task_info, "results": results}
+        task_info[task.name] = _task_info(task)
+        if data:
+            _save_sample_images(plan, loaded, data)
+            run_info["data_files"][task.name] = _file_hashes(data.source)
+        elif task.name in previous_files:
+            run_info["data_files"][task.name] = previous_files[task.name]
+    task_order = in_recorded_order(task_info, read_run_file(plan.run_dir).get("cards", {}))
+    results.sort(key=lambda result: task_order.index(result["task"]))
+    run_info["commands"] = _commands(previous, run_info["command"])
+    payload = {"run": run_info, "tasks": {name: task_info[name] for name in task_order}, "results": results}
     write_json_atomic(plan.run_dir / "metrics.json", payload)
     return payload
+
+
+def _kept_vlmeval(before: dict[tuple[str, str], dict[str, Any]], result: dict[str, Any]) -> dict[str, float]:
+    """The vlmeval scores the last metrics.json had for this row, while they still score the same predictions."""
+    row = before.get((result["task"], result["schedule"]["label"]))
+    if row is None or row.get("n") != result["n"]:
+        return {}
+    return {key: value for key, value in (row.get("metrics") or {}).items() if key.startswith("vlmeval/")}
+
+
+def _commands(previous: dict[str, Any], command: list[str]) -> list[list[str]]:
+    """Every distinct command line whose predictions metrics.json describes, oldest first."""
+    run = previous.get("run") or {}
+    earlier = run.get("commands") or ([run["command"]] if run.get("command") else [])
+    return [list(c) for c in dict.fromkeys(tuple(c) for c in [*earlier, command])]
 
 
 def format_table(results: list[dict[str, Any]]) -> str:
@@ -661,14 +745,51 @@ def _first_image(tasks: list[TaskData]):
     raise PdropEvalError("--budget needs at least one readable sample image to know the image-token count")
 
 
-def run(plan: RunPlan) -> dict[str, Any] | None:
-    """The whole run; returns metrics.json's content on rank 0 (None elsewhere)."""
+@contextmanager
+def _run_folder_lock(plan: RunPlan, world: World) -> Iterator[None]:
+    """The run folder for this command alone: rank 0 takes the lock and every rank learns whether it got it, so
+    the ranks of one torchrun share the run and all refuse together when another command holds it."""
+    lock = FolderLock(plan.run_dir) if world.is_main else None
+    refusal = None
+    if lock is not None:
+        try:
+            lock.acquire(
+                ["pdrop-eval", *plan.command],
+                "wait for it to finish (a killed run never holds it), or use another --run-name",
+            )
+        except PdropEvalError as error:
+            refusal = str(error)
+    refusal = broadcast_from_main(refusal, world)
+    if refusal is not None:
+        raise PdropEvalError(refusal)
+    try:
+        if lock is not None:
+            remove_stale_temporaries(plan.run_dir)
+        yield
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def run(plan: RunPlan) -> RunOutcome | None:
+    """The whole run, holding the run folder's lock from before the model loads until the reports are written;
+    returns what was written on rank 0 (None elsewhere)."""
     world = current_world()
     device = device_for(plan.device, world)
     dtype = _resolved_dtype(plan.dtype, device)
     _check_writable(plan.run_dir)
     tasks = prepare_tasks(plan)
     init(world, device)
+    with _run_folder_lock(plan, world):
+        outcome = _run_locked(plan, world, device, dtype, tasks)
+    finish(world)
+    return outcome
+
+
+def _run_locked(
+    plan: RunPlan, world: World, device: torch.device, dtype: str, tasks: list[TaskData]
+) -> RunOutcome | None:
+    others = [] if plan.overwrite else other_held_tasks(plan.run_dir, [d.task.name for d in tasks], plan.tasks_dir)
     torch.manual_seed(plan.seed)
     loaded = load_vlm(plan.model, dtype=dtype, device=str(device), attn=plan.attn)
     depth = DecoderParts.from_model(loaded.model).num_layers
@@ -677,12 +798,16 @@ def run(plan: RunPlan) -> dict[str, Any] | None:
         _clear_run(plan.run_dir)
     barrier(world)
     _check_resume(plan.run_dir, _settings(plan, dtype, tasks), world)
+    if world.is_main:
+        cards = {data.task.name: str(data.task.card) if data.task.card else None for data in tasks}
+        record_contents(plan.run_dir, cards, [schedule_record(schedule) for schedule in schedules])
+    barrier(world)  # recorded before any rank writes a prediction, so a kill leaves nothing undescribable
     evaluator = TaskEvaluator(plan, loaded, schedules, world)
     with torch.inference_mode():
         for data in tasks:
             evaluator.run(data)
     barrier(world)
-    payload = None
+    outcome = None
     if world.is_main:
         run_info = {
             "name": plan.run_name,
@@ -706,7 +831,12 @@ def run(plan: RunPlan) -> dict[str, Any] | None:
             },
             "data_files": {},
         }
-        payload = finalize(plan, loaded, tasks, schedules, run_info)
+        payload = finalize(plan, loaded, tasks, others, schedules, run_info)
+        report = None
+        if plan.report:
+            from pdrop_eval.report import build_reports
+
+            report = build_reports([plan.run_dir])
+        outcome = RunOutcome(payload, report)
     barrier(world)
-    finish(world)
-    return payload
+    return outcome

@@ -5,15 +5,18 @@ process appends to its own shard `<label>.rank<r>.jsonl`. Readers take every fil
 torn last line, and keep one record per id, so a crash between merging and removing shards duplicates nothing.
 A record whose sample failed (its `failed` field gives the reason) is retried by the next run, and the retry's
 record replaces it; two records of one id with different predictions mean the files were mixed up or edited, and
-are refused rather than resolved silently. Files that readers may see half-written (metrics.json) are written
-atomically. A full disk is one error line: what was fsynced stays, and the next run resumes from it.
+are refused rather than resolved silently. Every other output (metrics.json, run.json, results.xlsx,
+report.md/html, PNGs) goes through `atomic_path`: a kill or a full disk leaves the previous complete file, never a
+torn one. A full disk is one error line: what was fsynced stays, and the next run resumes from it.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterable, Sequence
+import re
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -124,10 +127,11 @@ class ShardWriter:
 
 
 def write_error(path: Path, error: OSError) -> PdropEvalError:
-    """A failed write (a full disk, a lost mount) as one line: earlier fsynced records are safe, so say so."""
+    """A failed write (a full disk, a lost mount) as one line: the previous copy of an output and every fsynced
+    prediction are safe, so say so."""
     return PdropEvalError(
         f"cannot write {path} ({error.strerror or error}): free space or fix the output folder, then rerun the "
-        "same command; predictions written before this are kept and the run resumes from them"
+        "same command; the previous copy, if any, is kept, as are the predictions written before this"
     )
 
 
@@ -163,21 +167,74 @@ def merge_shards(
     return ordered
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write to a temporary file beside `path`, fsync, then rename over it: readers see old or new, never half."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+# `.<name>.<pid>.tmp<suffix>`: hidden, owned by one process, and ending in the real suffix so writers that pick a
+# format from the file name (matplotlib, PIL, pandas) write the right one.
+_TEMPORARY = re.compile(r"^\..+\.\d+\.tmp(\.[^.]+)?$")
+# Where outputs are written inside a run folder (or a report's --out folder), for `remove_stale_temporaries`.
+_OUTPUT_FOLDERS = ("", "report_files", "predictions/*", "samples/*", "vlmeval/*/*")
+
+
+def temporary_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp{path.suffix}")
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary path beside `path` for any writer that takes a file name; when the block ends it is fsynced and
+    renamed over `path`, so readers (and the next run) see the previous complete file or the new one, never half.
+
+    On any failure, a full disk or Ctrl-C included, the temporary is removed; an OSError becomes one error line
+    saying the previous file is kept.
+    """
+    path = Path(path)
+    temporary = temporary_path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with temporary.open("w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
+        yield temporary
+        _fsync(temporary)
         os.replace(temporary, path)
-    except OSError as error:
-        raise write_error(path, error) from error
-    finally:
-        # Interrupted or failed before the rename: the old file is untouched, the half-written copy is junk.
+    except BaseException as error:
         temporary.unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            raise write_error(path, error) from error
+        raise
+    _fsync_folder(path.parent)
+
+
+def _fsync(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make the rename itself durable; some filesystems cannot fsync a directory, and then the rename must do."""
+    try:
+        _fsync(folder)
+    except OSError:
+        pass
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Temporaries a killed writer (SIGKILL, power loss) left in `folder`'s output folders; call only while holding
+    the folder's lock, when no other writer can own one."""
+    removed = []
+    for pattern in _OUTPUT_FOLDERS:
+        for parent in folder.glob(pattern) if pattern else [folder]:
+            if not parent.is_dir():
+                continue
+            for path in parent.iterdir():
+                if _TEMPORARY.match(path.name) and path.is_file():
+                    path.unlink(missing_ok=True)
+                    removed.append(path)
+    return removed
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    with atomic_path(path) as temporary:
+        temporary.write_text(text, encoding="utf-8")
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:

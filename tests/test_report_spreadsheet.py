@@ -150,3 +150,18 @@ def test_tiny_model_tflops_get_scientific_format(tmp_path):
     column = {c.value: c.column_letter for c in summary[1]}
     assert summary[f"{column['TFLOPs (paper)']}2"].number_format == "0.00E+00"
     assert summary[f"{column['Primary']}3"].value is None
+
+
+def test_text_starting_with_equals_is_text_not_a_formula(tmp_path):
+    """A task card named "=HYPERLINK(...)" (or a command line, a path) must not become a live formula."""
+    import zipfile
+
+    name = '=HYPERLINK("http://example.invalid","x")'
+    run_dir = write_run_dir(tmp_path, "formula", tasks=(name,), image_grid=None)
+    path = _write(run_dir, tmp_path / "results.xlsx")
+    workbook = openpyxl.load_workbook(path)
+    tasks = [row[1] for row in workbook["Summary"].iter_rows(min_row=2)]
+    assert tasks and all(cell.value == name and cell.data_type == "s" for cell in tasks)
+    with zipfile.ZipFile(path) as archive:
+        sheets = [archive.read(n).decode() for n in archive.namelist() if n.startswith("xl/worksheets/sheet")]
+    assert not any("<f>" in sheet or "<f " in sheet for sheet in sheets), "no cell of the workbook is a formula"

@@ -150,6 +150,13 @@ def _fail_if_model_loads(*args, **kwargs):
         (["--tasks", "shapes", "--lambda", "0.5", "--batch-size", "0"], "--batch-size must be at least 1"),
         (["--tasks", "shapes", "--lambda", "0.5", "--run-name", "a/b"], "--run-name"),
         (["--lambda", "0.5"], "--tasks is required"),
+        (["--tasks", ",", "--lambda", "0.5"], "--tasks ',' names nothing"),
+        (["--tasks", "shapes", "--lambda", ""], "--lambda: no values given"),
+        (["--tasks", "shapes", "--lambda", "0.5", "--baselines", ""], "--baselines '' names nothing"),
+        (["--tasks", "shapes", "--budget", ""], "--budget: no values given"),
+        (["--tasks", "shapes", "--lambda", "0.5", "--layers", ""], "--layers: no values given"),
+        (["--tasks", "shapes", "--ratios", " ; "], "--ratios: no values given"),
+        (["--tasks", "shapes", "--lambda", "0.5", "--run-name", ""], "--run-name ''"),
     ],
 )
 def test_bad_input_is_one_line_before_any_model_loads(args, expected, tmp_path, monkeypatch, capsys):
@@ -433,3 +440,69 @@ def test_gqa_mmstar_and_pope_full_run_from_their_published_files(tmp_path, monke
     assert all(len(digest) == 64 for digest in pope_files.values())
     records = _lines(tmp_path / "h" / by_task["pope"]["predictions"])
     assert [r["id"] for r in records] == POPE_FULL_IDS
+def _rows_by_key(run_dir: Path) -> dict[tuple[str, str], dict]:
+    results = json.loads((run_dir / "metrics.json").read_text())["results"]
+    return {(r["task"], r["schedule"]["label"]): r for r in results}
+
+
+def test_every_command_on_a_run_keeps_what_the_earlier_ones_computed(tmp_path, monkeypatch):
+    """Another λ, then another task, on one run: metrics.json, results.xlsx and the report describe all of it."""
+    import openpyxl
+
+    _write_docvqa(tmp_path / "lmu", 2)
+    monkeypatch.setenv("LMUData", str(tmp_path / "lmu"))
+    common = ["--model", "tiny-llava", "--limit", "2", "--max-new-tokens", "2", "--output-dir", str(tmp_path)]
+    common += ["--run-name", "many"]
+    run_dir = tmp_path / "many"
+    assert cli.main([*common, "--tasks", "shapes", "--lambda", "0.5"]) == 0
+    first = _rows_by_key(run_dir)[("shapes", "pdrop_lam0.5_8-16-24")]
+    assert cli.main([*common, "--tasks", "shapes", "--lambda", "0.3"]) == 0
+    rows = _rows_by_key(run_dir)
+    assert list(rows) == [("shapes", "pdrop_lam0.5_8-16-24"), ("shapes", "pdrop_lam0.3_8-16-24")]
+    assert rows["shapes", "pdrop_lam0.5_8-16-24"] == first
+    assert cli.main([*common, "--tasks", "docvqa", "--lambda", "0.5"]) == 0
+    rows = _rows_by_key(run_dir)
+    expected = [
+        ("shapes", "pdrop_lam0.5_8-16-24"),
+        ("shapes", "pdrop_lam0.3_8-16-24"),
+        ("docvqa", "pdrop_lam0.5_8-16-24"),
+    ]
+    assert list(rows) == expected
+    assert rows["shapes", "pdrop_lam0.5_8-16-24"] == first and all(row["n"] == 2 for row in rows.values())
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert list(metrics["tasks"]) == ["shapes", "docvqa"] and set(metrics["run"]["data_files"]) == {"shapes", "docvqa"}
+    assert [command[command.index("--tasks") + 1 :][:3] for command in metrics["run"]["commands"]] == [
+        ["shapes", "--lambda", "0.5"],
+        ["shapes", "--lambda", "0.3"],
+        ["docvqa", "--lambda", "0.5"],
+    ]
+    summary = openpyxl.load_workbook(run_dir / "results.xlsx")["Summary"]
+    header = [cell.value for cell in summary[1]]
+    cells = [dict(zip(header, row)) for row in summary.iter_rows(min_row=2, values_only=True)]
+    assert [(row["Task"], row["Schedule"]) for row in cells] == expected
+    report = (run_dir / "report.md").read_text()
+    assert all(label.replace("_", "\\_") in report for label in ("pdrop_lam0.5_8-16-24", "pdrop_lam0.3_8-16-24"))
+    assert "## docvqa" in report and "## shapes" in report
+
+
+def test_a_command_interrupted_midway_is_described_by_the_next_one(tmp_path, monkeypatch):
+    """The predictions an interrupted command kept are in the next command's outputs, though it runs another
+    schedule: the schedule was recorded in run.json before its first prediction."""
+    assert _run(tmp_path, "--lambda", "0.5") == 0
+    calls = {"n": 0}
+    original = runner.generate
+
+    def interrupted_on_second_batch(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "generate", interrupted_on_second_batch)
+    assert _run(tmp_path, "--lambda", "0.3") == 130
+    monkeypatch.setattr(runner, "generate", original)
+    assert _run(tmp_path, "--baselines", "vanilla") == 0
+    rows = _rows_by_key(tmp_path / "r")
+    counts = {label: row["n"] for (_, label), row in rows.items()}
+    assert counts == {"pdrop_lam0.5_8-16-24": 4, "pdrop_lam0.3_8-16-24": 2, "vanilla": 4}
+    assert not list((tmp_path / "r" / "predictions" / "shapes").glob("*.rank*.jsonl")), "shards are merged"

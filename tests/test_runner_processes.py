@@ -125,3 +125,79 @@ def test_torchrun_two_processes_equal_one(tmp_path):
     metrics = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
     assert metrics["run"]["settings"]["world_size"] == 2
     assert all(result["n"] == 6 for result in metrics["results"])
+
+
+def _one_error_line(stderr: str) -> str:
+    assert "Traceback" not in stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and stderr.strip().splitlines()[-1] == errors[0], stderr[-2000:]
+    return errors[0]
+
+
+def test_second_process_on_a_running_run_refuses_and_a_killed_one_blocks_nothing(tmp_path):
+    """The first run is paused (SIGSTOP) while it holds the run, so the second surely meets it; then it is killed
+    with SIGKILL, and a third run resumes and finishes what it left."""
+    reference = _reference(tmp_path)
+    run_dir = tmp_path / "killed"
+    first = subprocess.Popen(
+        _command(tmp_path, "--batch-size", "1"), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while _written(run_dir) < 1 and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert first.poll() is None, "the first run ended before a second one could meet it"
+        os.kill(first.pid, signal.SIGSTOP)
+        written = _written(run_dir)
+        second = subprocess.run(
+            _command(tmp_path, "--batch-size", "2"), check=False, cwd=ROOT, capture_output=True, text=True, timeout=120
+        )
+        assert second.returncode == 2
+        line = _one_error_line(second.stderr)
+        assert f"is in use by pid {first.pid} on {socket.gethostname()} since " in line and "--run-name" in line
+        assert _written(run_dir) == written, "the refused run wrote no prediction"
+    finally:
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait()
+    third = subprocess.run(
+        _command(tmp_path, "--batch-size", "2"), check=False, cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert third.returncode == 0, third.stderr[-2000:]
+    assert _comparable(run_dir) == reference
+
+
+def test_torchrun_ranks_all_refuse_a_run_another_process_holds(tmp_path):
+    """Rank 0 takes the lock for its torchrun; when another process holds it every rank gets the same one line
+    (none is left waiting at a barrier) and nothing is written."""
+    from pdrop_eval.lock import FolderLock
+
+    run_dir = tmp_path / "ddp"
+    run_dir.mkdir()
+    holder = FolderLock(run_dir)
+    holder.acquire(["pdrop-eval", "--tasks", "shapes"], "unused")
+    try:
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            str(_free_port()),
+            "run_eval.py",
+            *ARGS,
+            "--output-dir",
+            str(tmp_path),
+            "--run-name",
+            "ddp",
+        ]
+        environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+        finished = subprocess.run(
+            command, check=False, cwd=ROOT, capture_output=True, text=True, env=environment, timeout=300
+        )
+    finally:
+        holder.release()
+    assert finished.returncode != 0
+    refusals = [line for line in finished.stderr.splitlines() if line.startswith("error: ")]
+    assert len(refusals) == 2 and all(f"is in use by pid {os.getpid()} " in line for line in refusals), refusals
+    assert not (run_dir / "predictions").exists() and not (run_dir / "run.json").exists()

@@ -15,6 +15,7 @@ from types import ModuleType
 from typing import Any
 
 from pdrop_eval.errors import PdropEvalError
+from pdrop_eval.store import atomic_path
 
 
 def require_vlmeval() -> ModuleType:
@@ -44,8 +45,8 @@ def write_prediction_xlsx(tsv_path: Path, predictions: Mapping[Any, str], out_pa
         )
     frame = frame[frame["index"].isin(list(predictions))].drop(columns=["image"], errors="ignore")
     frame["prediction"] = [str(predictions[index]) for index in frame["index"]]
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    frame.to_excel(out_path, index=False)
+    with atomic_path(out_path) as temporary:
+        frame.to_excel(temporary, index=False)
     return out_path
 
 

@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 from PIL import Image, UnidentifiedImageError
 
 from pdrop_eval.errors import PdropEvalError
+from pdrop_eval.store import atomic_path
 
 DIM_ALPHA = 0.72
 
@@ -139,6 +140,6 @@ def draw_kept_map(sample: KeptSample, grid: tuple[int, int], out_path: Path, ima
         ax.set_xticks([])
         ax.set_yticks([])
     fig.suptitle(f"{sample.task} · sample {sample.sample_id} · {sample.schedule}  (dimmed = dropped)", fontsize=11)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_path, dpi=110)
+    with atomic_path(out_path) as temporary:
+        fig.savefig(temporary, dpi=110)
     return out_path

@@ -13,6 +13,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from pdrop_eval.report.table import TFLOPS_CONVENTIONS, pdrop_curves
+from pdrop_eval.store import atomic_path
 
 MARKERS = {"vanilla": "*", "fastv": "D", "random": "X", "pdrop": "o"}
 _MARKER_SIZE = {"*": 15, "D": 8, "X": 10, "o": 7}
@@ -64,8 +65,8 @@ def plot_task(rows: pd.DataFrame, reference: pd.DataFrame, convention: str, out_
     ax.margins(x=0.08, y=0.08)
     ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False)
     fig.tight_layout()
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_path, dpi=110)
+    with atomic_path(out_path) as temporary:
+        fig.savefig(temporary, dpi=110)
     return out_path
 
 

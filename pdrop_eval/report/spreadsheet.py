@@ -1,7 +1,9 @@
 """results.xlsx: Summary, one sheet per task with every sub-metric, the paper's numbers beside ours, provenance.
 
 Written cell by cell with openpyxl (not DataFrame.to_excel) so each column carries its own number format and
-the Δ columns their colour rule: the workbook is read by people, not parsed back.
+the Δ columns their colour rule: the workbook is read by people, not parsed back. It holds no formulas: openpyxl
+takes any text starting with "=" for one, so text cells are marked as text (a task named "=HYPERLINK(...)" stays a
+name, not a live formula).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from openpyxl.worksheet.worksheet import Worksheet
 
 from pdrop_eval.report.load import Run
 from pdrop_eval.report.table import headline_keys, is_count_key, metric_keys
+from pdrop_eval.store import atomic_path
 
 SCORE, TFLOPS, COUNT, ONE_DECIMAL, TEXT = "0.00", "0.00", "0", "0.0", "@"
 # Tiny test/demo models cost millionths of a TFLOP: two decimals would print 0.00 for every schedule.
@@ -146,7 +149,8 @@ def write_workbook(path: Path, runs: list[Run], frame: pd.DataFrame, reference: 
         _write_table(workbook.create_sheet(name), task_columns(rows, with_run), rows)
     _write_table(workbook.create_sheet("Reference"), reference_columns(reference), reference)
     _write_provenance(workbook.create_sheet("Provenance"), runs)
-    workbook.save(path)
+    with atomic_path(path) as temporary:
+        workbook.save(temporary)
 
 
 def sheet_name(title: str, taken: Iterable[str]) -> str:
@@ -162,11 +166,11 @@ def sheet_name(title: str, taken: Iterable[str]) -> str:
 
 
 def _write_table(sheet: Worksheet, columns: list[Column], rows: pd.DataFrame) -> None:
-    sheet.append([c.header for c in columns])
+    _append_text_safe(sheet, [c.header for c in columns])
     for cell in sheet[1]:
         cell.font = Font(bold=True)
     for _, row in rows.iterrows():
-        sheet.append([_cell_value(c.value(row)) for c in columns])
+        _append_text_safe(sheet, [_cell_value(c.value(row)) for c in columns])
     for j, column in enumerate(columns, start=1):
         letter = get_column_letter(j)
         for (cell,) in sheet.iter_rows(min_row=2, min_col=j, max_col=j):
@@ -177,6 +181,14 @@ def _write_table(sheet: Worksheet, columns: list[Column], rows: pd.DataFrame) ->
             sheet.conditional_formatting.add(cells, CellIsRule(operator="lessThan", formula=["0"], fill=_RED))
     sheet.freeze_panes = "A2"
     _fit_widths(sheet, columns)
+
+
+def _append_text_safe(sheet: Worksheet, values: list[Any]) -> None:
+    """Append a row whose strings are all text: openpyxl would store one starting with "=" as a formula."""
+    sheet.append(values)
+    for cell in sheet[sheet.max_row]:
+        if isinstance(cell.value, str):
+            cell.data_type = "s"
 
 
 def _cell_value(value: Any) -> Any:

@@ -21,6 +21,7 @@ from pdrop_eval.report.load import Run
 from pdrop_eval.report.plots import plot_task
 from pdrop_eval.report.reference import match_method
 from pdrop_eval.report.table import TFLOPS_CONVENTIONS, pareto_front
+from pdrop_eval.store import write_text_atomic
 
 KEPT_MAPS_PER_TASK = 3
 FAILED_SAMPLES_SHOWN = 20
@@ -39,8 +40,8 @@ def write_sweep_report(
     files_dir = markdown_path.parent / "report_files"
     blocks = sweep_blocks(runs, frame, reference, files_dir, convention)
     title = "PyramidDrop sweep: " + ", ".join(run.name for run in runs)
-    markdown_path.write_text(to_markdown(blocks, markdown_path.parent), encoding="utf-8")
-    html_path.write_text(to_html(blocks, title), encoding="utf-8")
+    write_text_atomic(markdown_path, to_markdown(blocks, markdown_path.parent))
+    write_text_atomic(html_path, to_html(blocks, title))
     return [b.path for b in blocks if isinstance(b, Figure)]
 
 
