@@ -220,6 +220,15 @@ def _select_image_tokens(
     return keep.scatter_(1, image_columns.gather(1, top), within)[:, :length]
 
 
+def _to_device(values: list[int], device: torch.device) -> torch.Tensor:
+    """A small host list on `device` without waiting for the GPU: a copy from pageable memory first drains the
+    stream (the host stalls until every queued layer ran), a copy from pinned memory is queued like a kernel."""
+    host = torch.tensor(values)
+    if device.type != "cuda":
+        return host
+    return host.pin_memory().to(device, non_blocking=True)
+
+
 def _forced_selection(
     forced: Sequence[Sequence[Sequence[int]]], stage: int, image_ordinal: torch.Tensor, image_mask: torch.Tensor
 ) -> torch.Tensor:
@@ -318,7 +327,7 @@ def prefill(
                 keep_list = keep_images.sum(-1).tolist()
             else:
                 keep_list = [schedule.keep_count(n, stage) for n in num_images_list]
-                keep_counts = torch.tensor(keep_list, device=device)
+                keep_counts = _to_device(keep_list, device)
                 if schedule.ranker == "random":
                     scores = random_scores(image_ordinal, num_images_list, list(sample_seeds), schedule.seed, stage)
                 elif schedule.ranker == "fastv":
