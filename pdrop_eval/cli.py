@@ -16,7 +16,7 @@ from pdrop_eval.errors import PdropEvalError
 EXAMPLES = """examples:
   python run_eval.py --model llava-hf/llava-1.5-7b-hf --tasks gqa,mmstar --lambda 0.5
   python run_eval.py --tasks pope --lambda 0.3,0.4,0.5,0.6 --layers 8,16,24 --layers 4,12,20 --baselines vanilla,fastv
-  python run_eval.py --tasks textvqa --budget 192,128,64
+  python run_eval.py --tasks textvqa --budget 192,128,64 --layers 2,6,12
   torchrun --nproc_per_node 8 run_eval.py --tasks gqa --lambda 0.5 --batch-size 16
   python run_eval.py report results/demo            # rebuild the spreadsheet and report from disk
   python run_eval.py --list-tasks

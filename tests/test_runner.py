@@ -114,6 +114,13 @@ def test_budget_picks_and_prints_lambda(tmp_path, capsys):
     assert [r["schedule"]["label"] for r in metrics["results"]] == ["pdrop_lam0.5_8-16-24"]
 
 
+def test_unreachable_budget_is_one_line_with_status_2(tmp_path, capsys):
+    assert _run(tmp_path, "--budget", "192,128,64", "--limit", "1") == 2
+    err = _error(capsys.readouterr().err)
+    assert "--budget 128 cannot be reached with --layers 8,16,24" in err and "floor is" in err
+    assert not (tmp_path / "r" / "predictions").exists()
+
+
 def _write_docvqa(lmu: Path, count: int, corrupt_last: bool = False) -> None:
     """A VLMEvalKit DocVQA_VAL.tsv of `count` rows; with `corrupt_last`, the last image cell is not an image."""
     rows = [[index, b64_image("RGB", "PNG", index), f"Question {index}?", "['a']"] for index in range(count)]
