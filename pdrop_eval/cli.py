@@ -205,12 +205,24 @@ def _run(argv: Sequence[str]) -> int:
     return _evaluate(args, argv)
 
 
+def missing_dependency(err: ModuleNotFoundError) -> str:
+    """Usually the project's virtual environment is not active (after `make demo`, `python` is the system one)."""
+    return (
+        f"the Python package {err.name or str(err)!r} is not installed for {sys.executable}: activate the project's "
+        "environment first (source .venv/bin/activate, made by `make install`), or install the package with "
+        "pip install -e ."
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return _run(argv)
     except PdropEvalError as err:
         print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as err:
+        print(f"error: {missing_dependency(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: predictions written so far are kept; rerun the same command to resume", file=sys.stderr)

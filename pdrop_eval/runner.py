@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from pdrop_eval import __version__
 from pdrop_eval.data.sample import Sample
@@ -32,6 +31,7 @@ from pdrop_eval.metrics import ScoredRecord, get_metric
 from pdrop_eval.models import LoadedVLM, build_batch, decode, image_token_count, load_vlm
 from pdrop_eval.models.images import expand_to_square, to_rgb
 from pdrop_eval.plan import RunPlan, budget_schedules, schedule_record
+from pdrop_eval.progress import TaskProgress, is_terminal, quiet_loading_bars
 from pdrop_eval.pyramid.engine import DecoderParts
 from pdrop_eval.pyramid.flops import ModelShape, sample_flops
 from pdrop_eval.pyramid.schedule import DropSchedule
@@ -249,29 +249,22 @@ class TaskEvaluator:
         mine = shard(data.samples, self.world)
         pending = [s for s in mine if any(_sample_key(s) not in done[label] for label in labels)]
         writers = {label: ShardWriter(run_dir, task.name, label, self.world.rank) for label in labels}
-        bars = {
-            label: tqdm(
-                total=len(mine),
-                initial=sum(_sample_key(s) in done[label] for s in mine),
-                desc=f"{task.name} {label}",
-                unit="sample",
-                position=index,
-                leave=True,
-                disable=not self.world.is_main,
-                mininterval=1.0,
-            )
-            for index, label in enumerate(labels)
-        }
+        progress = TaskProgress(
+            task.name,
+            labels,
+            len(mine),
+            {label: sum(_sample_key(s) in done[label] for s in mine) for label in labels},
+            enabled=self.world.is_main,
+        )
         max_new_tokens = self.plan.max_new_tokens or task.max_new_tokens
         try:
             for start in range(0, len(pending), self.plan.batch_size):
                 batch = pending[start : start + self.plan.batch_size]
-                self._run_batch(task, batch, done, writers, bars, max_new_tokens)
+                self._run_batch(task, batch, done, writers, progress, max_new_tokens)
         finally:
-            for bar in bars.values():
-                bar.close()
+            progress.close()
 
-    def _run_batch(self, task, batch, done, writers, bars, max_new_tokens) -> None:
+    def _run_batch(self, task, batch, done, writers, progress, max_new_tokens) -> None:
         loaded = self.loaded
         images = [sample.load_image() for sample in batch]
         inputs = build_batch(loaded, [sample.prompt for sample in batch], images)
@@ -317,7 +310,7 @@ class TaskEvaluator:
             ]
             writers[label].append(records)
             done[label].update(_sample_key(batch[i]) for i in rows)
-            bars[label].update(len(rows))
+            progress.update(label, len(rows))
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -451,9 +444,10 @@ def _model_info(plan: RunPlan, loaded: LoadedVLM, dtype: str, device: torch.devi
 
 
 def finalize(
-    plan: RunPlan, loaded: LoadedVLM, tasks: list[TaskData], schedules: Sequence[DropSchedule], run_info: dict
+    plan: RunPlan, loaded: LoadedVLM | None, tasks: list[TaskData], schedules: Sequence[DropSchedule], run_info: dict
 ) -> dict[str, Any]:
-    """Rank 0, after every rank finished: merge shards, score, write metrics.json and the sample images."""
+    """Rank 0, after every rank finished: merge shards, score, write metrics.json and the sample images (those
+    only with a model loaded: a rerun of a complete run keeps the ones it saved)."""
     results, task_info = [], {}
     for data in tasks:
         order = [_sample_key(s) for s in data.samples]
@@ -471,9 +465,13 @@ def finalize(
             if plan.scorer == "vlmeval":
                 result["metrics"].update(_vlmeval_metrics(plan, data, schedule, records))
             results.append(result)
-        _save_sample_images(plan, loaded, data)
+        if loaded is not None:
+            _save_sample_images(plan, loaded, data)
         reference = data.task.reference
         task_info[data.task.name] = {
+            "size": data.task.size,
+            "max_new_tokens": plan.max_new_tokens or data.task.max_new_tokens,
+            "prompt_suffix": data.task.prompt_suffix,
             "metrics": list(data.task.metrics),
             "primary_metric": get_metric(data.task.metrics[0]).primary,
             "reference": None
@@ -531,6 +529,37 @@ def _resolve_schedules(plan: RunPlan, loaded: LoadedVLM, tasks: list[TaskData], 
     return schedules
 
 
+def _finished_run_info(plan: RunPlan, tasks: list[TaskData]) -> dict[str, Any] | None:
+    """The previous metrics.json's run description when every task × schedule already has every sample on disk
+    (nothing left to compute, so the model need not load), else None. Budgets need the model to pick their λ."""
+    if plan.overwrite or plan.budgets or not plan.schedules:
+        return None
+    try:
+        previous = json.loads((plan.run_dir / "metrics.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(previous, dict) or not isinstance(previous.get("run"), dict):
+        return None
+    for data in tasks:
+        wanted = {_sample_key(s) for s in data.samples}
+        for schedule in plan.schedules:
+            if not wanted <= set(read_predictions(plan.run_dir, data.task.name, schedule.label)):
+                return None
+    return previous["run"]
+
+
+def _rebuild_finished(plan: RunPlan, tasks: list[TaskData], previous: dict[str, Any]) -> dict[str, Any]:
+    print(
+        f"run {plan.run_dir} is already complete ({len(tasks)} task(s) × {len(plan.schedules)} schedule(s)): "
+        "rescoring and rebuilding its outputs from disk without loading the model (--overwrite to recompute)",
+        file=sys.stderr,
+    )
+    for schedule in plan.schedules:
+        schedule.validate_for_depth(int((previous.get("model") or {}).get("num_layers") or 10**6))
+    run_info = {**previous, "command": list(plan.command), "git_sha": _git_sha(), "data_files": {}}
+    return finalize(plan, None, tasks, plan.schedules, run_info)
+
+
 def run(plan: RunPlan) -> dict[str, Any] | None:
     """The whole run; returns metrics.json's content on rank 0 (None elsewhere)."""
     world = current_world()
@@ -538,8 +567,13 @@ def run(plan: RunPlan) -> dict[str, Any] | None:
     dtype = _resolved_dtype(plan.dtype, device)
     _check_writable(plan.run_dir)
     tasks = prepare_tasks(plan)
+    if world.size == 1 and (previous := _finished_run_info(plan, tasks)) is not None:
+        _check_resume(plan.run_dir, _settings(plan, dtype, tasks), world)
+        return _rebuild_finished(plan, tasks, previous)
     init(world, device)
     torch.manual_seed(plan.seed)
+    if not is_terminal():
+        quiet_loading_bars()
     loaded = load_vlm(plan.model, dtype=dtype, device=str(device), attn=plan.attn)
     depth = DecoderParts.from_model(loaded.model).num_layers
     schedules = _resolve_schedules(plan, loaded, tasks, depth)

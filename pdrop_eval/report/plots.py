@@ -27,6 +27,13 @@ _SAME_SCALE = 2.0
 
 def plot_task(rows: pd.DataFrame, reference: pd.DataFrame, convention: str, out_path: Path, task: str) -> Path:
     """Write the plot for one task's rows (one or several runs) and its published reference rows."""
+    fig = task_figure(rows, reference, convention, task)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_path, dpi=110)
+    return out_path
+
+
+def task_figure(rows: pd.DataFrame, reference: pd.DataFrame, convention: str, task: str) -> Figure:
     x = f"tflops_{convention}"
     metric = rows["primary_metric"].iloc[0]
     fig = Figure(figsize=(9.5, 5.2))
@@ -70,9 +77,7 @@ def plot_task(rows: pd.DataFrame, reference: pd.DataFrame, convention: str, out_
     _keep_y_in_range(ax, rows)
     ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False)
     fig.tight_layout()
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_path, dpi=110)
-    return out_path
+    return fig
 
 
 def _same_scale(rows: pd.DataFrame, paper: pd.DataFrame, x: str) -> bool:
