@@ -347,3 +347,47 @@ def test_device_that_does_not_exist_is_one_line(tmp_path, capsys):
     for device, expected in (("tpu:9", "not a device"), ("cuda:99", "GPU this machine does not have")):
         assert _run(tmp_path, "--lambda", "0.5", "--device", device) == 2
         assert expected in _error(capsys.readouterr().err)
+
+
+def test_complete_run_is_rebuilt_without_loading_the_model(tmp_path, monkeypatch, capsys):
+    assert _run(tmp_path, "--lambda", "0.5", "--baselines", "vanilla", "--limit", "2") == 0
+    before = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    loads = []
+    monkeypatch.setattr(runner, "load_vlm", lambda *a, **k: loads.append(a) or _fail_if_model_loads())
+    capsys.readouterr()
+    assert _run(tmp_path, "--lambda", "0.5", "--baselines", "vanilla", "--limit", "2") == 0
+    assert loads == []
+    assert "is already complete" in capsys.readouterr().err
+    after = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert [r["primary"] for r in after["results"]] == [r["primary"] for r in before["results"]]
+    assert after["run"]["model"] == before["run"]["model"] and after["tasks"]["shapes"]["size"] == 300
+    with pytest.raises(AssertionError, match="must not be loaded"):
+        _run(tmp_path, "--lambda", "0.5", "--baselines", "vanilla", "--limit", "3")
+    assert len(loads) == 1, "a run with samples left to compute loads the model"
+
+
+def test_progress_in_a_log_file_is_plain_lines(tmp_path, monkeypatch, capsys):
+    from pdrop_eval import progress
+
+    monkeypatch.setattr(progress, "LOG_INTERVAL_S", 0.0)
+    assert _run(tmp_path, "--lambda", "0.5", "--limit", "4") == 0
+    err = capsys.readouterr().err
+    assert "\r" not in err and "\x1b" not in err
+    lines = [line for line in err.splitlines() if line.startswith("shapes: ")]
+    assert len(lines) >= 2 and lines[-1].startswith("shapes: 4/4 samples through all 1 schedules")
+
+
+def test_a_missing_package_is_one_error_line():
+    import subprocess
+    import sys
+
+    script = (
+        "import sys; sys.modules['torch'] = None; "
+        "sys.argv = ['run_eval.py', '--model', 'tiny-llava', '--tasks', 'shapes', '--lambda', '0.5']; "
+        "exec(open('run_eval.py').read())"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          cwd=Path(__file__).parents[1])
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [_error(done.stderr)]
+    assert "'torch' is not installed" in done.stderr and "source .venv/bin/activate" in done.stderr
