@@ -165,7 +165,14 @@ def _report(argv: Sequence[str]) -> int:
     args = build_report_parser().parse_args(argv)
     paths = build_reports([Path(d) for d in args.run_dirs], Path(args.out) if args.out else None, tflops=args.tflops)
     print(f"wrote {_spreadsheet_line(paths)}\nwrote {paths.markdown}\nwrote {paths.html}")
+    _print_warnings(paths)
     return 0
+
+
+def _print_warnings(paths) -> None:
+    """The report's caveats (another model than the paper's, a partial task, unlike runs) on the console too."""
+    for line in paths.warnings:
+        print(f"warning: {line}", file=sys.stderr)
 
 
 def _spreadsheet_line(paths) -> str:
@@ -186,6 +193,7 @@ def _evaluate(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
         paths = build_reports([plan.run_dir])
         print(f"spreadsheet {_spreadsheet_line(paths)}; report {paths.html}")
+        _print_warnings(paths)
     return 0
 
 
