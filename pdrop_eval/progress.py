@@ -50,8 +50,15 @@ class TaskProgress:
         self.start_count = self._overall()
         if enabled and self.terminal:
             self.bars = {
-                label: tqdm(total=total, initial=self.done[label], desc=f"{task} {label}", unit="sample",
-                            position=index, leave=True, mininterval=1.0)
+                label: tqdm(
+                    total=total,
+                    initial=self.done[label],
+                    desc=f"{task} {label}",
+                    unit="sample",
+                    position=index,
+                    leave=True,
+                    mininterval=1.0,
+                )
                 for index, label in enumerate(self.labels)
             }
 
@@ -70,8 +77,12 @@ class TaskProgress:
         finished = self._overall()
         rate = (finished - self.start_count) / (now - self.started) if now > self.started else 0.0
         left = f", {(self.total - finished) / rate / 60:.0f} min left" if rate > 0 and finished < self.total else ""
-        print(f"{self.task}: {finished}/{self.total} samples through all {len(self.labels)} schedules, "
-              f"{rate:.2f} samples/s{left}", file=sys.stderr, flush=True)
+        print(
+            f"{self.task}: {finished}/{self.total} samples through all {len(self.labels)} schedules, "
+            f"{rate:.2f} samples/s{left}",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def close(self) -> None:
         for bar in self.bars.values():

@@ -13,8 +13,15 @@ from pdrop_eval.pyramid.flops import average_retained_tokens, image_tokens_per_l
 
 
 def _plan(budgets: tuple[float, ...], layers: tuple[tuple[int, ...], ...] = ((8, 16, 24),)) -> RunPlan:
-    return RunPlan(model="m", tasks=("gqa",), schedules=(), run_name="r", output_dir=Path("."), budgets=budgets,
-                   budget_layers=layers)
+    return RunPlan(
+        model="m",
+        tasks=("gqa",),
+        schedules=(),
+        run_name="r",
+        output_dir=Path("."),
+        budgets=budgets,
+        budget_layers=layers,
+    )
 
 
 def test_readme_budgets_below_the_floor_are_refused_naming_floor_and_layers():

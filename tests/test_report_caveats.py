@@ -102,9 +102,16 @@ def test_kept_maps_show_question_gold_and_every_schedules_answer(tmp_path):
     html = paths.html.read_text(encoding="utf-8")
     first = [json.loads(p.read_text().splitlines()[0]) for p in sorted((run_dir / "predictions/shapes").iterdir())]
     caption = next(c for c in html.split("<figcaption>")[1:] if "sample 0 (run a)" in c)
-    assert "Question: &#x27;What colour is shape 0?&#x27;" in caption and f"Gold: &#x27;{first[0]['gold']}&#x27;" in caption
-    for name in ("vanilla (all image tokens)", "PDrop λ0.5 at 8-16-24", "PDrop λ0.254 at 8-16-24",
-                 "random drop at 8-16-24, keep 50%/25%/12.5%"):
+    assert (
+        "Question: &#x27;What colour is shape 0?&#x27;" in caption
+        and f"Gold: &#x27;{first[0]['gold']}&#x27;" in caption
+    )
+    for name in (
+        "vanilla (all image tokens)",
+        "PDrop λ0.5 at 8-16-24",
+        "PDrop λ0.254 at 8-16-24",
+        "random drop at 8-16-24, keep 50%/25%/12.5%",
+    ):
         assert name in caption
     assert all(f"&#x27;{record['prediction']}&#x27;" in caption for record in first)
     assert sorted(p.name for p in paths.figures if "_kept_" in p.name) == ["shapes_kept_a_0.png", "shapes_kept_a_1.png"]

@@ -67,9 +67,15 @@ def test_mmbench_resamples_questions_not_rotations():
     records = []
     for base, right in ((1, (1, 1)), (2, (1, 0)), (3, (0, 0))):
         for rotation, ok in enumerate(right):
-            records.append({"id": base + rotation * 1_000_000, "prediction": "A" if ok else "B", "gold": "A",
-                            "scores": {"mmbench_circular": float(ok)},
-                            "meta": {"index": base + rotation * 1_000_000, "options": options}})
+            records.append(
+                {
+                    "id": base + rotation * 1_000_000,
+                    "prediction": "A" if ok else "B",
+                    "gold": "A",
+                    "scores": {"mmbench_circular": float(ok)},
+                    "meta": {"index": base + rotation * 1_000_000, "options": options},
+                }
+            )
     units = schedule_units(records, "mmbench_circular", "circular_accuracy", 100 / 3)
     assert units.keys == ["1", "2", "3"] and list(units.values) == [1.0, 0.0, 0.0]
 

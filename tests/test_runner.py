@@ -386,8 +386,14 @@ def test_a_missing_package_is_one_error_line():
         "sys.argv = ['run_eval.py', '--model', 'tiny-llava', '--tasks', 'shapes', '--lambda', '0.5']; "
         "exec(open('run_eval.py').read())"
     )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
-                          cwd=Path(__file__).parents[1])
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).parents[1],
+    )
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [_error(done.stderr)]
     assert "'torch' is not installed" in done.stderr and "source .venv/bin/activate" in done.stderr

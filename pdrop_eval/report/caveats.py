@@ -71,10 +71,15 @@ def paper_model_caveats(runs: list[Run]) -> list[Caveat]:
             if not reference or not reference.get("model"):
                 continue
             if model_key(ours) != model_key(reference["model"]):
-                out.append(Caveat(task, (
-                    f"run {run.name} evaluated {ours}, but the paper's {task} numbers are for {reference['model']}: "
-                    "'ours − paper' compares two different models, not a reproduction"
-                )))
+                out.append(
+                    Caveat(
+                        task,
+                        (
+                            f"run {run.name} evaluated {ours}, but the paper's {task} numbers are for {reference['model']}: "
+                            "'ours − paper' compares two different models, not a reproduction"
+                        ),
+                    )
+                )
     return out
 
 
@@ -86,10 +91,15 @@ def partial_task_caveats(runs: list[Run], frame: pd.DataFrame) -> list[Caveat]:
             size = _task_size(run, str(task))
             n = rows["n"].dropna()
             if size and len(n) and n.max() < size:
-                out.append(Caveat(str(task), (
-                    f"run {run.name} scored {task} on n={int(n.max()):,} of its {size:,} samples "
-                    f"({int(n.max()) / size:.1%}): not comparable with full-set numbers such as the paper's"
-                )))
+                out.append(
+                    Caveat(
+                        str(task),
+                        (
+                            f"run {run.name} scored {task} on n={int(n.max()):,} of its {size:,} samples "
+                            f"({int(n.max()) / size:.1%}): not comparable with full-set numbers such as the paper's"
+                        ),
+                    )
+                )
     return out
 
 
@@ -116,10 +126,14 @@ def incompatible_runs(runs: list[Run], frame: pd.DataFrame) -> dict[str, list[st
 
 def merge_caveats(runs: list[Run], frame: pd.DataFrame) -> list[Caveat]:
     return [
-        Caveat(task, (
-            f"the runs merged for {task} differ in " + "; ".join(differing)
-            + ": their rows are shown side by side with a Pareto front per run, not one front across them"
-        ))
+        Caveat(
+            task,
+            (
+                f"the runs merged for {task} differ in "
+                + "; ".join(differing)
+                + ": their rows are shown side by side with a Pareto front per run, not one front across them"
+            ),
+        )
         for task, differing in incompatible_runs(runs, frame).items()
     ]
 

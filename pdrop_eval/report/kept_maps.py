@@ -8,6 +8,7 @@ row-major over the fixed patch grid of the padded square image; models without a
 from __future__ import annotations
 
 import json
+import textwrap
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +63,7 @@ class ScheduleKept:
 
     name: str
     prediction: str
+    score: float
     layers: tuple[int, ...]
     kept: tuple[tuple[int, ...], ...]
 
@@ -129,6 +131,7 @@ def find_sample_views(
                 ScheduleKept(
                     name=name,
                     prediction=str(record.get("prediction", "")).strip(),
+                    score=float(record.get("score") or 0.0),
                     layers=layers,
                     kept=tuple(tuple(int(i) for i in stage) for stage in record.get("kept_image_indices") or []),
                 )
@@ -155,7 +158,14 @@ def view_mismatch(view: SampleView, grid: tuple[int, int]) -> str | None:
     return None
 
 
+def _verdict(score: float) -> str:
+    """Right, wrong, or the partial credit (VQA accuracy, ANLS) the scorer gave this answer."""
+    return "✓" if score >= 1.0 else "✗" if score <= 0.0 else f"({score:.2f})"
+
+
 def _short(text: str, width: int = 60) -> str:
+    """One printable line: a random model's answers hold control characters no font can draw."""
+    text = "".join(c if c.isprintable() else "·" for c in text)
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
@@ -176,13 +186,14 @@ def draw_sample_view(view: SampleView, grid: tuple[int, int], out_path: Path) ->
     axes[0, 0].set_title(f"input: {view.num_image_tokens} tokens ({grid[0]}×{grid[1]})", fontsize=9)
     others = [s for s in view.schedules if not s.kept]
     lines = [f"Q: {_short(view.question, 70)}", f"gold: {_short(view.gold)}"]
-    lines += [f"{s.name}: {_short(s.prediction, 40)}" for s in others]
+    lines += [f"{s.name}: {_short(s.prediction, 40)} {_verdict(s.score)}" for s in others]
     axes[0, 1].text(0, 0.95, "\n".join(lines), va="top", ha="left", fontsize=9, transform=axes[0, 1].transAxes,
                     wrap=True)
     for r, schedule in enumerate(rows, start=1):
-        mark = "✓" if schedule.prediction.lower() == view.gold.lower() else "✗"
-        axes[r, 0].text(0, 0.5, f"{schedule.name}\nanswer: {_short(schedule.prediction, 28)} {mark}", va="center",
-                        ha="left", fontsize=8.5, transform=axes[r, 0].transAxes, wrap=True)
+        mark = _verdict(schedule.score)
+        name = textwrap.fill(schedule.name, 26)
+        axes[r, 0].text(0, 0.5, f"{name}\nanswer: {_short(schedule.prediction, 18)} {mark}", va="center",
+                        ha="left", fontsize=8.5, transform=axes[r, 0].transAxes)
         for stage, (kept, layer) in enumerate(zip(schedule.kept, schedule.layers), start=1):
             ax = axes[r, stage]
             ax.axis("on")

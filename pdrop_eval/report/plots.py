@@ -11,6 +11,7 @@ import pandas as pd
 from matplotlib import patheffects
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, MaxNLocator
 from matplotlib.transforms import offset_copy
 
 from pdrop_eval.report.table import TFLOPS_CONVENTIONS, pdrop_curves, readable_schedule
@@ -70,6 +71,9 @@ def task_figure(rows: pd.DataFrame, reference: pd.DataFrame, convention: str, ta
             handles.append(handle)
             labels.append(f"paper ({point['paper_model']}): {point['paper_method']}")
     ax.set_xlabel(f"TFLOPs per sample, {convention} convention ({TFLOPS_CONVENTIONS[convention]})")
+    # Tiny models cost thousandths of a TFLOP: plain ticks would print 0.0006, 0.0008… into one another.
+    ax.xaxis.set_major_locator(MaxNLocator(6))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:.3g}"))
     ax.set_ylabel(f"{metric} (%)")
     ax.set_title(f"{task}: {metric} vs TFLOPs — higher and further left is better")
     ax.grid(True, alpha=0.3)

@@ -38,9 +38,7 @@ SEED = 0
 CONFIDENCE = 0.95
 _CHUNK = 100
 # Per-sample scores whose primary is their plain mean ×100 (checked against `aggregate` before use).
-_MEAN_OF_SCORES = frozenset(
-    {"exact_match", "vqa_accuracy", "mcq_accuracy", "anls", "relaxed_accuracy", "ocrvqa_exact"}
-)
+_MEAN_OF_SCORES = frozenset({"exact_match", "vqa_accuracy", "mcq_accuracy", "anls", "relaxed_accuracy", "ocrvqa_exact"})
 SIGNIFICANCE_COLUMNS = (
     "ci_low",
     "ci_high",
@@ -185,10 +183,9 @@ def _close(a: float, b: float) -> bool:
 
 
 def _replicate_weights(rng: np.random.Generator, units: int, replicates: int) -> np.ndarray:
-    draws = rng.integers(0, units, size=(replicates, units))
-    weights = np.zeros((replicates, units))
-    np.add.at(weights, (np.arange(replicates)[:, None], draws), 1.0)
-    return weights
+    """How often each unit is drawn in each of `replicates` resamples of `units` units with replacement."""
+    draws = rng.integers(0, units, size=(replicates, units)) + units * np.arange(replicates)[:, None]
+    return np.bincount(draws.ravel(), minlength=replicates * units).reshape(replicates, units).astype(float)
 
 
 def _bootstrap(units: Units, other: Units | None = None) -> np.ndarray:
