@@ -115,3 +115,12 @@ def test_kept_maps_show_question_gold_and_every_schedules_answer(tmp_path):
         assert name in caption
     assert all(f"&#x27;{record['prediction']}&#x27;" in caption for record in first)
     assert sorted(p.name for p in paths.figures if "_kept_" in p.name) == ["shapes_kept_a_0.png", "shapes_kept_a_1.png"]
+
+
+def test_a_long_run_name_wraps_in_the_header(tmp_path):
+    name = "llava-1.5-7b_gqa-textvqa-pope-mmbench-mmstar_" * 4
+    paths = build_reports([write_sampled_run(tmp_path, name.rstrip("_"))])
+    html = paths.html.read_text(encoding="utf-8")
+    style = html.split("<style>")[1].split("</style>")[0]
+    assert "h1, h2, h3, p, figcaption { overflow-wrap: anywhere; }" in style
+    assert f"<h1>PyramidDrop sweep: {name.rstrip('_')}</h1>" in html

@@ -199,7 +199,8 @@ def draw_sample_view(view: SampleView, grid: tuple[int, int], out_path: Path) ->
             ax.axis("on")
             ax.imshow(dim_dropped(image, kept, grid), interpolation="nearest")
             ax.set_title(f"after layer {layer}: {len(kept)} kept", fontsize=8.5)
-    fig.suptitle(f"{view.task} · sample {view.sample_id} · run {view.run}  (dimmed = dropped)", fontsize=11)
+    title = f"{view.task} · sample {view.sample_id} · run {view.run}  (dimmed = dropped)"
+    fig.suptitle(textwrap.fill(title, 16 * (stages + 1), break_on_hyphens=False), fontsize=11)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_path, dpi=100)
     return out_path
