@@ -369,8 +369,14 @@ def test_complete_run_is_rebuilt_without_loading_the_model(tmp_path, monkeypatch
 def test_progress_in_a_log_file_is_plain_lines(tmp_path, monkeypatch, capsys):
     from pdrop_eval import progress
 
+    from transformers.utils import logging as hf_logging
+
     monkeypatch.setattr(progress, "LOG_INTERVAL_S", 0.0)
-    assert _run(tmp_path, "--lambda", "0.5", "--limit", "4") == 0
+    try:
+        assert _run(tmp_path, "--lambda", "0.5", "--limit", "4") == 0
+        assert not hf_logging.is_progress_bar_enabled(), "model-loading bars are off when stderr is a log"
+    finally:
+        hf_logging.enable_progress_bar()
     err = capsys.readouterr().err
     assert "\r" not in err and "\x1b" not in err
     lines = [line for line in err.splitlines() if line.startswith("shapes: ")]
