@@ -12,7 +12,7 @@ import pytest
 
 from pdrop_eval.report import build_reports
 from pdrop_eval.report.load import load_run
-from pdrop_eval.report.significance import mcnemar_p, schedule_units
+from pdrop_eval.report.significance import RESAMPLES, mcnemar_p, schedule_units
 from pdrop_eval.report.table import results_frame
 from tests.run_fixtures import write_sampled_run
 
@@ -106,3 +106,13 @@ def test_spreadsheet_and_html_show_intervals_tests_and_agreement(tmp_path):
     low, high = expected["ci_low"], expected["ci_high"]
     assert f"[{low:.2f}, {high:.2f}]" in html and f"{expected['agreement']:.1f}% of 48" in html
     assert "McNemar" in html and "cannot be told apart from noise" in html
+
+
+def test_pope_statistic_reproduces_the_official_f1_so_the_fast_path_is_used(tmp_path):
+    run_dir = write_sampled_run(tmp_path, "p", task="pope", n=300)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    for result in metrics["results"]:
+        records = [json.loads(line) for line in (run_dir / result["predictions"]).read_text().splitlines()]
+        units = schedule_units(records, "pope", "f1_mean", result["primary"])
+        assert units.resamples == RESAMPLES, "the vectorised F1 must equal the POPE metric's own aggregate"
+        assert float(units.statistic(np.ones((1, 300)))[0]) == pytest.approx(result["primary"], rel=1e-12)

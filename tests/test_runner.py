@@ -367,9 +367,9 @@ def test_complete_run_is_rebuilt_without_loading_the_model(tmp_path, monkeypatch
 
 
 def test_progress_in_a_log_file_is_plain_lines(tmp_path, monkeypatch, capsys):
-    from pdrop_eval import progress
-
     from transformers.utils import logging as hf_logging
+
+    from pdrop_eval import progress
 
     monkeypatch.setattr(progress, "LOG_INTERVAL_S", 0.0)
     try:
