@@ -42,12 +42,14 @@ def task_figure(rows: pd.DataFrame, reference: pd.DataFrame, convention: str, ta
     colours = iter(f"C{i}" for i in range(1000))
     for i, (label, curve) in enumerate(pdrop_curves(rows, x).items()):
         colour = next(colours)
-        ax.plot(curve[x], curve["primary"], marker="o", ms=_MARKER_SIZE["o"], color=colour, label=label)
+        ax.plot(curve[x], curve["primary"], marker="o", ms=_MARKER_SIZE["o"], color=colour, label=label, clip_on=False)
         _error_bars(ax, curve, x, colour)
         offset = _LAMBDA_LABEL_OFFSETS[i % len(_LAMBDA_LABEL_OFFSETS)]
         for _, point in curve.iterrows():
             if pd.notna(point["lam"]):
-                ax.annotate(f"λ{point['lam']:g}", (point[x], point["primary"]), xytext=offset, zorder=5,
+                # A label below a point on the axis floor would print over the tick labels.
+                at = _LAMBDA_LABEL_OFFSETS[1] if point["primary"] <= rows["primary"].min() else offset
+                ax.annotate(f"λ{round(point['lam'], 3):g}", (point[x], point["primary"]), xytext=at, zorder=5,
                             textcoords="offset points", fontsize=8, color=colour, path_effects=_HALO)
     several_runs = rows["run"].nunique() > 1
     placed: list[tuple[float, float]] = []
@@ -57,7 +59,7 @@ def task_figure(rows: pd.DataFrame, reference: pd.DataFrame, convention: str, ta
         colour = next(colours)
         transform = _beside_earlier(ax, fig, placed, rows, point, x)
         ax.plot([point[x]], [point["primary"]], linestyle="none", marker=marker, ms=_MARKER_SIZE.get(marker, 8),
-                color=colour, label=label, transform=transform, zorder=4)
+                color=colour, label=label, transform=transform, zorder=4, clip_on=False)
         _error_bars(ax, point.to_frame().T, x, colour, transform)
     handles, labels = ax.get_legend_handles_labels()
     paper = reference[reference["task"] == task].drop_duplicates(["paper_method"])
@@ -117,12 +119,15 @@ def _error_bars(ax: Axes, points: pd.DataFrame, x: str, colour: str, transform=N
 
 def _beside_earlier(ax: Axes, fig: Figure, placed: list[tuple[float, float]], rows: pd.DataFrame,
                     point: pd.Series, x: str):
-    """A marker that lands on an earlier one (same TFLOPs and score, or a PDrop point) is shifted sideways by a few
-    points so both stay visible; the data values are unchanged."""
-    here = (round(float(point[x]), 12), round(float(point["primary"]), 9))
+    """A marker that would land on an earlier one or on a PDrop point (within 1% of the axes' spans: a 0.1%
+    TFLOPs difference is invisible) is shifted sideways by a few points per clash so each stays visible; the data
+    values are unchanged."""
+    span_x = float(rows[x].max() - rows[x].min()) or abs(float(rows[x].max())) or 1.0
+    span_y = max(float(rows["primary"].max() - rows["primary"].min()), 10.0)
+    here = (float(point[x]), float(point["primary"]))
     pdrop = rows[rows["method"] == "pdrop"]
-    on_curve = ((pdrop[x].round(12) == here[0]) & (pdrop["primary"].round(9) == here[1])).any()
-    clashes = placed.count(here) + int(on_curve)
+    taken = [*placed, *zip(pdrop[x].astype(float), pdrop["primary"].astype(float))]
+    clashes = sum(abs(cx - here[0]) <= 0.01 * span_x and abs(cy - here[1]) <= 0.01 * span_y for cx, cy in taken)
     placed.append(here)
     return offset_copy(ax.transData, fig=fig, x=9 * clashes, y=0, units="points") if clashes else ax.transData
 
