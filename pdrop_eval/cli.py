@@ -21,7 +21,7 @@ from pdrop_eval.errors import PdropEvalError, PdropEvalWarning
 EXAMPLES = """examples:
   python run_eval.py --model llava-hf/llava-1.5-7b-hf --tasks gqa,mmstar --lambda 0.5
   python run_eval.py --tasks pope --lambda 0.3,0.4,0.5,0.6 --layers 8,16,24 --layers 4,12,20 --baselines vanilla,fastv
-  python run_eval.py --tasks textvqa --budget 192,128,64
+  python run_eval.py --tasks textvqa --budget 192,128,64 --layers 2,6,12
   torchrun --nproc_per_node 8 run_eval.py --tasks gqa --lambda 0.5 --batch-size 16
   python run_eval.py report results/demo            # rebuild the spreadsheet and report from disk
   python run_eval.py --list-tasks
@@ -201,7 +201,14 @@ def _report(argv: Sequence[str]) -> int:
         if lock is not None:
             lock.release()
     print(f"wrote {_spreadsheet_line(paths)}\nwrote {paths.markdown}\nwrote {paths.html}")
+    _print_warnings(paths)
     return 0
+
+
+def _print_warnings(paths) -> None:
+    """The report's caveats (another model than the paper's, a partial task, unlike runs) on the console too."""
+    for line in paths.warnings:
+        print(f"warning: {line}", file=sys.stderr)
 
 
 def _spreadsheet_line(paths) -> str:
@@ -219,6 +226,7 @@ def _evaluate(args: argparse.Namespace, argv: Sequence[str]) -> int:
     print(f"predictions and metrics.json in {plan.run_dir}")
     if outcome.report is not None:
         print(f"spreadsheet {_spreadsheet_line(outcome.report)}; report {outcome.report.html}")
+        _print_warnings(outcome.report)
     return 0
 
 
@@ -253,6 +261,15 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 _PYTHON_SHOWWARNING = warnings.showwarning
 
 
+def missing_dependency(err: ModuleNotFoundError) -> str:
+    """Usually the project's virtual environment is not active (after `make demo`, `python` is the system one)."""
+    return (
+        f"the Python package {err.name or str(err)!r} is not installed for {sys.executable}: activate the project's "
+        "environment first (source .venv/bin/activate, made by `make install`), or install the package with "
+        "pip install -e ."
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     with warnings.catch_warnings():
@@ -261,6 +278,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(argv)
         except PdropEvalError as err:
             return _fail(str(err), 2)
+        except ModuleNotFoundError as err:
+            return _fail(missing_dependency(err), 2)
         except OSError as err:
             where = f" {err.filename}" if err.filename else ""
             return _fail(

@@ -7,6 +7,7 @@ with one clear line. User values are parsed with json / ast.literal_eval, never 
 from __future__ import annotations
 
 import ast
+import functools
 import itertools
 import math
 import re
@@ -103,24 +104,104 @@ def parse_ratio_lists(values: Sequence[str]) -> tuple[tuple[float, ...], ...]:
     )
 
 
+LAMBDA_STEPS = 1000  # λ is searched on a 0.001 grid
+
+
+@functools.lru_cache(maxsize=64)
+def _valid_lambdas(layers: tuple[int, ...], num_image_tokens: int) -> tuple[float, ...]:
+    """λ on the 0.001 grid whose every stage keeps at least one image token: a stage with none left would make
+    every later layer text-only, which is no longer the method being measured."""
+    lams = [step / LAMBDA_STEPS for step in range(1, LAMBDA_STEPS + 1)]
+    return tuple(
+        lam
+        for lam in lams
+        if all(keep >= 1 for keep in _stage_keeps(DropSchedule.pyramid(lam, layers), num_image_tokens, len(layers)))
+    )
+
+
+def _stage_keeps(schedule: DropSchedule, num_image_tokens: int, stages: int) -> list[int]:
+    return [schedule.keep_count(num_image_tokens, stage) for stage in range(stages)]
+
+
+def _average(lam: float, layers: tuple[int, ...], num_layers: int, num_image_tokens: int) -> float:
+    return average_retained_tokens(
+        image_tokens_per_layer(DropSchedule.pyramid(lam, layers), num_layers, num_image_tokens)
+    )
+
+
+def budget_range(layers: tuple[int, ...], num_layers: int, num_image_tokens: int) -> tuple[float, float]:
+    """The fewest and most average retained image tokens PDrop can give at `layers` (every stage keeping ≥1)."""
+    valid = _valid_lambdas(layers, num_image_tokens)
+    if not valid:
+        raise PdropEvalError(
+            f"--layers {_layers_text(layers)}: {num_image_tokens} image tokens cannot keep one token through "
+            f"{len(layers)} stages of λ, λ², λ³…: use fewer drop layers"
+        )
+    return _average(valid[0], layers, num_layers, num_image_tokens), float(num_image_tokens)
+
+
 def lambda_for_budget(budget: float, layers: tuple[int, ...], num_layers: int, num_image_tokens: int) -> float:
-    """The λ (to 0.001) whose average retained image tokens per layer is closest to `budget`."""
-    best, best_gap = 1.0, float("inf")
-    for step in range(1, 1001):
-        lam = step / 1000
-        tokens = image_tokens_per_layer(DropSchedule.pyramid(lam, layers), num_layers, num_image_tokens)
-        gap = abs(average_retained_tokens(tokens) - budget)
-        if gap < best_gap:
-            best, best_gap = lam, gap
-    return best
+    """The λ (to 0.001) whose average retained image tokens per layer is closest to `budget`, among the λ that keep
+    at least one image token at every stage."""
+    return min(
+        _valid_lambdas(layers, num_image_tokens),
+        key=lambda lam: abs(_average(lam, layers, num_layers, num_image_tokens) - budget),
+    )
+
+
+def layers_reaching(budget: float, layers: tuple[int, ...], num_layers: int, num_image_tokens: int) -> tuple[int, ...]:
+    """The same layer list shrunk towards layer 1 until its floor is below `budget` (what to suggest instead).
+
+    The floor is set by the first drop layer (every image token goes through the layers before it), so the list is
+    scaled by the largest first layer that can reach the budget; () when even layer 1 cannot.
+    """
+    for first in range(layers[0], 0, -1):
+        scaled = tuple(dict.fromkeys(max(1, round(layer * first / layers[0])) for layer in layers))
+        if budget_range(scaled, num_layers, num_image_tokens)[0] <= budget:
+            return scaled
+    return ()
+
+
+def _layers_text(layers: tuple[int, ...]) -> str:
+    return ",".join(str(layer) for layer in layers)
+
+
+def _check_budget(budget: float, layers: tuple[int, ...], num_layers: int, num_image_tokens: int) -> None:
+    floor, ceiling = budget_range(layers, num_layers, num_image_tokens)
+    if budget > ceiling:
+        raise PdropEvalError(
+            f"--budget {budget:g} is more than the {num_image_tokens} image tokens this model gets per image: "
+            f"use a budget up to {num_image_tokens} (or --baselines vanilla for no pruning)"
+        )
+    if budget < floor:
+        shorter = layers_reaching(budget, layers, num_layers, num_image_tokens)
+        advice = f", or drop earlier, e.g. --layers {_layers_text(shorter)}" if shorter else ""
+        raise PdropEvalError(
+            f"--budget {budget:g} cannot be reached with --layers {_layers_text(layers)}: all {num_image_tokens} "
+            f"image tokens go through the first {layers[0]} of {num_layers} layers and every stage keeps at least "
+            f"one, so the floor is {floor:.1f} average tokens; use a budget of at least {floor:.1f}{advice}"
+        )
 
 
 def budget_schedules(plan: RunPlan, num_layers: int, num_image_tokens: int) -> list[tuple[float, DropSchedule]]:
-    """For each layer list and budget, the PDrop schedule whose average retained tokens is closest to it."""
+    """For each layer list and budget, the PDrop schedule whose average retained tokens is closest to it.
+
+    A budget the layer list cannot reach is refused (naming the floor and a layer list that reaches it), and two
+    budgets that land on the same λ are refused too, so every budget asked for is a schedule of its own.
+    """
     chosen = []
-    for layers, budget in itertools.product(plan.budget_layers, plan.budgets):
-        lam = lambda_for_budget(budget, layers, num_layers, num_image_tokens)
-        chosen.append((budget, DropSchedule.pyramid(lam, layers, positions=plan.position_mode)))
+    for layers in plan.budget_layers:
+        by_lambda: dict[float, float] = {}
+        for budget in plan.budgets:
+            _check_budget(budget, layers, num_layers, num_image_tokens)
+            lam = lambda_for_budget(budget, layers, num_layers, num_image_tokens)
+            if lam in by_lambda:
+                raise PdropEvalError(
+                    f"--budget {by_lambda[lam]:g} and {budget:g} both give λ {lam:g} with --layers "
+                    f"{_layers_text(layers)} (λ moves in steps of 0.001): give budgets further apart"
+                )
+            by_lambda[lam] = budget
+            chosen.append((budget, DropSchedule.pyramid(lam, layers, positions=plan.position_mode)))
     return chosen
 
 

@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from tqdm import tqdm
 
 from pdrop_eval import __version__
 from pdrop_eval.data.hf import HFTable
@@ -42,6 +41,7 @@ from pdrop_eval.models import LoadedVLM, build_batch, decode, image_token_count,
 from pdrop_eval.models.batch import check_prompt
 from pdrop_eval.models.images import expand_to_square, to_rgb
 from pdrop_eval.plan import RunPlan, budget_schedules, schedule_record
+from pdrop_eval.progress import TaskProgress, is_terminal, quiet_loading_bars
 from pdrop_eval.pyramid.engine import DecoderParts
 from pdrop_eval.pyramid.flops import ModelShape, sample_flops
 from pdrop_eval.pyramid.schedule import DropSchedule
@@ -348,30 +348,23 @@ class TaskEvaluator:
         mine = shard(data.samples, self.world)
         pending = [s for s in mine if any(_sample_key(s) not in done[label] for label in labels)]
         writers = {label: ShardWriter(run_dir, task.name, label, self.world.rank) for label in labels}
-        bars = {
-            label: tqdm(
-                total=len(mine),
-                initial=sum(_sample_key(s) in done[label] for s in mine),
-                desc=f"{task.name} {label}",
-                unit="sample",
-                position=index,
-                leave=True,
-                disable=not self.world.is_main,
-                mininterval=1.0,
-            )
-            for index, label in enumerate(labels)
-        }
+        progress = TaskProgress(
+            task.name,
+            labels,
+            len(mine),
+            {label: sum(_sample_key(s) in done[label] for s in mine) for label in labels},
+            enabled=self.world.is_main,
+        )
         max_new_tokens = self.plan.max_new_tokens or task.max_new_tokens
         watch = FailureWatch(task.name, total=len(mine), tried=len(mine) - len(pending))
         try:
             for start in range(0, len(pending), self.plan.batch_size):
                 batch = pending[start : start + self.plan.batch_size]
-                usable, images = self._record_failures(task, batch, done, writers, bars, watch)
+                usable, images = self._record_failures(task, batch, done, writers, progress, watch)
                 if usable:
-                    self._run_batch(task, usable, images, done, writers, bars, max_new_tokens)
+                    self._run_batch(task, usable, images, done, writers, progress, max_new_tokens)
         finally:
-            for bar in bars.values():
-                bar.close()
+            progress.close()
         if watch.reasons:
             print(
                 f"task {task.name}: {len(watch.reasons)} sample(s) failed and are scored wrong (first: "
@@ -379,7 +372,7 @@ class TaskEvaluator:
                 file=sys.stderr,
             )
 
-    def _record_failures(self, task, batch, done, writers, bars, watch: FailureWatch):
+    def _record_failures(self, task, batch, done, writers, progress: TaskProgress, watch: FailureWatch):
         """Load each sample's image and check its prompt; a sample that fails is written as a failed record for
         every schedule lacking it. Returns the usable samples and their images."""
         usable, images, outcomes = [], [], []
@@ -398,11 +391,11 @@ class TaskEvaluator:
             records = [_failed_record(task, s, reason) for s, reason in failed if _sample_key(s) not in done[label]]
             if records:
                 writer.append(records)
-                bars[label].update(len(records))
+                progress.update(label, len(records))
         watch.add(outcomes)
         return usable, images
 
-    def _run_batch(self, task, batch, images, done, writers, bars, max_new_tokens) -> None:
+    def _run_batch(self, task, batch, images, done, writers, progress, max_new_tokens) -> None:
         loaded = self.loaded
         inputs = build_batch(loaded, [sample.prompt for sample in batch], images)
         device = inputs.input_ids.device
@@ -447,7 +440,7 @@ class TaskEvaluator:
             ]
             writers[label].append(records)
             done[label].update(_sample_key(batch[i]) for i in rows)
-            bars[label].update(len(rows))
+            progress.update(label, len(rows))
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -606,9 +599,21 @@ class RunOutcome:
     report: ReportPaths | None
 
 
-def _task_info(task: Task) -> dict[str, Any]:
+def _reports(plan: RunPlan) -> ReportPaths | None:
+    """The spreadsheet and sweep report of the whole run folder, unless --no-report."""
+    if not plan.report:
+        return None
+    from pdrop_eval.report import build_reports
+
+    return build_reports([plan.run_dir])
+
+
+def _task_info(task: Task, plan: RunPlan) -> dict[str, Any]:
     reference = task.reference
     return {
+        "size": task.size,
+        "max_new_tokens": plan.max_new_tokens or task.max_new_tokens,
+        "prompt_suffix": task.prompt_suffix,
         "metrics": list(task.metrics),
         "primary_metric": get_metric(task.metrics[0]).primary,
         "reference": None
@@ -624,14 +629,15 @@ def _task_info(task: Task) -> dict[str, Any]:
 
 def finalize(
     plan: RunPlan,
-    loaded: LoadedVLM,
+    loaded: LoadedVLM | None,
     tasks: list[TaskData],
     others: list[Task],
     schedules: Sequence[DropSchedule],
     run_info: dict,
 ) -> dict[str, Any]:
     """Rank 0, after every rank finished: merge shards, score and write metrics.json for every task × schedule the
-    run folder holds predictions of (this command's and every earlier command's), and this command's sample images.
+    run folder holds predictions of (this command's and every earlier command's), and this command's sample images
+    (only with a model loaded: a rerun of a complete run keeps the ones it saved).
 
     Tasks this command did not run are read as they are on disk: their vlmeval scores and data hashes come from the
     last metrics.json, since their data need not be at hand now.
@@ -668,9 +674,10 @@ def finalize(
                     _vlmeval_metrics(plan, data, label, records) if data else _kept_vlmeval(before, result)
                 )
             results.append(result)
-        task_info[task.name] = _task_info(task)
+        task_info[task.name] = _task_info(task, plan)
         if data:
-            _save_sample_images(plan, loaded, data)
+            if loaded is not None:
+                _save_sample_images(plan, loaded, data)
             run_info["data_files"][task.name] = _file_hashes(data.source)
         elif task.name in previous_files:
             run_info["data_files"][task.name] = previous_files[task.name]
@@ -745,6 +752,40 @@ def _first_image(tasks: list[TaskData]):
     raise PdropEvalError("--budget needs at least one readable sample image to know the image-token count")
 
 
+def _finished_run_info(plan: RunPlan, tasks: list[TaskData]) -> dict[str, Any] | None:
+    """The previous metrics.json's run description when every task × schedule already has every sample on disk
+    (nothing left to compute, so the model need not load), else None. Budgets need the model to pick their λ."""
+    if plan.overwrite or plan.budgets or not plan.schedules:
+        return None
+    try:
+        previous = json.loads((plan.run_dir / "metrics.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(previous, dict) or not isinstance(previous.get("run"), dict):
+        return None
+    for data in tasks:
+        wanted = {_sample_key(s) for s in data.samples}
+        for schedule in plan.schedules:
+            stored = read_predictions(plan.run_dir, data.task.name, schedule.label)
+            if not wanted <= {key for key, record in stored.items() if not is_failed(record)}:
+                return None  # samples left, or failed ones to retry
+    return previous["run"]
+
+
+def _rebuild_finished(
+    plan: RunPlan, tasks: list[TaskData], others: list[Task], previous: dict[str, Any]
+) -> dict[str, Any]:
+    print(
+        f"run {plan.run_dir} is already complete ({len(tasks)} task(s) × {len(plan.schedules)} schedule(s)): "
+        "rescoring and rebuilding its outputs from disk without loading the model (--overwrite to recompute)",
+        file=sys.stderr,
+    )
+    for schedule in plan.schedules:
+        schedule.validate_for_depth(int((previous.get("model") or {}).get("num_layers") or 10**6))
+    run_info = {**previous, "command": list(plan.command), "git_sha": _git_sha(), "data_files": {}}
+    return finalize(plan, None, tasks, others, plan.schedules, run_info)
+
+
 @contextmanager
 def _run_folder_lock(plan: RunPlan, world: World) -> Iterator[None]:
     """The run folder for this command alone: rank 0 takes the lock and every rank learns whether it got it, so
@@ -790,7 +831,12 @@ def _run_locked(
     plan: RunPlan, world: World, device: torch.device, dtype: str, tasks: list[TaskData]
 ) -> RunOutcome | None:
     others = [] if plan.overwrite else other_held_tasks(plan.run_dir, [d.task.name for d in tasks], plan.tasks_dir)
+    if world.size == 1 and (previous := _finished_run_info(plan, tasks)) is not None:
+        _check_resume(plan.run_dir, _settings(plan, dtype, tasks), world)
+        return RunOutcome(_rebuild_finished(plan, tasks, others, previous), _reports(plan))
     torch.manual_seed(plan.seed)
+    if not is_terminal():
+        quiet_loading_bars()
     loaded = load_vlm(plan.model, dtype=dtype, device=str(device), attn=plan.attn)
     depth = DecoderParts.from_model(loaded.model).num_layers
     schedules = _resolve_schedules(plan, loaded, tasks, depth)
@@ -831,12 +877,6 @@ def _run_locked(
             },
             "data_files": {},
         }
-        payload = finalize(plan, loaded, tasks, others, schedules, run_info)
-        report = None
-        if plan.report:
-            from pdrop_eval.report import build_reports
-
-            report = build_reports([plan.run_dir])
-        outcome = RunOutcome(payload, report)
+        outcome = RunOutcome(finalize(plan, loaded, tasks, others, schedules, run_info), _reports(plan))
     barrier(world)
     return outcome

@@ -258,3 +258,93 @@ def _write_predictions(
             "flops_paper": paper_tflops(per_layer) * 1e12, "flops_exact": 2.05 * paper_tflops(per_layer) * 1e12,
         }))
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+# Per schedule of `write_sampled_run`: the chance it changes vanilla's answer on a sample (0 = vanilla's twin).
+SAMPLED_FLIPS = {"vanilla": 0.0, "pdrop_lam0.7_8-16-24": 0.0, "pdrop_lam0.5_8-16-24": 0.08,
+                 "pdrop_lam0.254_8-16-24": 0.3, "random_8-16-24_r0.5-0.25-0.125_s0": 0.45}
+
+
+def write_sampled_run(
+    root: Path,
+    name: str,
+    *,
+    task: str = "shapes",
+    n: int = 48,
+    model: str = "tiny-llava",
+    max_new_tokens: int = 8,
+    seed: int = 0,
+    vanilla_accuracy: float = 0.6,
+) -> Path:
+    """A run whose metrics.json is what the real scorers give on its per-sample predictions (unlike
+    `write_run_dir`, whose predictions are placeholders), so intervals and paired tests can be checked.
+
+    task "shapes" is scored with exact_match, "pope" with the POPE metric (three categories); a schedule's answers
+    are vanilla's with a share flipped (SAMPLED_FLIPS), so schedules are paired on the same samples.
+    """
+    from pdrop_eval.metrics import get_metric
+
+    rng = random.Random(seed)
+    run_dir = root / name
+    metric_name = "pope" if task == "pope" else "exact_match"
+    metric = get_metric(metric_name)
+    golds = [rng.choice(["yes", "no"]) if task == "pope" else rng.choice(["red", "blue", "green"]) for _ in range(n)]
+    metas = [{"category": POPE_CATEGORIES[i % 3]} if task == "pope" else {} for i in range(n)]
+    vanilla = [g if rng.random() < vanilla_accuracy else _other(g, task) for g in golds]
+    by_label = {s.label: s for s in standard_schedules()}
+    by_label["pdrop_lam0.254_8-16-24"] = FixtureSchedule(
+        "pdrop_lam0.254_8-16-24", "pdrop", 0.254, (8, 16, 24), tuple(0.254 ** (s + 1) for s in range(3)), "compact"
+    )
+    results = []
+    for label, flip in SAMPLED_FLIPS.items():
+        schedule = by_label[label]
+        answers = [_other(a, task) if rng.random() < flip else a for a in vanilla]
+        per_layer = tokens_per_layer(schedule, 576)
+        records = []
+        for i, (answer, gold, meta) in enumerate(zip(answers, golds, metas)):
+            score = metric.score(answer, gold, meta)
+            records.append({
+                "id": i, "prompt": f"<image>\nWhat colour is shape {i}?", "prediction": answer, "gold": gold,
+                "score": score, "scores": {metric_name: score}, "meta": meta,
+                "num_image_tokens": 576, "kept_image_indices": kept_indices(schedule, i % 3, (24, 24)) if i < 2 else [],
+                "image_tokens_per_layer": per_layer, "flops_paper": paper_tflops(per_layer) * 1e12,
+                "flops_exact": 2 * paper_tflops(per_layer) * 1e12,
+            })
+        predictions = f"predictions/{task}/{label}.jsonl"
+        (run_dir / predictions).parent.mkdir(parents=True, exist_ok=True)
+        (run_dir / predictions).write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+        from pdrop_eval.metrics import ScoredRecord
+
+        metrics = metric.aggregate([ScoredRecord(r["id"], r["prediction"], r["gold"], r["score"], r["meta"])
+                                    for r in records])
+        results.append({
+            "task": task,
+            "schedule": {"label": label, "method": schedule.method, "lam": schedule.lam,
+                         "layers": list(schedule.layers), "ratios": list(schedule.ratios),
+                         "positions": schedule.positions},
+            "n": n, "metrics": metrics, "primary_metric": metric.primary, "primary": metrics[metric.primary],
+            "tflops_paper": paper_tflops(per_layer), "tflops_exact": 2 * paper_tflops(per_layer),
+            "retained_tokens": sum(per_layer) / NUM_LAYERS, "predictions": predictions,
+        })
+    for sample_id in SAMPLE_IDS[:2]:
+        write_sample_png(run_dir / "samples" / task / f"{sample_id}.png", sample_id)
+    info = _task_info(task)
+    info.update(metrics=[metric_name], primary_metric=metric.primary, max_new_tokens=max_new_tokens)
+    metrics_json = {
+        "run": {
+            "name": name, "created": "2026-11-30T10:00:00+00:00", "command": ["run_eval.py"], "git_sha": "abc123",
+            "model": {"name": model, "kind": "llava", "dtype": "float32", "attn": "sdpa", "device": "cpu",
+                      "num_layers": NUM_LAYERS, "image_grid": [24, 24]},
+            "settings": {"batch_size": 8, "limit": n, "max_new_tokens": max_new_tokens, "scorer": "native"},
+        },
+        "tasks": {task: info},
+        "results": results,
+    }
+    (run_dir / "metrics.json").write_text(json.dumps(metrics_json, indent=2), encoding="utf-8")
+    return run_dir
+
+
+def _other(answer: str, task: str) -> str:
+    if task == "pope":
+        return "no" if answer == "yes" else "yes"
+    return {"red": "blue", "blue": "green", "green": "red"}[answer]

@@ -58,7 +58,8 @@ def test_merged_report_separates_runs(merged):
     assert "PyramidDrop sweep: node0, node1" in markdown
     assert "| run | schedule |" in markdown
     assert "| node1 | pdrop\\_lam0.5\\_8-16-24 |" in markdown
-    assert sum("pope_kept_" in p.name for p in paths.figures) == 3
+    kept = sorted(p.name for p in paths.figures if "pope_kept_" in p.name)
+    assert kept == ["pope_kept_node0_0.png", "pope_kept_node0_1.png", "pope_kept_node1_0.png", "pope_kept_node1_1.png"]
 
 
 def test_same_run_name_twice_gets_a_suffix(tmp_path):

@@ -43,6 +43,7 @@ def test_sheets_are_named_with_a_frozen_bold_header(built):
     _, path = built
     workbook = openpyxl.load_workbook(path)
     assert workbook.sheetnames == ["Summary", "shapes", "pope", "Reference", "Provenance"]
+    assert "Warnings" not in workbook.sheetnames, "caveats go to the Warnings sheet only when there are any"
     for sheet in workbook:
         assert sheet.freeze_panes == "A2"
         assert all(cell.font.bold for cell in sheet[1])
@@ -52,8 +53,9 @@ def test_summary_equals_metrics_json(built):
     run_dir, path = built
     summary = openpyxl.load_workbook(path)["Summary"]
     header = [c.value for c in summary[1]]
-    assert header[:11] == ["Run", "Task", "Schedule", "Method", "λ", "Layers", "Positions", "N", "Primary metric",
-                           "Primary", "Δ vs vanilla"]
+    assert header[:17] == ["Run", "Task", "Schedule", "Method", "λ", "Layers", "Positions", "N", "Primary metric",
+                           "Primary", "95% CI low", "95% CI high", "Δ vs vanilla", "Δ 95% CI low", "Δ 95% CI high",
+                           "p (Δ vs vanilla)", "Test"]
     assert {"TFLOPs (paper)", "TFLOPs (exact)", "Retained image tokens", "Prefill ms", "Samples/s"} <= set(header)
     rows = _rows(summary)
     results = _metrics(run_dir)["results"]

@@ -120,6 +120,13 @@ def test_budget_picks_and_prints_lambda(tmp_path, capsys):
     assert [r["schedule"]["label"] for r in metrics["results"]] == ["pdrop_lam0.5_8-16-24"]
 
 
+def test_unreachable_budget_is_one_line_with_status_2(tmp_path, capsys):
+    assert _run(tmp_path, "--budget", "192,128,64", "--limit", "1") == 2
+    err = _error(capsys.readouterr().err)
+    assert "--budget 128 cannot be reached with --layers 8,16,24" in err and "floor is" in err
+    assert not (tmp_path / "r" / "predictions").exists()
+
+
 def _write_docvqa(lmu: Path, count: int) -> None:
     """A VLMEvalKit DocVQA_VAL.tsv of `count` rows (odd rows: tests/test_sample_failures.py)."""
     rows = [[index, b64_image("RGB", "PNG", index), f"Question {index}?", "['a']"] for index in range(count)]
@@ -506,3 +513,57 @@ def test_a_command_interrupted_midway_is_described_by_the_next_one(tmp_path, mon
     counts = {label: row["n"] for (_, label), row in rows.items()}
     assert counts == {"pdrop_lam0.5_8-16-24": 4, "pdrop_lam0.3_8-16-24": 2, "vanilla": 4}
     assert not list((tmp_path / "r" / "predictions" / "shapes").glob("*.rank*.jsonl")), "shards are merged"
+def test_complete_run_is_rebuilt_without_loading_the_model(tmp_path, monkeypatch, capsys):
+    assert _run(tmp_path, "--lambda", "0.5", "--baselines", "vanilla", "--limit", "2") == 0
+    before = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    loads = []
+    monkeypatch.setattr(runner, "load_vlm", lambda *a, **k: loads.append(a) or _fail_if_model_loads())
+    capsys.readouterr()
+    assert _run(tmp_path, "--lambda", "0.5", "--baselines", "vanilla", "--limit", "2") == 0
+    assert loads == []
+    assert "is already complete" in capsys.readouterr().err
+    after = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert [r["primary"] for r in after["results"]] == [r["primary"] for r in before["results"]]
+    assert after["run"]["model"] == before["run"]["model"] and after["tasks"]["shapes"]["size"] == 300
+    with pytest.raises(AssertionError, match="must not be loaded"):
+        _run(tmp_path, "--lambda", "0.5", "--baselines", "vanilla", "--limit", "3")
+    assert len(loads) == 1, "a run with samples left to compute loads the model"
+
+
+def test_progress_in_a_log_file_is_plain_lines(tmp_path, monkeypatch, capsys):
+    from transformers.utils import logging as hf_logging
+
+    from pdrop_eval import progress
+
+    monkeypatch.setattr(progress, "LOG_INTERVAL_S", 0.0)
+    try:
+        assert _run(tmp_path, "--lambda", "0.5", "--limit", "4") == 0
+        assert not hf_logging.is_progress_bar_enabled(), "model-loading bars are off when stderr is a log"
+    finally:
+        hf_logging.enable_progress_bar()
+    err = capsys.readouterr().err
+    assert "\r" not in err and "\x1b" not in err
+    lines = [line for line in err.splitlines() if line.startswith("shapes: ")]
+    assert len(lines) >= 2 and lines[-1].startswith("shapes: 4/4 samples through all 1 schedules")
+
+
+def test_a_missing_package_is_one_error_line():
+    import subprocess
+    import sys
+
+    script = (
+        "import sys; sys.modules['torch'] = None; "
+        "sys.argv = ['run_eval.py', '--model', 'tiny-llava', '--tasks', 'shapes', '--lambda', '0.5']; "
+        "exec(open('run_eval.py').read())"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).parents[1],
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [_error(done.stderr)]
+    assert "'torch' is not installed" in done.stderr and "source .venv/bin/activate" in done.stderr

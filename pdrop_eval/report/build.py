@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pdrop_eval.errors import PdropEvalError
+from pdrop_eval.report.caveats import Caveat, report_caveats
 from pdrop_eval.report.load import load_run, unique_names
 from pdrop_eval.report.reference import reference_frame
 from pdrop_eval.report.sweep import write_sweep_report
@@ -25,6 +26,7 @@ class ReportPaths:
     markdown: Path
     html: Path
     figures: list[Path]
+    warnings: tuple[str, ...] = ()
 
 
 def build_reports(run_dirs: list[Path], out_dir: Path | None = None, tflops: str = "paper") -> ReportPaths:
@@ -52,12 +54,17 @@ def build_reports(run_dirs: list[Path], out_dir: Path | None = None, tflops: str
     if frame.empty:
         raise PdropEvalError(f"{', '.join(str(r.directory / 'metrics.json') for r in runs)} holds no results to report")
     reference = reference_frame(runs, frame)
+    caveats = report_caveats(runs, frame)
     spreadsheet = None
     if importlib.util.find_spec("openpyxl") is not None:
         from pdrop_eval.report.spreadsheet import write_workbook
 
         spreadsheet = out / "results.xlsx"
-        write_workbook(spreadsheet, runs, frame, reference)
+        write_workbook(spreadsheet, runs, frame, reference, caveats)
     markdown, html = out / "report.md", out / "report.html"
-    figures = write_sweep_report(runs, frame, reference, markdown, html, tflops)
-    return ReportPaths(spreadsheet=spreadsheet, markdown=markdown, html=html, figures=figures)
+    figures = write_sweep_report(runs, frame, reference, markdown, html, tflops, caveats)
+    return ReportPaths(spreadsheet, markdown, html, figures, tuple(_console_line(c) for c in caveats))
+
+
+def _console_line(caveat: Caveat) -> str:
+    return caveat.text if caveat.task is None or caveat.task in caveat.text else f"{caveat.task}: {caveat.text}"

@@ -28,6 +28,13 @@ class Paragraph:
 
 
 @dataclass(frozen=True)
+class Callout:
+    """A caveat the reader must see before trusting the numbers around it."""
+
+    text: str
+
+
+@dataclass(frozen=True)
 class Table:
     columns: list[str]
     rows: list[list[str]]
@@ -39,7 +46,7 @@ class Figure:
     caption: str
 
 
-Block = Heading | Paragraph | Table | Figure
+Block = Heading | Paragraph | Callout | Table | Figure
 
 
 def fmt(value: object, decimals: int = 2, signed: bool = False) -> str:
@@ -49,6 +56,26 @@ def fmt(value: object, decimals: int = 2, signed: bool = False) -> str:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return f"{value:+.{decimals}f}" if signed else f"{value:.{decimals}f}"
     return str(value) or MISSING
+
+
+def fmt_lambda(value: object) -> str:
+    """λ as chosen (to 0.001 for --budget): 0.254 and 0.28 must not both read 0.3."""
+    if isinstance(value, float) and not math.isnan(value):
+        return f"{round(value, 3):g}"
+    return MISSING
+
+
+def fmt_interval(low: object, high: object, decimals: int = 2, signed: bool = False) -> str:
+    """[low, high], or a dash when the interval could not be computed."""
+    if any(v is None or (isinstance(v, float) and math.isnan(v)) for v in (low, high)):
+        return MISSING
+    return f"[{fmt(low, decimals, signed)}, {fmt(high, decimals, signed)}]"
+
+
+def fmt_p(value: object) -> str:
+    if isinstance(value, float) and not math.isnan(value):
+        return "<0.001" if value < 0.001 else f"{value:.3f}"
+    return MISSING
 
 
 def fmt_tflops(value: object) -> str:
@@ -73,6 +100,8 @@ def to_markdown(blocks: list[Block], base: Path) -> str:
             lines += ["#" * block.level + " " + _md_escape(block.text), ""]
         elif isinstance(block, Paragraph):
             lines += [_md_escape(block.text), ""]
+        elif isinstance(block, Callout):
+            lines += [f"> **Warning:** {_md_escape(block.text)}", ""]
         elif isinstance(block, Table):
             lines.append("| " + " | ".join(_md_escape(c) for c in block.columns) + " |")
             lines.append("|" + "|".join("---" for _ in block.columns) + "|")
@@ -86,6 +115,8 @@ def to_markdown(blocks: list[Block], base: Path) -> str:
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 1200px; margin: 2em auto; padding: 0 1em; color: #222; }
+h1, h2, h3, p, figcaption { overflow-wrap: anywhere; }
+.warning { background: #fff4e5; border-left: 4px solid #e8a33d; padding: 0.4em 0.8em; }
 table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.9em; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; }
 td { white-space: nowrap; }
@@ -110,6 +141,8 @@ def to_html(blocks: list[Block], title: str) -> str:
             parts.append(f"<h{block.level}>{html.escape(block.text)}</h{block.level}>")
         elif isinstance(block, Paragraph):
             parts.append(f"<p>{html.escape(block.text)}</p>")
+        elif isinstance(block, Callout):
+            parts.append(f'<p class="warning"><strong>Warning:</strong> {html.escape(block.text)}</p>')
         elif isinstance(block, Table):
             header = "".join(f"<th>{html.escape(c)}</th>" for c in block.columns)
             parts.append(f'<div class="wide"><table><thead><tr>{header}</tr></thead><tbody>')
@@ -129,7 +162,7 @@ def to_html(blocks: list[Block], title: str) -> str:
 def _html_cell(text: str) -> str:
     """Measured numbers (written with decimals) align right; labels such as layers "2" stay left."""
     try:
-        numeric = "." in text and math.isfinite(float(text))
+        numeric = text.startswith("[") or ("." in text and math.isfinite(float(text)))
     except ValueError:
         numeric = False
     return f'<td class="num">{html.escape(text)}</td>' if numeric else f"<td>{html.escape(text)}</td>"

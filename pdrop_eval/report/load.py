@@ -8,6 +8,7 @@ pandas or openpyxl.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -121,3 +122,21 @@ def unique_names(runs: list[Run]) -> list[Run]:
             run = Run(f"{run.name}#{seen[run.name]}", run.directory, run.info, run.tasks, run.results)
         out.append(run)
     return out
+
+
+def iter_records(path: Path) -> Iterator[dict[str, Any]]:
+    """A predictions file's records, lazily (finding the first few samples need not parse a whole task); a
+    damaged line (not UTF-8, not JSON, not an object) is one error naming the file and line."""
+    with path.open("rb") as lines:
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as err:
+                raise PdropEvalError(
+                    f"{path} line {number} is not valid JSON text ({err}); the file may be truncated or damaged"
+                ) from err
+            if not isinstance(record, dict):
+                raise PdropEvalError(f"{path} line {number} is not a prediction record (a JSON object)")
+            yield record

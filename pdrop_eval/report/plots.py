@@ -11,8 +11,10 @@ import pandas as pd
 from matplotlib import patheffects
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, MaxNLocator
+from matplotlib.transforms import offset_copy
 
-from pdrop_eval.report.table import TFLOPS_CONVENTIONS, pdrop_curves
+from pdrop_eval.report.table import TFLOPS_CONVENTIONS, pdrop_curves, readable_schedule
 from pdrop_eval.store import atomic_path
 
 MARKERS = {"vanilla": "*", "fastv": "D", "random": "X", "pdrop": "o"}
@@ -27,6 +29,13 @@ _SAME_SCALE = 2.0
 
 def plot_task(rows: pd.DataFrame, reference: pd.DataFrame, convention: str, out_path: Path, task: str) -> Path:
     """Write the plot for one task's rows (one or several runs) and its published reference rows."""
+    fig = task_figure(rows, reference, convention, task)
+    with atomic_path(out_path) as temporary:
+        fig.savefig(temporary, dpi=110, format="png")
+    return out_path
+
+
+def task_figure(rows: pd.DataFrame, reference: pd.DataFrame, convention: str, task: str) -> Figure:
     x = f"tflops_{convention}"
     metric = rows["primary_metric"].iloc[0]
     unit = rows["primary_unit"].iloc[0]
@@ -35,18 +44,25 @@ def plot_task(rows: pd.DataFrame, reference: pd.DataFrame, convention: str, out_
     colours = iter(f"C{i}" for i in range(1000))
     for i, (label, curve) in enumerate(pdrop_curves(rows, x).items()):
         colour = next(colours)
-        ax.plot(curve[x], curve["primary"], marker="o", ms=_MARKER_SIZE["o"], color=colour, label=label)
+        ax.plot(curve[x], curve["primary"], marker="o", ms=_MARKER_SIZE["o"], color=colour, label=label, clip_on=False)
+        _error_bars(ax, curve, x, colour)
         offset = _LAMBDA_LABEL_OFFSETS[i % len(_LAMBDA_LABEL_OFFSETS)]
         for _, point in curve.iterrows():
             if pd.notna(point["lam"]):
-                ax.annotate(f"λ{point['lam']:g}", (point[x], point["primary"]), xytext=offset, zorder=5,
+                # A label below a point on the axis floor would print over the tick labels.
+                at = _LAMBDA_LABEL_OFFSETS[1] if point["primary"] <= rows["primary"].min() else offset
+                ax.annotate(f"λ{round(point['lam'], 3):g}", (point[x], point["primary"]), xytext=at, zorder=5,
                             textcoords="offset points", fontsize=8, color=colour, path_effects=_HALO)
     several_runs = rows["run"].nunique() > 1
+    placed: list[tuple[float, float]] = []
     for _, point in rows[rows["method"] != "pdrop"].iterrows():
         marker = MARKERS.get(point["method"], "s")
-        label = point["schedule"] + (f" [{point['run']}]" if several_runs else "")
+        label = readable_schedule(point) + (f" [{point['run']}]" if several_runs else "")
+        colour = next(colours)
+        transform = _beside_earlier(ax, fig, placed, rows, point, x)
         ax.plot([point[x]], [point["primary"]], linestyle="none", marker=marker, ms=_MARKER_SIZE.get(marker, 8),
-                color=next(colours), label=label)
+                color=colour, label=label, transform=transform, zorder=4, clip_on=False)
+        _error_bars(ax, point.to_frame().T, x, colour, transform)
     handles, labels = ax.get_legend_handles_labels()
     paper = reference[reference["task"] == task].drop_duplicates(["paper_method"])
     if not paper.empty:
@@ -57,17 +73,19 @@ def plot_task(rows: pd.DataFrame, reference: pd.DataFrame, convention: str, out_
                                     ms=1.5 * _MARKER_SIZE.get(marker, 8), markerfacecolor="none", markeredgewidth=1.6,
                                     color="0.25")
             handles.append(handle)
-            labels.append(f"paper: {point['paper_method']}")
+            labels.append(f"paper ({point['paper_model']}): {point['paper_method']}")
     ax.set_xlabel(f"TFLOPs per sample, {convention} convention ({TFLOPS_CONVENTIONS[convention]})")
+    # Tiny models cost thousandths of a TFLOP: plain ticks would print 0.0006, 0.0008… into one another.
+    ax.xaxis.set_major_locator(MaxNLocator(6))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:.3g}"))
     ax.set_ylabel(f"{metric} ({unit})")
     ax.set_title(f"{task}: {metric} vs TFLOPs — higher and further left is better")
     ax.grid(True, alpha=0.3)
     ax.margins(x=0.08, y=0.08)
+    _keep_y_in_range(ax, rows, unit)
     ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False)
     fig.tight_layout()
-    with atomic_path(out_path) as temporary:
-        fig.savefig(temporary, dpi=110)
-    return out_path
+    return fig
 
 
 def _same_scale(rows: pd.DataFrame, paper: pd.DataFrame, x: str) -> bool:
@@ -87,3 +105,48 @@ def _paper_axis(ax: Axes, paper: pd.DataFrame) -> Axes:
 def _paper_method_kind(name: str) -> str:
     lowered = name.lower()
     return next((kind for kind in ("vanilla", "fastv", "pdrop", "random") if kind in lowered), "")
+
+
+def _error_bars(ax: Axes, points: pd.DataFrame, x: str, colour: str, transform=None) -> None:
+    """The 95% interval of each point as a vertical bar (nothing where no interval could be computed)."""
+    kept = points.dropna(subset=["ci_low", "ci_high", "primary"]) if "ci_low" in points else points.iloc[0:0]
+    if kept.empty:
+        return
+    primary = kept["primary"].astype(float)
+    below = (primary - kept["ci_low"].astype(float)).clip(lower=0)
+    above = (kept["ci_high"].astype(float) - primary).clip(lower=0)
+    ax.errorbar(kept[x].astype(float), primary, yerr=[below, above], fmt="none", ecolor=colour, elinewidth=1,
+                capsize=3, alpha=0.7, transform=transform if transform is not None else ax.transData)
+
+
+def _beside_earlier(ax: Axes, fig: Figure, placed: list[tuple[float, float]], rows: pd.DataFrame,
+                    point: pd.Series, x: str):
+    """A marker that would land on an earlier one or on a PDrop point (within 1% of the axes' spans: a 0.1%
+    TFLOPs difference is invisible) is shifted sideways by a few points per clash so each stays visible; the data
+    values are unchanged."""
+    span_x = float(rows[x].max() - rows[x].min()) or abs(float(rows[x].max())) or 1.0
+    span_y = max(float(rows["primary"].max() - rows["primary"].min()), 10.0)
+    here = (float(point[x]), float(point["primary"]))
+    pdrop = rows[rows["method"] == "pdrop"]
+    taken = [*placed, *zip(pdrop[x].astype(float), pdrop["primary"].astype(float))]
+    clashes = sum(abs(cx - here[0]) <= 0.01 * span_x and abs(cy - here[1]) <= 0.01 * span_y for cx, cy in taken)
+    placed.append(here)
+    return offset_copy(ax.transData, fig=fig, x=9 * clashes, y=0, units="points") if clashes else ax.transData
+
+
+def _keep_y_in_range(ax: Axes, rows: pd.DataFrame, unit: str) -> None:
+    """Scores are never negative: never show the axis below 0, nor a percentage far above 100, even when every
+    score ties."""
+    values = pd.concat([rows["primary"], rows.get("ci_low", rows["primary"]), rows.get("ci_high", rows["primary"])])
+    values = values.dropna().astype(float)
+    if values.empty:
+        return
+    low, high = ax.get_ylim()
+    if values.min() >= 0:
+        low = max(low, 0.0)
+    if unit == "%" and values.max() <= 100:
+        high = min(high, 100.0 + 0.05 * (high - low))
+    if high - low < 1:
+        centre = values.mean()
+        low, high = max(0.0, centre - 5), max(0.0, centre - 5) + 10
+    ax.set_ylim(low, high)

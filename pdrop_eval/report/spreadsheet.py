@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,11 +23,12 @@ from openpyxl.styles import Font, PatternFill
 from openpyxl.utils import get_column_letter
 from openpyxl.worksheet.worksheet import Worksheet
 
+from pdrop_eval.report.caveats import Caveat
 from pdrop_eval.report.load import Run
 from pdrop_eval.report.table import headline_keys, is_count_key, metric_keys
 from pdrop_eval.store import atomic_path
 
-SCORE, TFLOPS, COUNT, ONE_DECIMAL, TEXT = "0.00", "0.00", "0", "0.0", "@"
+SCORE, TFLOPS, COUNT, ONE_DECIMAL, TEXT, P_VALUE = "0.00", "0.00", "0", "0.0", "@", "0.0000"
 # Tiny test/demo models cost millionths of a TFLOP: two decimals would print 0.00 for every schedule.
 TINY_TFLOPS = "0.00E+00"
 _GREEN = PatternFill(start_color="C6EFCE", end_color="C6EFCE", fill_type="solid")
@@ -35,7 +36,7 @@ _RED = PatternFill(start_color="FFC7CE", end_color="FFC7CE", fill_type="solid")
 _INVALID_SHEET_CHARS = re.compile(r"[\[\]:*?/\\]")
 _MAX_SHEET_NAME = 31
 _MAX_WIDTH = 60
-FIXED_SHEETS = ("Summary", "Reference", "Provenance")
+FIXED_SHEETS = ("Summary", "Reference", "Provenance", "Warnings")
 
 
 @dataclass(frozen=True)
@@ -96,7 +97,14 @@ def summary_columns(frame: pd.DataFrame) -> list[Column]:
         Column("N", _field("n"), COUNT),
         Column("Primary metric", _field("primary_metric")),
         Column("Primary", _field("primary"), SCORE),
+        Column("95% CI low", _field("ci_low"), SCORE),
+        Column("95% CI high", _field("ci_high"), SCORE),
         Column("Δ vs vanilla", _field("delta_vs_vanilla"), SCORE, signed_colour=True),
+        Column("Δ 95% CI low", _field("delta_low"), SCORE),
+        Column("Δ 95% CI high", _field("delta_high"), SCORE),
+        Column("p (Δ vs vanilla)", _field("p_value"), P_VALUE),
+        Column("Test", _field("test")),
+        Column("Same answer as vanilla (%)", _field("agreement"), ONE_DECIMAL),
         *headline,
         Column("TFLOPs (paper)", _field("tflops_paper"), tflops_format(frame["tflops_paper"])),
         Column("TFLOPs (exact)", _field("tflops_exact"), tflops_format(frame["tflops_exact"])),
@@ -136,7 +144,9 @@ def reference_columns(reference: pd.DataFrame) -> list[Column]:
     ]
 
 
-def write_workbook(path: Path, runs: list[Run], frame: pd.DataFrame, reference: pd.DataFrame) -> None:
+def write_workbook(
+    path: Path, runs: list[Run], frame: pd.DataFrame, reference: pd.DataFrame, caveats: Sequence[Caveat] = ()
+) -> None:
     workbook = Workbook()
     summary = workbook.active
     summary.title = "Summary"
@@ -149,6 +159,10 @@ def write_workbook(path: Path, runs: list[Run], frame: pd.DataFrame, reference: 
         _write_table(workbook.create_sheet(name), task_columns(rows, with_run), rows)
     _write_table(workbook.create_sheet("Reference"), reference_columns(reference), reference)
     _write_provenance(workbook.create_sheet("Provenance"), runs)
+    if caveats:
+        table = pd.DataFrame([{"task": c.task or "all", "warning": c.text} for c in caveats])
+        columns = [Column("Task", _field("task")), Column("Warning", _field("warning"))]
+        _write_table(workbook.create_sheet("Warnings"), columns, table)
     with atomic_path(path) as temporary:
         workbook.save(temporary)
 
@@ -207,8 +221,8 @@ def _fit_widths(sheet: Worksheet, columns: list[Column]) -> None:
 def _display(value: Any, number_format: str) -> str:
     if isinstance(value, float) and number_format == TINY_TFLOPS:
         return f"{value:.2E}"
-    if isinstance(value, float) and number_format in (SCORE, COUNT, ONE_DECIMAL):
-        decimals = {SCORE: 2, COUNT: 0, ONE_DECIMAL: 1}[number_format]
+    if isinstance(value, float) and number_format in (SCORE, COUNT, ONE_DECIMAL, P_VALUE):
+        decimals = {SCORE: 2, COUNT: 0, ONE_DECIMAL: 1, P_VALUE: 4}[number_format]
         return f"{value:.{decimals}f}"
     return "" if value is None else str(value)
 

@@ -1,26 +1,38 @@
-"""The sweep report's content: per task a metric-vs-TFLOPs plot, the schedules, the Pareto front, the paper's
-numbers beside ours and kept-token maps; rendered to report.md and a self-contained report.html.
+"""The sweep report's content: per task a metric-vs-TFLOPs plot, the schedules with their confidence intervals and
+paired tests against vanilla, the Pareto front, the paper's numbers beside ours and kept-token maps; rendered to
+report.md and a self-contained report.html. Caveats (another model than the paper's, a partial task, merged runs
+that differ) come first, where a reader cannot miss them.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
 
-from pdrop_eval.report.document import Block, Figure, Heading, Paragraph, Table, fmt, fmt_tflops, to_html, to_markdown
-from pdrop_eval.report.kept_maps import (
-    KeptSample,
-    draw_kept_map,
-    find_kept_samples,
-    grid_mismatch,
-    read_sample_image,
+from pdrop_eval.report.caveats import Caveat, incompatible_runs
+from pdrop_eval.report.document import (
+    Block,
+    Callout,
+    Figure,
+    Heading,
+    Paragraph,
+    Table,
+    fmt,
+    fmt_interval,
+    fmt_lambda,
+    fmt_p,
+    fmt_tflops,
+    to_html,
+    to_markdown,
 )
+from pdrop_eval.report.kept_maps import draw_sample_view, find_sample_views, read_view_image, view_mismatch
 from pdrop_eval.report.load import Run
 from pdrop_eval.report.plots import plot_task
-from pdrop_eval.report.reference import match_method
-from pdrop_eval.report.table import TFLOPS_CONVENTIONS, pareto_front
+from pdrop_eval.report.significance import CONFIDENCE, RESAMPLES, SEED
+from pdrop_eval.report.table import TFLOPS_CONVENTIONS, pareto_front, readable_schedule
 from pdrop_eval.store import write_text_atomic
 
 KEPT_MAPS_PER_TASK = 3
@@ -35,10 +47,11 @@ def write_sweep_report(
     markdown_path: Path,
     html_path: Path,
     convention: str = "paper",
+    caveats: Sequence[Caveat] = (),
 ) -> list[Path]:
     """Write report.md (linking PNGs in <out>/report_files/) and report.html (embedding them); return the PNGs."""
     files_dir = markdown_path.parent / "report_files"
-    blocks = sweep_blocks(runs, frame, reference, files_dir, convention)
+    blocks = sweep_blocks(runs, frame, reference, files_dir, convention, caveats)
     title = "PyramidDrop sweep: " + ", ".join(run.name for run in runs)
     write_text_atomic(markdown_path, to_markdown(blocks, markdown_path.parent))
     write_text_atomic(html_path, to_html(blocks, title))
@@ -46,9 +59,15 @@ def write_sweep_report(
 
 
 def sweep_blocks(
-    runs: list[Run], frame: pd.DataFrame, reference: pd.DataFrame, files_dir: Path, convention: str
+    runs: list[Run],
+    frame: pd.DataFrame,
+    reference: pd.DataFrame,
+    files_dir: Path,
+    convention: str,
+    caveats: Sequence[Caveat] = (),
 ) -> list[Block]:
     several_runs = len(runs) > 1
+    incompatible = incompatible_runs(runs, frame)
     blocks: list[Block] = [
         Heading("PyramidDrop sweep: " + ", ".join(run.name for run in runs), 1),
         Paragraph(
@@ -57,10 +76,22 @@ def sweep_blocks(
             f"ranking, decode). Plots and Pareto fronts use the {convention} convention. "
             "Δ is the primary metric minus vanilla's, same task and run."
         ),
+        Paragraph(
+            f"Is a difference noise? Each score has a {CONFIDENCE:.0%} confidence interval (bootstrap over the "
+            f"scored samples, or MMBench questions, {RESAMPLES} resamples, seed {SEED}); each Δ vs vanilla has a "
+            f"paired {CONFIDENCE:.0%} interval on the samples both scored and a p-value (McNemar's exact test for "
+            "right/wrong scores, else the paired bootstrap); 'same answer' is the share of samples where the "
+            "schedule answered exactly what vanilla answered. A Δ whose interval contains 0 (p ≥ 0.05) cannot be "
+            "told apart from noise at this n."
+        ),
+        *(Callout(c.text) for c in caveats if c.task is None),
         _runs_table(runs),
     ]
     for task, rows in frame.groupby("task", sort=False):
-        blocks += _task_blocks(str(task), rows, reference, runs, files_dir, convention, several_runs)
+        task_caveats = [c for c in caveats if c.task == task]
+        blocks += _task_blocks(
+            str(task), rows, reference, runs, files_dir, convention, several_runs, task_caveats, str(task) in incompatible
+        )
     return blocks
 
 
@@ -68,15 +99,18 @@ def _runs_table(runs: list[Run]) -> Table:
     rows = []
     for run in runs:
         model = run.info.get("model") or {}
+        settings = run.info.get("settings") or {}
         rows.append([
             run.name,
             str(model.get("name", "")),
             " ".join(str(model.get(k, "")) for k in ("dtype", "attn", "device")),
+            ", ".join(f"{k} {settings[k]}" for k in ("limit", "max_new_tokens", "batch_size") if k in settings),
             str(run.info.get("created", "")),
             str(run.info.get("git_sha", "")),
             str(run.directory),
         ])
-    return Table(["run", "model", "dtype / attention / device", "created", "git sha", "directory"], rows)
+    columns = ["run", "model", "dtype / attention / device", "settings", "created", "git sha", "directory"]
+    return Table(columns, rows)
 
 
 def _task_blocks(
@@ -87,24 +121,35 @@ def _task_blocks(
     files_dir: Path,
     convention: str,
     several_runs: bool,
+    caveats: Sequence[Caveat],
+    incompatible: bool,
 ) -> list[Block]:
     metric = rows["primary_metric"].iloc[0]
     x = f"tflops_{convention}"
     safe = _UNSAFE_FILENAME.sub("_", task)
     plot = plot_task(rows, reference, convention, files_dir / f"{safe}_tflops.png", task)
     paper = reference[reference["task"] == task]
+    if incompatible:
+        front = pd.concat([pareto_front(r, x) for _, r in rows.groupby("run", sort=False)])
+        front_title = f"Pareto front of each run: the best {metric} for its TFLOPs ({convention} convention)"
+    else:
+        front = pareto_front(rows, x)
+        front_title = f"Pareto front: the best {metric} for its TFLOPs ({convention} convention)"
     blocks: list[Block] = [
         Heading(task, 2),
+        *(Callout(c.text) for c in caveats),
         Figure(plot, f"{task}: {metric} against TFLOPs per sample, {convention} convention "
                      f"({TFLOPS_CONVENTIONS[convention]}); PDrop one curve per layer schedule over λ, baselines as "
-                     "single markers, the paper's published points hollow"),
+                     f"single markers, bars are {CONFIDENCE:.0%} confidence intervals, the paper's published points "
+                     "hollow"),
         Heading("Schedules", 3),
         _schedule_table(rows.sort_values(["run", x], ascending=[True, False]), metric, several_runs),
-        Heading(f"Pareto front: the best {metric} for its TFLOPs ({convention} convention)", 3),
-        _schedule_table(pareto_front(rows, x), metric, several_runs),
+        *_significance_notes(rows),
+        Heading(front_title, 3),
+        _schedule_table(front, metric, several_runs),
     ]
     if not paper.empty:
-        blocks += [Heading("Paper vs this run", 3), _paper_table(paper, several_runs)]
+        blocks += [Heading("Paper vs this run", 3), _paper_table(paper, rows, several_runs)]
     blocks += _failed_blocks(task, runs)
     blocks += _kept_map_blocks(task, rows, runs, files_dir)
     return blocks
@@ -140,13 +185,16 @@ def _failed_blocks(task: str, runs: list[Run]) -> list[Block]:
 
 
 def _schedule_table(rows: pd.DataFrame, metric: str, several_runs: bool) -> Table:
-    columns = ["schedule", "method", "λ", "layers", metric, "Δ vs vanilla", "TFLOPs paper", "TFLOPs exact",
+    columns = ["schedule", "method", "λ", "layers", "N", metric, f"{CONFIDENCE:.0%} CI", "Δ vs vanilla",
+               f"Δ {CONFIDENCE:.0%} CI", "p", "same answer as vanilla", "TFLOPs paper", "TFLOPs exact",
                "retained tokens", "prefill ms", "samples/s"]
     body = [
         [
-            r["schedule"], r["method"], fmt(r["lam"], 1), r["layers"] or "—", fmt(r["primary"]),
-            fmt(r["delta_vs_vanilla"], signed=True), fmt_tflops(r["tflops_paper"]), fmt_tflops(r["tflops_exact"]),
-            fmt(r["retained_tokens"], 1), fmt(r["prefill_ms"], 1), fmt(r["samples_per_s"]),
+            r["schedule"], r["method"], fmt_lambda(r["lam"]), r["layers"] or "—", fmt(r["n"], 0), fmt(r["primary"]),
+            fmt_interval(r["ci_low"], r["ci_high"]), fmt(r["delta_vs_vanilla"], signed=True),
+            fmt_interval(r["delta_low"], r["delta_high"], signed=True), _p_text(r), _agreement_text(r),
+            fmt_tflops(r["tflops_paper"]), fmt_tflops(r["tflops_exact"]), fmt(r["retained_tokens"], 1),
+            fmt(r["prefill_ms"], 1), fmt(r["samples_per_s"]),
         ]
         for _, r in rows.iterrows()
     ]
@@ -156,17 +204,37 @@ def _schedule_table(rows: pd.DataFrame, metric: str, several_runs: bool) -> Tabl
     return Table(columns, body)
 
 
-def _paper_table(paper: pd.DataFrame, several_runs: bool) -> Table:
+def _p_text(row: pd.Series) -> str:
+    text = fmt_p(row["p_value"])
+    return f"{text} ({row['test']})" if row["test"] else text
+
+
+def _agreement_text(row: pd.Series) -> str:
+    if pd.isna(row["agreement"]):
+        return "—"
+    return f"{row['agreement']:.1f}% of {int(row['paired_n'])}"
+
+
+def _significance_notes(rows: pd.DataFrame) -> list[Block]:
+    notes = [f"{r['schedule']}: {r['significance_note']}" for _, r in rows.iterrows() if r["significance_note"]]
+    return [Paragraph("No interval or test for " + "; ".join(notes) + ".")] if notes else []
+
+
+def _paper_table(paper: pd.DataFrame, rows: pd.DataFrame, several_runs: bool) -> Table:
     metric = paper["paper_metric"].iloc[0] or "score"
-    columns = ["paper method", "paper TFLOPs", f"paper {metric}", "our schedule", "our TFLOPs (paper conv.)",
-               "our score", "ours − paper"]
-    body = [
-        [
-            r["paper_method"], fmt(r["paper_tflops"]), fmt(r["paper_score"]), r["schedule"] or "no matching run",
-            fmt_tflops(r["tflops_paper"]), fmt(r["primary"]), fmt(r["ours_minus_paper"], signed=True),
-        ]
-        for _, r in paper.iterrows()
-    ]
+    columns = ["paper model", "paper method", "paper TFLOPs", f"paper {metric}", "our model", "our schedule", "N",
+               "our TFLOPs (paper conv.)", "our score", f"our {CONFIDENCE:.0%} CI", "ours − paper"]
+    ours = rows.set_index(["run", "schedule"])
+    body = []
+    for _, r in paper.iterrows():
+        match = ours.loc[(r["run"], r["schedule"])] if (r["run"], r["schedule"]) in ours.index else None
+        body.append([
+            r["paper_model"], r["paper_method"], fmt(r["paper_tflops"]), fmt(r["paper_score"]), r["our_model"],
+            r["schedule"] or "no matching run", fmt(None if match is None else match["n"], 0),
+            fmt_tflops(r["tflops_paper"]), fmt(r["primary"]),
+            "—" if match is None else fmt_interval(match["ci_low"], match["ci_high"]),
+            fmt(r["ours_minus_paper"], signed=True),
+        ])
     if several_runs:
         columns = ["run", *columns]
         body = [[r, *line] for r, line in zip(paper["run"], body)]
@@ -177,9 +245,10 @@ def _kept_map_blocks(task: str, rows: pd.DataFrame, runs: list[Run], files_dir: 
     blocks: list[Block] = [
         Heading("Kept image tokens", 3),
         Paragraph(
-            "Each panel shows the image as the model saw it after one PDrop stage: bright patches are the image "
-            "tokens kept (ranked by the last instruction token's attention), dimmed ones were dropped and no later "
-            "layer sees them. Good pruning keeps the patches the question is about."
+            "For a few samples of each run: the question, the gold answer and every schedule's answer, then one row "
+            "per schedule that drops tokens with the image after each of its stages: bright patches are the image "
+            "tokens kept (PDrop and FastV rank them by attention, random drops at random), dimmed ones were dropped "
+            "and no later layer sees them. Good pruning keeps the patches the question is about."
         ),
     ]
     drawn = 0
@@ -195,34 +264,28 @@ def _kept_map_blocks(task: str, rows: pd.DataFrame, runs: list[Run], files_dir: 
                 f"{model} has none (LLaVA-NeXT tiles each image differently)."
             ))
             continue
-        for sample in _samples(run, task, run_rows, KEPT_MAPS_PER_TASK - drawn):
-            problem = grid_mismatch(sample, grid)
-            image = None if problem else read_sample_image(sample)
-            if image is None and not problem:
-                problem = f"its image {sample.image} cannot be read"
-            if problem:
-                blocks.append(Paragraph(f"Run {run.name}, sample {sample.sample_id}: no map, {problem}."))
+        schedules = [
+            (readable_schedule(r), r["predictions"], tuple(int(v) for v in r["layers"].split("-")) if r["layers"] else ())
+            for _, r in run_rows.iterrows()
+        ]
+        for view in find_sample_views(run.directory, run.name, task, schedules, KEPT_MAPS_PER_TASK):
+            if not view.dropping:
                 continue
-            name = _UNSAFE_FILENAME.sub("_", f"{task}_kept_{run.name}_{sample.sample_id}") + ".png"
-            path = draw_kept_map(sample, grid, files_dir / name, image)
-            blocks.append(Figure(path, f"{task}, sample {sample.sample_id}, {sample.schedule} (run {run.name}): "
-                                       "kept image tokens after each stage, dropped ones dimmed"))
+            problem = view_mismatch(view, grid)
+            image = None if problem else read_view_image(view)
+            if image is None and not problem:
+                problem = f"its image {view.image} cannot be read"
+            if problem:
+                blocks.append(Paragraph(f"Run {run.name}, sample {view.sample_id}: no map, {problem}."))
+                continue
+            name = _UNSAFE_FILENAME.sub("_", f"{task}_kept_{run.name}_{view.sample_id}") + ".png"
+            path = draw_sample_view(view, grid, files_dir / name, image)
+            answers = "; ".join(f"{s.name}: {s.prediction!r}" for s in view.schedules)
+            blocks.append(Figure(path, (
+                f"{task}, sample {view.sample_id} (run {run.name}). Question: {view.question!r}. "
+                f"Gold: {view.gold!r}. Answers: {answers}."
+            )))
             drawn += 1
     if drawn == 0 and len(blocks) == 2:
-        blocks.append(Paragraph("No sample images with PDrop predictions were saved for this task."))
+        blocks.append(Paragraph("No sample images with kept image tokens were saved for this task."))
     return blocks
-
-
-def _samples(run: Run, task: str, rows: pd.DataFrame, limit: int) -> list[KeptSample]:
-    """The samples of the PDrop schedule closest to the paper's (λ0.5 at L/4, L/2, 3L/4), else the first PDrop."""
-    if limit <= 0:
-        return []
-    num_layers = (run.info.get("model") or {}).get("num_layers")
-    row = match_method("PDrop λ0.5", rows, num_layers)
-    if row is None:
-        pdrop = rows[rows["method"] == "pdrop"]
-        if pdrop.empty:
-            return []
-        row = pdrop.iloc[0]
-    layers = tuple(int(v) for v in row["layers"].split("-")) if row["layers"] else ()
-    return find_kept_samples(run.directory, run.name, task, row["schedule"], layers, row["predictions"], limit)

@@ -12,6 +12,7 @@ from typing import Any
 import pandas as pd
 
 from pdrop_eval.report.load import Run
+from pdrop_eval.report.significance import significance_frame
 
 # Leading key segments that hold counts (n, POPE's confusion cells), shown as integers rather than percentages.
 COUNT_PREFIXES = frozenset({"n", "tp", "fp", "tn", "fn"})
@@ -33,11 +34,12 @@ _NUMERIC_FIELDS = (
 
 
 def results_frame(runs: list[Run]) -> pd.DataFrame:
-    """One row per result of every run, in run order then the order each run wrote them, with Δ vs vanilla."""
+    """One row per result of every run, in run order then the order each run wrote them, with Δ vs vanilla and
+    its significance (confidence intervals, paired test, agreement: `significance.SIGNIFICANCE_COLUMNS`)."""
     rows = [_row(run, result) for run in runs for result in run.results]
     frame = pd.DataFrame(rows, columns=list(_row_template()))
     frame["delta_vs_vanilla"] = _delta_vs_vanilla(frame)
-    return frame
+    return frame.join(significance_frame(runs, frame))
 
 
 def _row_template() -> dict[str, Any]:
@@ -138,10 +140,34 @@ def pdrop_curves(frame: pd.DataFrame, x: str = "tflops_paper") -> dict[str, pd.D
     several_runs = frame["run"].nunique() > 1
     curves = {}
     for (run, layers, positions), rows in pdrop.groupby(["run", "layers", "positions"], sort=False):
-        label = f"PDrop {layers}"
+        label = f"PDrop at layers {layers} (λ varies)"
         if positions and positions != "compact":
             label += f" ({positions} positions)"
         if several_runs:
             label += f" [{run}]"
         curves[label] = rows.sort_values(x)
     return curves
+
+
+def _percent(ratio: float) -> str:
+    return f"{ratio * 100:.3g}%"
+
+
+def readable_schedule(row: pd.Series) -> str:
+    """What a legend or caption calls a schedule: "random drop at 8-16-24, keep 50%/25%/12.5%", not its file label."""
+    method, layers, ratios = row["method"], row["layers"], tuple(row["ratios"])
+    keep = "/".join(_percent(r) for r in ratios)
+    if method == "vanilla":
+        name = "vanilla (all image tokens)"
+    elif method == "fastv":
+        name = f"FastV after layer {layers}, drop {_percent(1 - ratios[0])}" if ratios else "FastV"
+    elif method == "random":
+        name = f"random drop at {layers}, keep {keep}"
+    elif method == "pdrop" and not math.isnan(row["lam"]):
+        name = f"PDrop λ{round(row['lam'], 3):g} at {layers}"
+    else:
+        name = f"{method} at {layers}, keep {keep}"
+    default = "original" if method == "fastv" else "compact"
+    if row["positions"] and row["positions"] != default and method != "vanilla":
+        name += f" ({row['positions']} positions)"
+    return name
