@@ -10,6 +10,7 @@ our columns are percentages, so ours must equal 100 × theirs, computed in the s
 from __future__ import annotations
 
 import importlib
+import math
 import random
 from collections.abc import Callable, Sequence
 from importlib import metadata
@@ -20,7 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
-from pdrop_eval.metrics import get_metric
+from pdrop_eval.metrics import get_metric, scienceqa, seed
 from pdrop_eval.metrics.exact import lmms_eval_exact
 from pdrop_eval.metrics.lmms_eval_mcq import extract_mcq_letter
 
@@ -58,13 +59,17 @@ def read_card(path: Path) -> dict[str, Any]:
     return card if included is None else {**read_card(path.parent / included), **card}
 
 
-def run_lmms_eval_task(task: str, docs: Sequence[dict[str, Any]], predictions: Sequence[str]) -> dict[str, float]:
-    """lmms-eval 0.7.3's numbers for `task` (its `tasks/<task>/<task>.yaml`) on these documents and generations."""
+def run_lmms_eval_task(
+    task: str, docs: Sequence[dict[str, Any]], predictions: Sequence[str], folder: str | None = None
+) -> dict[str, float]:
+    """lmms-eval 0.7.3's numbers for `task` (its card `tasks/<folder>/<task>.yaml`, the folder named after the task
+    unless given) on these documents and generations."""
     from lmms_eval.api.registry import METRIC_REGISTRY, get_aggregation
     from lmms_eval.api.task import ConfigurableTask
 
-    utils = importlib.import_module(f"lmms_eval.tasks.{task}.utils")
+    utils = importlib.import_module(f"lmms_eval.tasks.{folder or task}.utils")
     card = read_card(Path(utils.__file__).parent / f"{task}.yaml")
+    assert card["task"] == task, f"{task}.yaml names task {card['task']!r}"
 
     def resolve(ref: _FunctionRef) -> Callable:
         module, name = ref.split(".")
@@ -262,3 +267,192 @@ def test_mcq_letter_extraction_equals_lmms_eval(lmms_eval):
     pieces += ["a", "Dog", "cat", "!", "选", "İ", "option "]
     for response in MCQ_CASES + _fuzz_strings(pieces, 3000, seed=11):
         assert extract_mcq_letter(response) == extract_mcq_answer(response, choices=["A", "B", "C", "D"]), response
+
+
+# ScienceQA-IMG (lmms-eval task `scienceqa_img`, card and utils in tasks/scienceqa/) ------------------------------
+
+SCIENCEQA_CASES = [  # (prediction, gold letter, number of choices)
+    ("B", "B", 3),
+    ("b", "B", 3),  # the whole answer is compared ignoring case
+    ("B.", "B", 2),  # an uppercase letter and "." is read, no space needed...
+    ("b.", "B", 2),  # ...but only an uppercase one
+    ("B. dog", "B", 4),
+    ("(B) cat", "B", 3),
+    ("B)", "B", 3),
+    ("The answer is B.", "B", 2),
+    ("", "A", 2),
+    ("  C.  ", "C", 3),  # ConfigurableTask.process_results strips first
+    ("A.", "B", 2),
+    ("E.", "E", 5),
+    ("Answer: B", "B", 2),
+    ("B,", "B", 2),
+    ("B.C", "C", 3),
+    ("Ä.", "A", 2),  # a non-ASCII capital passes isupper() and is then compared
+    ("答案是B", "B", 2),
+    ("B。", "B", 2),
+    ("Because the north pole faces the south pole, the magnets attract, so the answer is B. " * 3, "B", 2),
+    ("\nD.\n", "D", 4),
+]
+
+
+def _scienceqa_doc(gold: str, n_choices: int) -> dict[str, Any]:
+    """An lmms-lab/ScienceQA row as `sqa_doc_to_target` reads it: the answer is an index into `choices`."""
+    return {"choices": [f"choice {k}" for k in range(n_choices)], "answer": ord(gold) - ord("A")}
+
+
+def _scienceqa_theirs(cases: Sequence[tuple[str, str, int]]) -> dict[str, float]:
+    docs = [_scienceqa_doc(gold, n) for _, gold, n in cases]
+    return run_lmms_eval_task("scienceqa_img", docs, [p for p, _, _ in cases], folder="scienceqa")
+
+
+def test_scienceqa_img_column_equals_lmms_eval(lmms_eval):
+    metric = get_metric("scienceqa_accuracy")
+    ours = metric.aggregate([metric.record(i, p, gold) for i, (p, gold, _) in enumerate(SCIENCEQA_CASES)])
+    theirs = _scienceqa_theirs(SCIENCEQA_CASES)
+    assert set(theirs) == {"exact_match"}
+    assert ours["lmms_eval/accuracy"] == 100 * theirs["exact_match"]
+
+
+def test_scienceqa_rule_equals_lmms_eval_sample_by_sample(lmms_eval):
+    pieces = ["A", "B", "b", "C", "E", ".", ". ", " ", "\n", "(", ")", "The answer is ", "Ä", "答", "。", ",", ":"]
+    fuzz = _fuzz_strings(pieces, 500, seed=13)
+    cases = [(p, gold) for p, gold, _ in SCIENCEQA_CASES] + [(p, "ABCDE"[i % 5]) for i, p in enumerate(fuzz)]
+    for prediction, gold in cases:
+        theirs = _scienceqa_theirs([(prediction, gold, 5)])["exact_match"]
+        assert scienceqa.lmms_eval_hit(prediction, gold) == (theirs == 1.0), (prediction, gold)
+
+
+# MME ---------------------------------------------------------------------------------------------------------
+
+MME_PREDICTIONS = [
+    "Yes", "No", "yes.", "No.", "Y", "n.", "y", "N", "y.e.s", "", "Yes, there is a dog in the image.",
+    "No, there isn't.", "Not sure", "None", "eyes", "snow", "The answer is yes", "是", "不是", "YES!", "no way",
+    "I cannot tell whether the image shows a red car parked beside the old stone bridge, sorry.", " yes \n",
+]  # fmt: skip
+
+
+def _mme_rows(images_per_subtask: dict[str, int], seed: int) -> list[tuple[str, str, str, str]]:
+    """(subtask, image, gold, prediction) for two questions (gold Yes, then No) on each image, the images of all
+    subtasks shuffled together so subtasks first appear in a seed-dependent order."""
+    rng = random.Random(seed)
+    images = [(s, f"{s}/{k:04d}.png") for s, count in images_per_subtask.items() for k in range(count)]
+    rng.shuffle(images)
+    return [(s, image, gold, rng.choice(MME_PREDICTIONS)) for s, image in images for gold in ("Yes", "No")]
+
+
+def _mme_columns(rows: Sequence[tuple[str, str, str, str]]) -> tuple[dict[str, float], dict[str, float]]:
+    metric = get_metric("mme")
+    records = [metric.record(i, p, gold, {"category": s, "image": image}) for i, (s, image, gold, p) in enumerate(rows)]
+    # lmms-lab/MME rows: question_id is the image path, shared by an image's two questions.
+    docs = [{"question_id": image, "answer": gold, "category": s} for s, image, gold, _ in rows]
+    return metric.aggregate(records), run_lmms_eval_task("mme", docs, [p for *_, p in rows])
+
+
+def _assert_mme_totals_equal(ours: dict[str, float], theirs: dict[str, float], groups: set[str]) -> None:
+    """Equal where lmms-eval reports a group; NaN where it reports none."""
+    assert set(theirs) == {f"mme_{group}_score" for group in groups}
+    for group in ("perception", "cognition"):
+        if group in groups:
+            assert ours[f"lmms_eval/{group}"] == theirs[f"mme_{group}_score"], group
+        else:
+            assert math.isnan(ours[f"lmms_eval/{group}"]), group
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+def test_mme_totals_equal_lmms_eval(lmms_eval, seed):
+    from pdrop_eval.metrics.mme import COGNITION, PERCEPTION
+
+    # 1-3 images per subtask; "count" has a single image, so its score is 0, 150 or 200 from one pair.
+    images = {s: 1 if s == "count" else 1 + (k + seed) % 3 for k, s in enumerate(PERCEPTION + COGNITION)}
+    ours, theirs = _mme_columns(_mme_rows(images, seed))
+    _assert_mme_totals_equal(ours, theirs, {"perception", "cognition"})
+
+
+@pytest.mark.parametrize(
+    ("images", "groups"),
+    [
+        ({"existence": 2, "OCR": 1, "color": 3}, {"perception"}),  # no cognition record: lmms-eval has no number
+        ({"code_reasoning": 2, "text_translation": 1}, {"cognition"}),
+        ({"existence": 2, "artwork_v2": 2}, {"perception", "cognition"}),  # not a perception subtask: cognition
+        ({"count": 1}, {"perception"}),  # one subtask, one image
+    ],
+)
+def test_mme_totals_equal_lmms_eval_on_partial_runs(lmms_eval, images, groups):
+    ours, theirs = _mme_columns(_mme_rows(images, seed=5))
+    _assert_mme_totals_equal(ours, theirs, groups)
+
+
+def test_mme_image_with_one_question_has_no_lmms_eval_total(lmms_eval):
+    # A pair cut by --limit: lmms-eval's aggregation asserts two questions per image and stops; ours is NaN for
+    # that group only, the other group still equal to lmms-eval on its own records.
+    paired = _mme_rows({"existence": 2, "code_reasoning": 2}, seed=6)
+    lone = ("color", "color/0000.png", "Yes", "Yes")
+    with pytest.raises(AssertionError, match="pairwise"):
+        _mme_columns([*paired, lone])
+    metric = get_metric("mme")
+    rows = [*paired, lone]
+    ours = metric.aggregate(
+        [metric.record(i, p, gold, {"category": s, "image": image}) for i, (s, image, gold, p) in enumerate(rows)]
+    )
+    _, theirs = _mme_columns([row for row in paired if row[0] == "code_reasoning"])
+    _assert_mme_totals_equal(ours, theirs, {"cognition"})
+
+
+# SEED-Bench image (lmms-eval task `seedbench`) ---------------------------------------------------------------
+
+SEED_CASES = [  # (question id, gold, prediction)
+    ("1", "B", "B"),
+    ("2", "B", "b"),  # its aggregation compares ignoring case
+    ("3", "B", "B."),
+    ("4", "B", "b. cat"),
+    ("5", "B", "(B) cat"),
+    ("6", "B", "The answer is B."),
+    ("7", "A", ""),
+    ("8", "C", "  C \n"),
+    ("9", "B", "Bird"),  # the first character of a longer answer is all that counts
+    ("10", "B", "答案是B"),
+    ("11", "B", "Ｂ"),  # a fullwidth letter is not the letter
+    ("12", "A", "A long explanation: the car is red, so the answer must be C"),
+    ("13", "C", "c"),
+    ("49914", "C", "C"),  # a repeated id: lmms-eval judges each question by its own answer
+    ("49914", "B", "A"),
+]
+
+
+def _seed_columns(rows: Sequence[tuple[str, str, str]]) -> tuple[dict[str, float], dict[str, float]]:
+    metric = get_metric("seed_image")
+    ours = metric.aggregate([metric.record(i, p, g, {"question_id": q}) for i, (q, g, p) in enumerate(rows)])
+    docs = [{"question_id": q, "answer": g, "data_type": "image"} for q, g, _ in rows]
+    return ours, run_lmms_eval_task("seedbench", docs, [p for *_, p in rows])
+
+
+def test_seedbench_column_equals_lmms_eval(lmms_eval):
+    ours, theirs = _seed_columns(SEED_CASES)
+    assert set(theirs) == {"seed_image", "seed_all"}
+    assert ours["lmms_eval/accuracy"] == 100 * theirs["seed_image"] == 100 * theirs["seed_all"]
+
+
+def test_seedbench_rule_equals_lmms_eval_sample_by_sample(lmms_eval):
+    pieces = ["A", "B", "b", "c", "D", ".", " ", "\n", "(", ")", "The answer is ", "答", "Ｂ", "İ", "\u200b", ":"]
+    fuzz = _fuzz_strings(pieces, 500, seed=17)
+    cases = [(g, p) for _, g, p in SEED_CASES] + [("ABCD"[i % 4], p) for i, p in enumerate(fuzz)]
+    for gold, prediction in cases:
+        theirs = _seed_columns([("1", gold, prediction)])[1]["seed_image"]
+        assert seed.lmms_eval_hit(prediction, gold) == (theirs == 1.0), (prediction, gold)
+
+
+# MMBench-CN --------------------------------------------------------------------------------------------------
+
+
+def test_mmbench_cn_carries_no_lmms_eval_column(lmms_eval):
+    # lmms-eval 0.7.3 scores mmbench_cn_dev only through a GPT judge (gpt_eval_score) or as a submission file, so
+    # there is no offline lmms-eval number to reproduce: the circular scorer must not claim one.
+    card = read_card(Path(lmms_eval.__file__).parent / "tasks" / "mmbench" / "mmbench_cn_dev.yaml")
+    assert {entry["metric"] for entry in card["metric_list"]} == {"gpt_eval_score", "submission"}
+    metric = get_metric("mmbench_circular")
+    options = {"A": "猫", "B": "狗", "C": "鸟", "D": "鱼"}
+    meta = {"options": options, "category": "ocr", "l2-category": "perception"}
+    rows = [(3, "B", "B"), (1_000_003, "A", "答案是A"), (4, "C", "(C) 鸟"), (1_000_004, "D", "")]
+    out = metric.aggregate([metric.record(i, p, g, {**meta, "index": i}) for i, g, p in rows])
+    assert "circular_accuracy" in out
+    assert not any(key.startswith("lmms_eval/") for key in out)

@@ -18,7 +18,8 @@ SEED = get_metric("seed_image")
         ("B. cat", False, True),
         ("(B)", False, False),
         ("(B) cat", False, False),
-        ("b", False, False),
+        ("b", False, True),  # lmms-eval compares ignoring case
+        ("b. cat", False, True),
         ("The answer is B", False, False),
         ("A", False, False),
         ("", False, False),

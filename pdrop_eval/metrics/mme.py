@@ -18,8 +18,9 @@ here) is the same and does not depend on record order. Perception = the sum of t
 when all its subtasks are present (calculation.py cannot run otherwise); a partial run (--limit) still gets every
 subtask it covers.
 
-lmms-eval's MME (`lmms_eval/tasks/mme/utils.py`) parses differently ("." removed, a lone "y"/"n" accepted) and
-sums whichever subtasks are present; its totals are added as `lmms_eval/perception` and `lmms_eval/cognition`.
+lmms-eval 0.7.3's `mme` task (`lmms_eval/tasks/mme/utils.py`) parses differently ("." removed, a lone "y"/"n"
+accepted), files every subtask outside the perception list under cognition, and sums whichever subtasks are
+present; its totals are added as `lmms_eval/perception` and `lmms_eval/cognition`, NaN where it gives no number.
 """
 
 from __future__ import annotations
@@ -118,18 +119,27 @@ def _group_total(scores: Mapping[str, float], subtasks: Sequence[str]) -> float:
 
 
 def _lmms_eval_totals(by_subtask: Mapping[str, Mapping[str, Sequence[ScoredRecord]]]) -> dict[str, float]:
-    """lmms-eval `mme_aggregate_results`: per subtask the mean over images of (acc + acc+) of that image, summed
-    over the subtasks of each group that are present."""
-    per_subtask = {}
+    """lmms-eval `mme_process_results` + `mme_aggregate_results`: a subtask counts for perception when it is one of
+    the perception subtasks and for cognition otherwise; per subtask the mean over images of (acc + acc+) of that
+    image, summed over the subtasks of the group present, in order of first appearance.
+
+    NaN where lmms-eval gives no number: a group without records (it reports no such metric), or one holding an
+    image without exactly two questions, e.g. a pair cut by --limit (its `assert len(scores) == 2` stops the run).
+    """
+    per_subtask: dict[str, dict[str, float]] = {group: {} for group in GROUPS}
+    unpaired: set[str] = set()
     for subtask, images in by_subtask.items():
+        group = "perception" if subtask in PERCEPTION else "cognition"
         image_scores = []
         for questions in images.values():
+            if len(questions) != QUESTIONS_PER_IMAGE:
+                unpaired.add(group)
             hits = [lmms_eval_answer(r.prediction) == _label(r.gold) for r in questions]
             image_scores.append((sum(hits) == QUESTIONS_PER_IMAGE) * 100.0 + sum(hits) / len(hits) * 100.0)
-        per_subtask[subtask] = sum(image_scores) / len(image_scores)
+        per_subtask[group][subtask] = sum(image_scores) / len(image_scores)
     return {
-        f"lmms_eval/{group}": sum(score for subtask, score in per_subtask.items() if subtask in subtasks)
-        for group, subtasks in GROUPS.items()
+        f"lmms_eval/{group}": math.nan if group in unpaired or not scores else sum(scores.values())
+        for group, scores in per_subtask.items()
     }
 
 

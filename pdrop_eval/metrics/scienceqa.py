@@ -15,8 +15,9 @@ held `<image>`, i.e. those with an image; the loaders yield only those, so `accu
 (LLaVA's plain `correct / total * 100`).
 
 `lmms_eval/accuracy` is a second, labelled column with lmms-eval's rule (`tasks/scienceqa/utils.py`
-`sqa_process_results`, EvolvingLMMs-Lab/lmms-eval@75571cfe0fa3): right when the stripped prediction equals the gold
-letter ignoring case, or starts with an uppercase letter and "." and that letter is the gold one ignoring case.
+`sqa_process_results`, EvolvingLMMs-Lab/lmms-eval@75571cfe0fa3, unchanged in release 0.7.3, whose `scienceqa_img`
+task averages it): right when the stripped prediction equals the gold letter ignoring case, or starts with an
+uppercase letter and "." and that letter is the gold one ignoring case.
 """
 
 from __future__ import annotations

@@ -10,8 +10,10 @@ Answers are looked up by question id in a dict built from the answer file, so wh
 answer written for it. Accuracy per question type (the 9 image dimensions) and overall over the image questions
 (`eval_only_type='image'`): correct / count ×100.
 
-lmms-eval's `seedbench/utils.py` keeps only the first character of a longer answer ("B. cat" -> "B"); that
-looser rule is added as `lmms_eval/accuracy`.
+lmms-eval 0.7.3's `seedbench` task (`tasks/seedbench/utils.py`) is looser: `seed_process_result` keeps only the
+first character of a longer stripped answer ("B. cat" -> "B") and `seed_aggregation_result` compares it to the gold
+ignoring case ("b" is right); each question is judged by its own answer, even where an id repeats. That rule is
+added as `lmms_eval/accuracy`, its `seed_image` metric (equal to its `seed_all` here, as only image questions run).
 """
 
 from __future__ import annotations
@@ -33,9 +35,11 @@ def seed_hit(prediction: str, gold: Any) -> bool:
 
 
 def lmms_eval_hit(prediction: str, gold: str) -> bool:
-    """lmms-eval `seed_process_result`: strip, keep the first character of a longer answer, compare."""
+    """lmms-eval `seed_process_result` (strip, keep the first character of a longer answer) then
+    `seed_aggregation_result`'s test, which lowercases and strips both sides."""
     answer = prediction.strip()
-    return (answer[0] if len(answer) > 1 else answer) == gold
+    first = answer[0] if len(answer) > 1 else answer
+    return first.lower().strip() == gold.lower().strip()
 
 
 def _score(prediction: str, gold: Any, meta: Mapping[str, Any]) -> float:
