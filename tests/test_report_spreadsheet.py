@@ -53,7 +53,8 @@ def test_summary_equals_metrics_json(built):
     run_dir, path = built
     summary = openpyxl.load_workbook(path)["Summary"]
     header = [c.value for c in summary[1]]
-    assert header[:17] == ["Run", "Task", "Schedule", "Method", "λ", "Layers", "Positions", "N", "Primary metric",
+    assert header[:18] == ["Run", "Task", "Schedule", "Method", "λ", "Layers", "Positions", "N", "Failed samples",
+                           "Primary metric",
                            "Primary", "95% CI low", "95% CI high", "Δ vs vanilla", "Δ 95% CI low", "Δ 95% CI high",
                            "p (Δ vs vanilla)", "Test"]
     assert {"TFLOPs (paper)", "TFLOPs (exact)", "Retained image tokens", "Prefill ms", "Samples/s"} <= set(header)

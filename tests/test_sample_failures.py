@@ -10,6 +10,7 @@ import struct
 import zlib
 from pathlib import Path
 
+import openpyxl
 import pytest
 from PIL import Image
 
@@ -79,6 +80,8 @@ def test_an_odd_sample_is_recorded_failed_scored_wrong_and_listed(kind, tmp_path
     assert cli.main(["report", str(run_dir)]) == 0
     report = (run_dir / "report.md").read_text()
     assert "Failed samples (1)" in report and ODD[kind][2].replace("<", "\\<").replace(">", "\\>") in report
+    header, row = openpyxl.load_workbook(run_dir / "results.xlsx")["Summary"].iter_rows(values_only=True)
+    assert dict(zip(header, row))["Failed samples"] == 1
 
 
 @pytest.mark.engine

@@ -95,6 +95,7 @@ def summary_columns(frame: pd.DataFrame) -> list[Column]:
         Column("Task", _field("task")),
         *_schedule_columns(with_run=False),
         Column("N", _field("n"), COUNT),
+        Column("Failed samples", _field("failed"), COUNT),
         Column("Primary metric", _field("primary_metric")),
         Column("Primary", _field("primary"), SCORE),
         Column("95% CI low", _field("ci_low"), SCORE),

@@ -23,6 +23,7 @@ TFLOPS_CONVENTIONS = {
 }
 _NUMERIC_FIELDS = (
     "n",
+    "failed",
     "primary",
     "tflops_paper",
     "tflops_exact",
