@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pdrop_eval.errors import PdropEvalError
 from pdrop_eval.pyramid.flops import average_retained_tokens, image_tokens_per_layer
-from pdrop_eval.pyramid.schedule import POSITION_MODES, DropSchedule
+from pdrop_eval.pyramid.schedule import POSITION_MODES, DropSchedule, PruningMethod
 
 BASELINES = ("vanilla", "fastv", "random")
 DEFAULT_LAYERS = (8, 16, 24)
@@ -27,7 +27,7 @@ class RunPlan:
 
     model: str
     tasks: tuple[str, ...]
-    schedules: tuple[DropSchedule, ...]
+    schedules: tuple[PruningMethod, ...]
     run_name: str
     output_dir: Path
     batch_size: int = 8
@@ -99,7 +99,7 @@ def lambda_for_budget(budget: float, layers: tuple[int, ...], num_layers: int, n
     return best
 
 
-def budget_schedules(plan: RunPlan, num_layers: int, num_image_tokens: int) -> list[tuple[float, DropSchedule]]:
+def budget_schedules(plan: RunPlan, num_layers: int, num_image_tokens: int) -> list[tuple[float, PruningMethod]]:
     """For each layer list and budget, the PDrop schedule whose average retained tokens is closest to it."""
     chosen = []
     for layers, budget in itertools.product(plan.budget_layers, plan.budgets):
@@ -115,7 +115,7 @@ def build_schedules(
     baselines: Sequence[str],
     position_mode: str,
     seed: int,
-) -> tuple[DropSchedule, ...]:
+) -> tuple[PruningMethod, ...]:
     """The sweep: PDrop for every (λ or ratio list) × layer list, plus the requested baselines."""
     if position_mode not in POSITION_MODES:
         raise PdropEvalError(f"--position-mode {position_mode!r}: choose compact (official PDrop) or original")
@@ -123,7 +123,7 @@ def build_schedules(
     if unknown:
         raise PdropEvalError(f"unknown baseline(s) {', '.join(unknown)}: choose from {', '.join(BASELINES)}")
     layer_lists = list(layer_lists) or [DEFAULT_LAYERS]
-    schedules: list[DropSchedule] = []
+    schedules: list[PruningMethod] = []
     if "vanilla" in baselines:
         schedules.append(DropSchedule.none())
     if "fastv" in baselines:
@@ -143,17 +143,9 @@ def build_schedules(
     return tuple(unique)
 
 
-def schedule_record(schedule: DropSchedule) -> dict:
-    """How a schedule is described in metrics.json and prediction files."""
-    method = {"none": "vanilla", "attention": "pdrop", "fastv": "fastv", "random": "random"}[schedule.ranker]
-    return {
-        "label": schedule.label,
-        "method": method,
-        "lam": schedule.lam,
-        "layers": list(schedule.layers),
-        "ratios": list(schedule.ratios),
-        "positions": schedule.positions,
-    }
+def schedule_record(schedule: PruningMethod) -> dict:
+    """How a schedule is described in metrics.json and prediction files: the method describes itself."""
+    return schedule.record()
 
 
 def validate_run_name(name: str) -> str:

@@ -29,13 +29,13 @@ from pdrop_eval.data.hf import HFTable
 from pdrop_eval.data.sample import Sample
 from pdrop_eval.distributed import World, barrier, current_world, device_for, finish, init, shard
 from pdrop_eval.errors import PdropEvalError
+from pdrop_eval.methods.base import PruningMethod
 from pdrop_eval.metrics import ScoredRecord, get_metric
 from pdrop_eval.models import LoadedVLM, build_batch, decode, image_token_count, load_vlm
 from pdrop_eval.models.images import expand_to_square, to_rgb
 from pdrop_eval.plan import RunPlan, budget_schedules, schedule_record
 from pdrop_eval.pyramid.engine import DecoderParts
 from pdrop_eval.pyramid.flops import ModelShape, sample_flops
-from pdrop_eval.pyramid.schedule import DropSchedule
 from pdrop_eval.pyramid.timing import Stopwatch
 from pdrop_eval.pyramid.vlm import count_crops, encode_images, generate
 from pdrop_eval.registry import ResolvedSource, Task, check_data, get_task, load_samples
@@ -235,7 +235,7 @@ def _record(
 class TaskEvaluator:
     """Runs one task's pending samples through every schedule, appending each batch's records as it finishes."""
 
-    def __init__(self, plan: RunPlan, loaded: LoadedVLM, schedules: Sequence[DropSchedule], world: World):
+    def __init__(self, plan: RunPlan, loaded: LoadedVLM, schedules: Sequence[PruningMethod], world: World):
         self.plan = plan
         self.loaded = loaded
         self.schedules = schedules
@@ -325,7 +325,7 @@ def _mean(values: Sequence[float]) -> float:
     return sum(values) / len(values) if values else math.nan
 
 
-def score_schedule(task: Task, schedule: DropSchedule, records: list[dict[str, Any]]) -> dict[str, Any]:
+def score_schedule(task: Task, schedule: PruningMethod, records: list[dict[str, Any]]) -> dict[str, Any]:
     """Aggregate one task × schedule from its records: the official metrics plus cost and speed."""
     metrics: dict[str, float] = {}
     for name in task.metrics:
@@ -376,7 +376,7 @@ def _flatten_scores(result: Any) -> dict[str, float]:
     return flat
 
 
-def _vlmeval_metrics(plan: RunPlan, data: TaskData, schedule: DropSchedule, records: list[dict]) -> dict[str, float]:
+def _vlmeval_metrics(plan: RunPlan, data: TaskData, schedule: PruningMethod, records: list[dict]) -> dict[str, float]:
     from pdrop_eval.data.vlmeval_scoring import score_with_vlmeval
 
     tsv = _vlmeval_tsv(data.task, data.source)
@@ -456,7 +456,7 @@ def _model_info(plan: RunPlan, loaded: LoadedVLM, dtype: str, device: torch.devi
 
 
 def finalize(
-    plan: RunPlan, loaded: LoadedVLM, tasks: list[TaskData], schedules: Sequence[DropSchedule], run_info: dict
+    plan: RunPlan, loaded: LoadedVLM, tasks: list[TaskData], schedules: Sequence[PruningMethod], run_info: dict
 ) -> dict[str, Any]:
     """Rank 0, after every rank finished: merge shards, score, write metrics.json and the sample images."""
     results, task_info = [], {}
@@ -517,7 +517,7 @@ def format_table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _resolve_schedules(plan: RunPlan, loaded: LoadedVLM, tasks: list[TaskData], depth: int) -> list[DropSchedule]:
+def _resolve_schedules(plan: RunPlan, loaded: LoadedVLM, tasks: list[TaskData], depth: int) -> list[PruningMethod]:
     schedules = list(plan.schedules)
     if plan.budgets:
         first = next((data.samples[0] for data in tasks if data.samples), None)

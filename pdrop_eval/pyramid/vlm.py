@@ -1,7 +1,8 @@
-"""PyramidDrop generation for LLaVA-style models: vision tower + projector once, then the staged layer loop.
+"""Pruned generation for LLaVA-style models: vision tower + projector once, the method's before-the-LLM reduction,
+then the staged layer loop.
 
 Image features are a separate step (`encode_images`) so a sweep can encode each image once and reuse the features
-for every schedule.
+for every method that leaves the tower alone.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ import torch
 from torch import nn
 
 from pdrop_eval.errors import PdropEvalError
-from pdrop_eval.pyramid.engine import BatchGeneration, DecoderParts, generate_from_embeds
-from pdrop_eval.pyramid.schedule import DropSchedule
+from pdrop_eval.methods.base import PruningMethod
+from pdrop_eval.methods.vanilla import Vanilla
+from pdrop_eval.pyramid.engine import BatchGeneration, DecoderParts, _left_repack, generate_from_embeds
 from pdrop_eval.pyramid.timing import Stopwatch
 
 
@@ -73,6 +75,33 @@ def embed_with_images(
     return embeds.masked_scatter(image_mask[..., None], features), image_mask
 
 
+def compact_placeholders(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor, image_token: int, counts: Sequence[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Shortens each row's image placeholder span to `counts[b]` tokens and re-pads on the left.
+
+    This gives exactly the inputs of a prompt built with `counts[b]` placeholders: LLaVA splits the prompt at
+    `<image>` and tokenises each text chunk on its own (REFERENCE §4), so the text ids do not depend on how many
+    placeholders stand between them; embeddings are per token; and the engine derives every position from the
+    attention mask, so each token gets the position it would have had in the shorter prompt. It is also what
+    DivPrune's official code does after the fact (it indexes the kept columns out of the embedded prompt and
+    leaves position ids to be rebuilt 0..len-1).
+    """
+    is_image = (input_ids == image_token) & attention_mask.bool()
+    ordinal = is_image.long().cumsum(-1) - 1
+    wanted = torch.as_tensor(list(counts), device=input_ids.device)
+    present = is_image.sum(-1)
+    if bool((present < wanted).any()):
+        raise PdropEvalError(
+            f"a method asked for more image tokens than the prompt holds ({wanted.tolist()} vs {present.tolist()}): "
+            "reduce_features may only shorten the image span"
+        )
+    keep = attention_mask.bool() & (~is_image | (ordinal < wanted[:, None]))
+    counts_kept = keep.sum(-1)
+    source, valid = _left_repack(keep, int(counts_kept.max()))
+    return input_ids.gather(1, source).masked_fill(~valid, 0), valid.long()
+
+
 def stop_at_strings(tokenizer, strings: Sequence[str]) -> Callable[[int, list[int]], bool]:
     """A `stop` callback for generate: a sample ends once its decoded answer contains any of `strings`.
 
@@ -101,7 +130,7 @@ def generate(
     model: nn.Module,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
-    schedule: DropSchedule | None = None,
+    method: PruningMethod | None = None,
     *,
     pixel_values: torch.Tensor | None = None,
     image_sizes: torch.Tensor | None = None,
@@ -115,12 +144,15 @@ def generate(
     parts: DecoderParts | None = None,
     vision_crops: Sequence[int] | None = None,
 ) -> BatchGeneration:
-    """Greedy generation for a LLaVA / LLaVA-NeXT batch (left padded), dropping image tokens per `schedule`.
+    """Greedy generation for a LLaVA / LLaVA-NeXT batch (left padded, one image per prompt), pruned per `method`.
 
     Pass `pixel_values` (and `image_sizes` for NeXT), or `image_features` from `encode_images` to reuse them.
+    The method first reduces each image's features (before the LLM; most methods leave them alone), the prompt's
+    image span is shortened to match (`compact_placeholders`), then the engine drops inside the LLM.
     Each trace records the vision-tower passes its image needs (`vision_crops`, derived from `image_sizes` unless
-    given), so FLOPs count the tower even when its features were reused.
+    given), so FLOPs count the tower even when its features were reused, and the tower's token count.
     """
+    method = method or Vanilla()
     if image_features is None:
         if pixel_values is None:
             raise PdropEvalError("generate needs pixel_values or precomputed image_features")
@@ -129,22 +161,34 @@ def generate(
         vision_s = watch.seconds
     else:
         vision_s = 0.0
-    embeds, image_mask = embed_with_images(model, input_ids, image_features)
+    tower_counts = [int(features.shape[0]) for features in image_features]
+    seeds = sample_seeds if sample_seeds is not None else prompt_seeds(input_ids, attention_mask)
+    with Stopwatch(input_ids.device) as reduce_watch:
+        reduced = method.reduce_features(list(image_features))
+        entering = [int(features.shape[0]) for features in reduced.features]
+        if entering != tower_counts:
+            input_ids, attention_mask = compact_placeholders(input_ids, attention_mask, image_token_id(model), entering)
+    embeds, image_mask = embed_with_images(model, input_ids, reduced.features)
     result = generate_from_embeds(
         parts or DecoderParts.from_model(model),
         embeds,
         attention_mask,
         image_mask,
-        schedule,
+        method,
         max_new_tokens=max_new_tokens,
         eos_token_ids=eos_token_ids,
         pad_token_id=pad_token_id,
         stop=stop,
-        sample_seeds=sample_seeds if sample_seeds is not None else prompt_seeds(input_ids, attention_mask),
+        sample_seeds=seeds,
         return_logits=return_logits,
     )
     result.timings.vision_s = vision_s
+    result.timings.prefill_s += reduce_watch.seconds  # choosing tokens before the LLM is part of prefill and rank
+    result.timings.rank_s += reduce_watch.seconds
     crops = vision_crops if vision_crops is not None else count_crops(model, image_sizes, input_ids.shape[0])
-    for generation, count in zip(result.generations, crops):
+    for row, (generation, count) in enumerate(zip(result.generations, crops)):
         generation.trace.vision_crops = count
+        generation.trace.num_image_tokens = tower_counts[row]
+        if reduced.kept_indices is not None:
+            generation.trace.kept_feature_indices = reduced.kept_indices[row]
     return result

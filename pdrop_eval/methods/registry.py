@@ -1,0 +1,26 @@
+"""Every pruning method by name: the CLI, plan and report look methods up here instead of spelling them out."""
+
+from __future__ import annotations
+
+from pdrop_eval.errors import PdropEvalError
+from pdrop_eval.methods.base import PruningMethod
+from pdrop_eval.methods.fastv import FastV
+from pdrop_eval.methods.pdrop import PDrop
+from pdrop_eval.methods.random import RandomDrop
+from pdrop_eval.methods.vanilla import Vanilla
+
+METHODS: dict[str, type[PruningMethod]] = {cls.name: cls for cls in (Vanilla, PDrop, FastV, RandomDrop)}
+
+
+def method_class(name: str) -> type[PruningMethod]:
+    """The class registered under `name`, or one line naming the known methods."""
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise PdropEvalError(f"unknown pruning method {name!r}: choose from {', '.join(METHODS)}") from None
+
+
+def display_name(name: str) -> str:
+    """How a report names the method recorded as `name` (a name from an older or newer run is shown as is)."""
+    cls = METHODS.get(name)
+    return cls.display_name if cls is not None else name
