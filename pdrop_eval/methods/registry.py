@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from pdrop_eval.errors import PdropEvalError
 from pdrop_eval.methods.base import PruningMethod
+from pdrop_eval.methods.divprune import DivPrune
+from pdrop_eval.methods.downsample import Downsample
 from pdrop_eval.methods.fastv import FastV
 from pdrop_eval.methods.pdrop import PDrop
 from pdrop_eval.methods.random import RandomDrop
 from pdrop_eval.methods.vanilla import Vanilla
 
-METHODS: dict[str, type[PruningMethod]] = {cls.name: cls for cls in (Vanilla, PDrop, FastV, RandomDrop)}
+METHODS: dict[str, type[PruningMethod]] = {
+    cls.name: cls for cls in (Vanilla, PDrop, FastV, RandomDrop, DivPrune, Downsample)
+}
 
 
 def method_class(name: str) -> type[PruningMethod]:
