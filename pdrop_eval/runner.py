@@ -222,6 +222,7 @@ def _record(
         "image_source": sample.image_source,
         "num_image_tokens": trace.num_image_tokens,
         "kept_image_indices": trace.kept_image_indices,
+        "kept_feature_indices": trace.kept_feature_indices,
         "image_tokens_per_layer": trace.image_tokens_per_layer,
         "tokens_per_layer": trace.tokens_per_layer,
         "generated_tokens": trace.generated_tokens,

@@ -96,7 +96,6 @@ class SampleTrace:
     prompt_tokens: int
     method: PruningMethod = field(default_factory=Vanilla)
     kept_feature_indices: list[int] | None = None
-    drop_layers: list[int] = field(default_factory=list)
     kept_image_indices: list[list[int]] = field(default_factory=list)
     tokens_per_layer: list[int] = field(default_factory=list)
     image_tokens_per_layer: list[int] = field(default_factory=list)
@@ -292,7 +291,7 @@ def prefill(
     num_images_list = list(image_counts)
     prompt_lengths = valid.sum(-1)
     traces = [
-        SampleTrace(num_image_tokens=n, prompt_tokens=p, method=method, drop_layers=list(method.stage_layers))
+        SampleTrace(num_image_tokens=n, prompt_tokens=p, method=method)
         for n, p in zip(num_images_list, lengths)
     ]
     if sample_seeds is None:
