@@ -289,12 +289,18 @@ class TaskEvaluator:
                 continue
             index = torch.tensor(rows, device=device)
             input_ids, attention_mask = _trim_left_padding(inputs.input_ids[index], inputs.attention_mask[index])
+            own_tower_pass = {}  # a method that reads the tower's internals runs it on the pixels itself
+            if schedule.reads_tower:
+                own_tower_pass["pixel_values"] = inputs.pixel_values[index]
+                if inputs.image_sizes is not None:
+                    own_tower_pass["image_sizes"] = inputs.image_sizes[index]
             result = generate(
                 loaded.model,
                 input_ids,
                 attention_mask,
                 schedule,
                 image_features=[features[i] for i in rows],
+                **own_tower_pass,
                 vision_crops=[crops[i] for i in rows],
                 max_new_tokens=max_new_tokens,
                 eos_token_ids=loaded.eos_token_ids,
@@ -303,7 +309,7 @@ class TaskEvaluator:
                 parts=self.parts,
             )
             timings = result.timings
-            share = vision_s * len(rows) / len(batch)
+            share = timings.vision_s if schedule.reads_tower else vision_s * len(rows) / len(batch)
             steps = max(max(g.trace.generated_tokens for g in result.generations) - 1, 1)
             timing = {
                 "batch_size": len(rows),

@@ -15,9 +15,10 @@ from pdrop_eval.methods.divprune import DivPrune, max_min_diverse
 from pdrop_eval.methods.downsample import Downsample, grid_for_budget
 from pdrop_eval.models import build_batch, load_vlm
 from pdrop_eval.models.prompts import format_prompt, tokenize_with_images
+from pdrop_eval.pyramid.engine import SampleTrace
 from pdrop_eval.pyramid.flops import ModelShape, image_tokens_per_layer, sample_flops
 from pdrop_eval.pyramid.schedule import DropSchedule
-from pdrop_eval.pyramid.vlm import compact_placeholders, encode_images, generate
+from pdrop_eval.pyramid.vlm import encode_images, generate, resize_image_spans
 
 pytestmark = pytest.mark.engine
 
@@ -120,11 +121,11 @@ def test_budgets_map_to_the_nearest_square_grid():
     assert [grid_for_budget(b) for b in (192, 128, 64, 1)] == [14, 11, 8, 1]
 
 
-def test_compacted_span_equals_a_prompt_built_with_fewer_placeholders():
+def test_resized_span_equals_a_prompt_built_with_that_many_placeholders():
     loaded = _loaded()
     batch = build_batch(loaded, PROMPTS, _images())
-    counts = [7, 30, 1, 576]
-    ids, mask = compact_placeholders(batch.input_ids, batch.attention_mask, loaded.image_token_id, counts)
+    counts = [7, 30, 577, 576]
+    ids, mask = resize_image_spans(batch.input_ids, batch.attention_mask, loaded.image_token_id, counts)
     for row, (text, count) in enumerate(zip(PROMPTS, counts)):
         prompt = format_prompt(loaded.template, text)
         expected = tokenize_with_images(loaded.tokenizer, prompt, loaded.image_token_id, [count])
@@ -279,3 +280,15 @@ def test_downsample_on_anyres_features_is_refused_before_generating():
             image_sizes=batch.image_sizes,
             max_new_tokens=1,
         )
+
+
+def test_divprune_overhead_equals_flop_counter_exactly():
+    """The selection alone, where its cost is not lost in the LLM's total: the N×N similarity product."""
+    features = torch.randn(576, 64, generator=torch.Generator().manual_seed(3))
+    method = DivPrune(ratio=1 / 9)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        method.reduce_features([features])
+    shape = ModelShape.from_config(_loaded().model.config)
+    trace = SampleTrace(num_image_tokens=576, prompt_tokens=0, method=method)
+    assert counter.get_total_flops() == method.overhead_flops(shape, trace) == 2 * 576 * 576 * 64

@@ -11,6 +11,7 @@ import pytest
 from pdrop_eval import cli, runner
 from pdrop_eval.methods.divprune import DivPrune
 from pdrop_eval.methods.downsample import Downsample
+from pdrop_eval.methods.visionzip import VisionZip
 from pdrop_eval.pyramid.schedule import DropSchedule
 from pdrop_eval.report import build_reports
 
@@ -30,13 +31,21 @@ def test_before_and_inside_the_llm_methods_in_one_sweep(tmp_path, monkeypatch):
     monkeypatch.setattr(runner, "encode_images", counting)
     argv = [*ARGS, "--output-dir", str(tmp_path), "--run-name", "mixed", "--baselines", "vanilla"]
     plan = cli.plan_from_args(cli.build_parser().parse_args(argv), argv)
-    methods = (DropSchedule.none(), DivPrune(ratio=1 / 9), Downsample(grid=8), DropSchedule.pyramid(0.5))
+    methods = (DropSchedule.none(), DivPrune(ratio=1 / 9), Downsample(grid=8), DropSchedule.pyramid(0.5), VisionZip())
     payload = runner.run(dataclasses.replace(plan, schedules=methods))
 
-    assert sum(encoded) == 3, "methods that leave the tower alone reuse one vision pass per image"
+    assert sum(encoded) == 3, "methods that leave the tower alone share one vision pass per image"
     results = {r["schedule"]["label"]: r for r in payload["results"]}
-    assert list(results) == ["vanilla", "divprune_r0.111111", "downsample_g8", "pdrop_lam0.5_8-16-24"]
-    assert [r["schedule"]["method"] for r in results.values()] == ["vanilla", "divprune", "downsample", "pdrop"]
+    assert list(results) == [
+        "vanilla",
+        "divprune_r0.111111",
+        "downsample_g8",
+        "pdrop_lam0.5_8-16-24",
+        "visionzip_d54_c10",
+    ]
+    methods = [r["schedule"]["method"] for r in results.values()]
+    assert methods == ["vanilla", "divprune", "downsample", "pdrop", "visionzip"]
+    assert results["visionzip_d54_c10"]["retained_tokens"] == 64
     assert results["divprune_r0.111111"]["retained_tokens"] == 64
     assert results["downsample_g8"]["retained_tokens"] == 64
     assert results["pdrop_lam0.5_8-16-24"]["retained_tokens"] == 270
@@ -52,6 +61,8 @@ def test_before_and_inside_the_llm_methods_in_one_sweep(tmp_path, monkeypatch):
             selected = record["kept_feature_indices"]
             if label.startswith("divprune"):
                 assert len(selected) == 64 and selected == sorted(set(selected))
+            elif label.startswith("visionzip"):
+                assert len(selected) == 53 and selected == sorted(set(selected))
             else:
                 assert selected is None
     paths = build_reports([run_dir])

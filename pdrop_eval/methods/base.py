@@ -5,7 +5,9 @@ per call (never stored on the model), and one loaded model serves a whole sweep.
 default that leaves the tokens alone:
 
 - before the LLM, `reduce_features` maps each image's projected features [N_i, d] to [K_i, d]; the prompt then
-  holds K_i image tokens (pdrop_eval.pyramid.vlm compacts the placeholder span);
+  holds K_i image tokens (pdrop_eval.pyramid.vlm resizes the placeholder span). A method that must read the
+  tower's internals (VisionZip) sets `reads_tower` and implements `encode_images` instead: it then gets the
+  pixels, not the features the rest of a sweep shares;
 - inside the LLM, after each layer count in `stage_layers`, `score` rates every token of the current sequence and
   the engine keeps each sample's top `keep_count` image tokens (ties broken as the official top-k does).
 
@@ -55,8 +57,8 @@ class Boundary:
 
 @dataclass(frozen=True)
 class ReducedFeatures:
-    """Per image, the features that enter the LLM and, for methods that select (not merge), which tower
-    features they are (ascending ordinals into the image's original features), for kept-patch maps."""
+    """Per image, the features that enter the LLM and, where a method selects tower features, which ones (ascending
+    ordinals into the image's patches; VisionZip lists its dominant patches, its contextual tokens being merges)."""
 
     features: list[torch.Tensor]
     kept_indices: list[list[int]] | None = None
@@ -69,6 +71,7 @@ class PruningMethod:
     name: ClassVar[str]  # the registry key and the `method` column of results
     display_name: ClassVar[str]  # how reports and legends name it
     default_positions: ClassVar[str] = "compact"
+    reads_tower: ClassVar[bool] = False  # True: `encode_images` replaces the shared tower pass
 
     positions: PositionMode = "compact"
 
@@ -100,6 +103,16 @@ class PruningMethod:
     def reduce_features(self, features: list[torch.Tensor]) -> ReducedFeatures:
         """Before the LLM: per image, its projected features [N_i, d] → [K_i, d]. Default: unchanged."""
         return ReducedFeatures(features=list(features))
+
+    def encode_images(
+        self, model: nn.Module, pixel_values: torch.Tensor, image_sizes: torch.Tensor | None
+    ) -> ReducedFeatures:
+        """For `reads_tower` methods: the tower, the method's choice and the projector, from the pixels."""
+        raise NotImplementedError(f"{type(self).__name__} sets reads_tower but has no encode_images()")
+
+    def projected_tokens(self, trace: SampleTrace) -> int | None:
+        """Tokens the projector ran on for this sample; None when it ran on every patch of every crop."""
+        return None
 
     def keep_count(self, num_image_tokens: int, stage: int) -> int:
         """Image tokens a sample keeps after `stage`, from the count that entered the LLM."""

@@ -41,6 +41,7 @@ class VisionShape:
     image_size: int
     patch_size: int
     channels: int = 3
+    heads: int = 1
 
     @property
     def tokens(self) -> int:
@@ -78,6 +79,7 @@ class ModelShape:
             image_size=vision_config.image_size,
             patch_size=vision_config.patch_size,
             channels=getattr(vision_config, "num_channels", 3),
+            heads=vision_config.num_attention_heads,
         )
         return cls(text=text, vision=vision, projector_hidden=text.hidden)
 
@@ -121,14 +123,18 @@ def last_query_rank_flops(shape: TextShape, keys: int) -> int:
     return 2 * d * shape.heads * hd + 2 * keys * d * shape.kv_heads * hd + 2 * shape.heads * keys * hd
 
 
-def vision_flops(vision: VisionShape, projector_hidden: int, num_crops: int) -> int:
+def vision_flops(
+    vision: VisionShape, projector_hidden: int, num_crops: int, projected_tokens: int | None = None
+) -> int:
     """The CLIP tower over each crop (every layer runs) plus the two-layer projector over each crop's patches
-    (LLaVA-NeXT projects every crop before it unpads and packs them)."""
+    (LLaVA-NeXT projects every crop before it unpads and packs them), or over `projected_tokens` where a method
+    chose tokens inside the tower (VisionZip)."""
     n, d = vision.tokens, vision.hidden
     patches = n - 1
     embed = 2 * patches * vision.channels * vision.patch_size**2 * d
     layer = 2 * n * d * d * 4 + 2 * 2 * n * n * d + 2 * 2 * n * d * vision.ffn
-    projector = 2 * num_crops * patches * (d * projector_hidden + projector_hidden * projector_hidden)
+    projected = num_crops * patches if projected_tokens is None else projected_tokens
+    projector = 2 * projected * (d * projector_hidden + projector_hidden * projector_hidden)
     return num_crops * (embed + vision.layers * layer) + projector
 
 
@@ -155,7 +161,8 @@ def sample_flops(shape: ModelShape, trace: SampleTrace, kv_bytes_per_element: in
         decode += 2 * text.hidden * text.vocab
     vision = 0
     if shape.vision is not None:
-        vision = vision_flops(shape.vision, shape.projector_hidden or text.hidden, trace.vision_crops)
+        projected = trace.method.projected_tokens(trace)
+        vision = vision_flops(shape.vision, shape.projector_hidden or text.hidden, trace.vision_crops, projected)
     kv_cache = 2 * sum(trace.tokens_per_layer) * text.kv_heads * text.head_dim * kv_bytes_per_element
     return SampleFlops(
         paper=paper_flops(text, trace.image_tokens_per_layer),

@@ -16,7 +16,7 @@ from torch import nn
 from pdrop_eval.errors import PdropEvalError
 from pdrop_eval.methods.base import PruningMethod
 from pdrop_eval.methods.vanilla import Vanilla
-from pdrop_eval.pyramid.engine import BatchGeneration, DecoderParts, _left_repack, generate_from_embeds
+from pdrop_eval.pyramid.engine import BatchGeneration, DecoderParts, generate_from_embeds
 from pdrop_eval.pyramid.timing import Stopwatch
 
 
@@ -75,31 +75,32 @@ def embed_with_images(
     return embeds.masked_scatter(image_mask[..., None], features), image_mask
 
 
-def compact_placeholders(
+def resize_image_spans(
     input_ids: torch.Tensor, attention_mask: torch.Tensor, image_token: int, counts: Sequence[int]
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Shortens each row's image placeholder span to `counts[b]` tokens and re-pads on the left.
+    """Gives each row's image placeholder span `counts[b]` tokens and re-pads on the left.
 
     This gives exactly the inputs of a prompt built with `counts[b]` placeholders: LLaVA splits the prompt at
     `<image>` and tokenises each text chunk on its own (REFERENCE §4), so the text ids do not depend on how many
     placeholders stand between them; embeddings are per token; and the engine derives every position from the
-    attention mask, so each token gets the position it would have had in the shorter prompt. It is also what
-    DivPrune's official code does after the fact (it indexes the kept columns out of the embedded prompt and
-    leaves position ids to be rebuilt 0..len-1).
+    attention mask, so each token gets the position it would have had in that prompt. It is also what DivPrune's
+    and VisionZip's official code amount to (the first indexes the kept columns out of the embedded prompt, the
+    second builds the prompt around the shorter features; both leave positions to be rebuilt 0..len-1).
     """
-    is_image = (input_ids == image_token) & attention_mask.bool()
-    ordinal = is_image.long().cumsum(-1) - 1
-    wanted = torch.as_tensor(list(counts), device=input_ids.device)
-    present = is_image.sum(-1)
-    if bool((present < wanted).any()):
-        raise PdropEvalError(
-            f"a method asked for more image tokens than the prompt holds ({wanted.tolist()} vs {present.tolist()}): "
-            "reduce_features may only shorten the image span"
-        )
-    keep = attention_mask.bool() & (~is_image | (ordinal < wanted[:, None]))
-    counts_kept = keep.sum(-1)
-    source, valid = _left_repack(keep, int(counts_kept.max()))
-    return input_ids.gather(1, source).masked_fill(~valid, 0), valid.long()
+    rows = []
+    for ids, mask, count in zip(input_ids.tolist(), attention_mask.tolist(), counts):
+        real = [token for token, keep in zip(ids, mask) if keep]
+        if image_token not in real:
+            raise PdropEvalError("a prompt has no image placeholder: build inputs with pdrop_eval.models.build_batch")
+        first, end = real.index(image_token), len(real) - real[::-1].index(image_token)
+        rows.append(real[:first] + [image_token] * count + real[end:])
+    width = max(len(row) for row in rows)
+    resized = torch.zeros(len(rows), width, dtype=input_ids.dtype)
+    mask = torch.zeros(len(rows), width, dtype=attention_mask.dtype)
+    for index, row in enumerate(rows):
+        resized[index, width - len(row) :] = torch.tensor(row, dtype=input_ids.dtype)
+        mask[index, width - len(row) :] = 1
+    return resized.to(input_ids.device), mask.to(attention_mask.device)
 
 
 def stop_at_strings(tokenizer, strings: Sequence[str]) -> Callable[[int, list[int]], bool]:
@@ -146,28 +147,38 @@ def generate(
 ) -> BatchGeneration:
     """Greedy generation for a LLaVA / LLaVA-NeXT batch (left padded, one image per prompt), pruned per `method`.
 
-    Pass `pixel_values` (and `image_sizes` for NeXT), or `image_features` from `encode_images` to reuse them.
-    The method first reduces each image's features (before the LLM; most methods leave them alone), the prompt's
-    image span is shortened to match (`compact_placeholders`), then the engine drops inside the LLM.
+    Pass `pixel_values` (and `image_sizes` for NeXT), or `image_features` from `encode_images` to reuse them (a
+    method that reads the tower itself, `method.reads_tower`, needs the pixels). The method first reduces each
+    image's features (before the LLM; most methods leave them alone), the prompt's image span is shortened to
+    match (`resize_image_spans`), then the engine drops inside the LLM.
     Each trace records the vision-tower passes its image needs (`vision_crops`, derived from `image_sizes` unless
-    given), so FLOPs count the tower even when its features were reused, and the tower's token count.
+    given), so FLOPs count the tower even when its features were reused, and the image's token count.
     """
     method = method or Vanilla()
-    if image_features is None:
+    device = input_ids.device
+    placeholder = image_token_id(model)
+    tower_counts = ((input_ids == placeholder) & attention_mask.bool()).sum(-1).tolist()
+    seeds = sample_seeds if sample_seeds is not None else prompt_seeds(input_ids, attention_mask)
+    vision_s = reduce_s = 0.0
+    if method.reads_tower:
         if pixel_values is None:
-            raise PdropEvalError("generate needs pixel_values or precomputed image_features")
-        with Stopwatch(input_ids.device) as watch:
-            image_features = encode_images(model, pixel_values, image_sizes)
+            raise PdropEvalError(f"{method.label} reads the vision tower itself: pass pixel_values to generate")
+        with Stopwatch(device) as watch:
+            reduced = method.encode_images(model, pixel_values, image_sizes)
         vision_s = watch.seconds
     else:
-        vision_s = 0.0
-    tower_counts = [int(features.shape[0]) for features in image_features]
-    seeds = sample_seeds if sample_seeds is not None else prompt_seeds(input_ids, attention_mask)
-    with Stopwatch(input_ids.device) as reduce_watch:
-        reduced = method.reduce_features(list(image_features))
-        entering = [int(features.shape[0]) for features in reduced.features]
-        if entering != tower_counts:
-            input_ids, attention_mask = compact_placeholders(input_ids, attention_mask, image_token_id(model), entering)
+        if image_features is None:
+            if pixel_values is None:
+                raise PdropEvalError("generate needs pixel_values or precomputed image_features")
+            with Stopwatch(device) as watch:
+                image_features = encode_images(model, pixel_values, image_sizes)
+            vision_s = watch.seconds
+        with Stopwatch(device) as watch:
+            reduced = method.reduce_features(list(image_features))
+        reduce_s = watch.seconds
+    entering = [int(features.shape[0]) for features in reduced.features]
+    if entering != tower_counts:
+        input_ids, attention_mask = resize_image_spans(input_ids, attention_mask, placeholder, entering)
     embeds, image_mask = embed_with_images(model, input_ids, reduced.features)
     result = generate_from_embeds(
         parts or DecoderParts.from_model(model),
@@ -183,8 +194,8 @@ def generate(
         return_logits=return_logits,
     )
     result.timings.vision_s = vision_s
-    result.timings.prefill_s += reduce_watch.seconds  # choosing tokens before the LLM is part of prefill and rank
-    result.timings.rank_s += reduce_watch.seconds
+    result.timings.prefill_s += reduce_s  # choosing tokens before the LLM is part of prefill and rank
+    result.timings.rank_s += reduce_s
     crops = vision_crops if vision_crops is not None else count_crops(model, image_sizes, input_ids.shape[0])
     for row, (generation, count) in enumerate(zip(result.generations, crops)):
         generation.trace.vision_crops = count
