@@ -292,3 +292,41 @@ def test_divprune_overhead_equals_flop_counter_exactly():
     shape = ModelShape.from_config(_loaded().model.config)
     trace = SampleTrace(num_image_tokens=576, prompt_tokens=0, method=method)
     assert counter.get_total_flops() == method.overhead_flops(shape, trace) == 2 * 576 * 576 * 64
+
+
+def test_divprune_on_llava_next_selects_per_image_from_its_own_token_count():
+    """Anyres images give each sample its own N (newline tokens included, as the official code prunes them too);
+    each keeps round(ratio · N_i) of its own, the same in a batch of four as alone."""
+    loaded = _loaded("tiny-llava-next")
+    images = _images()
+    batch = build_batch(loaded, PROMPTS, images)
+    counts = batch.image_token_counts
+    assert len(set(counts)) > 1
+    method = DivPrune(ratio=0.3)
+    common = {"max_new_tokens": 4, "return_logits": True}
+    batched = generate(
+        loaded.model,
+        batch.input_ids,
+        batch.attention_mask,
+        method,
+        pixel_values=batch.pixel_values,
+        image_sizes=batch.image_sizes,
+        **common,
+    )
+    for row, count in enumerate(counts):
+        one = build_batch(loaded, PROMPTS[row : row + 1], images[row : row + 1])
+        single = generate(
+            loaded.model,
+            one.input_ids,
+            one.attention_mask,
+            method,
+            pixel_values=one.pixel_values,
+            image_sizes=one.image_sizes,
+            **common,
+        )
+        mine, theirs = single.generations[0], batched.generations[row]
+        assert theirs.trace.num_image_tokens == count
+        assert len(theirs.trace.kept_feature_indices) == round(0.3 * count)
+        assert mine.trace.kept_feature_indices == theirs.trace.kept_feature_indices
+        assert mine.token_ids == theirs.token_ids
+        torch.testing.assert_close(single.step_logits[0], batched.step_logits[row], atol=1e-4, rtol=1e-4)
