@@ -45,6 +45,7 @@ class Boundary:
     stage: int
     layer: int
     layers: nn.ModuleList
+    final_norm: nn.Module  # the decoder's last norm (DART compares hidden states through it)
     hidden: torch.Tensor  # [B, L, d] output of layer `layer - 1`, the input of layer `layer`
     last_input: torch.Tensor  # [B, L, d] input of layer `layer - 1`, the layer that just ran
     position_embeddings: tuple[torch.Tensor, torch.Tensor]  # (cos, sin) of the current positions

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pdrop_eval.errors import PdropEvalError
 from pdrop_eval.methods.base import PruningMethod
+from pdrop_eval.methods.dart import DART
 from pdrop_eval.methods.divprune import DivPrune
 from pdrop_eval.methods.downsample import Downsample
 from pdrop_eval.methods.fastv import FastV
@@ -13,7 +14,7 @@ from pdrop_eval.methods.vanilla import Vanilla
 from pdrop_eval.methods.visionzip import VisionZip
 
 METHODS: dict[str, type[PruningMethod]] = {
-    cls.name: cls for cls in (Vanilla, PDrop, FastV, RandomDrop, DivPrune, Downsample, VisionZip)
+    cls.name: cls for cls in (Vanilla, PDrop, FastV, RandomDrop, DivPrune, Downsample, VisionZip, DART)
 }
 
 

@@ -338,6 +338,7 @@ def prefill(
                     stage=stage,
                     layer=end,
                     layers=parts.layers,
+                    final_norm=parts.norm,
                     hidden=hidden,
                     last_input=last_input,
                     position_embeddings=position_embeddings,
