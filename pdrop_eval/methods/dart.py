@@ -1,9 +1,10 @@
 """DART (Wen et al., 2025, "Stop looking for important tokens... duplication matters more"): inside the LLM, keep
 the image tokens least similar to a few pivots, once, before layer K.
 
-Official code: ZichenWen1/DART@5a19452 (read in its VTC-Bench copy, Chenfei-Liao/VTC-Bench@983e443
-external/DART), llava/model/language_model/modeling_llama_self.py — `LlamaModel.forward` (the drop just before
-layer K, `position_ids = keep_indexs`) and `get_retained_image_token` (the choice).
+Official code: ZichenWen1/DART (REFERENCE §7 cites @5a19452; that repository could not be fetched here, so this
+follows the copy VTC-Bench vendors, Chenfei-Liao/VTC-Bench@983e443 external/DART/llava/model/language_model/
+modeling_llama_self.py) — `LlamaModel.forward` (the drop just before layer K, `position_ids = keep_indexs`) and
+`get_retained_image_token` (the choice). Compare with @5a19452 when it can be read.
 
 Exact semantics, per prompt of length L whose image span is [s, s + N), at the boundary after K layers:
 - keys = layer K−1's keys (input norm, k_proj, RoPE at the prompt's positions, repeated over query-head groups);
