@@ -290,10 +290,7 @@ def prefill(
     positions = _compact_positions(valid)
     num_images_list = list(image_counts)
     prompt_lengths = valid.sum(-1)
-    traces = [
-        SampleTrace(num_image_tokens=n, prompt_tokens=p, method=method)
-        for n, p in zip(num_images_list, lengths)
-    ]
+    traces = [SampleTrace(num_image_tokens=n, prompt_tokens=p, method=method) for n, p in zip(num_images_list, lengths)]
     if sample_seeds is None:
         sample_seeds = list(range(batch))
 
