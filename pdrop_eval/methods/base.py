@@ -1,4 +1,4 @@
-"""The one interface every pruning method implements, so the engine, FLOPs, plan and report never name a method.
+"""The one interface every pruning method implements, so the engine, FLOPs and records never name a method.
 
 A method is a frozen dataclass: its settings are its fields, so a method value is hashable, comparable and passed
 per call (never stored on the model), and one loaded model serves a whole sweep. It acts at two places, each with a
