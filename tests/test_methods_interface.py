@@ -2,6 +2,8 @@
 the interface alone, and the registry answers unknown names with one line."""
 
 import dataclasses
+import json
+import re
 
 import pytest
 import torch
@@ -130,3 +132,25 @@ def test_a_new_method_plugs_into_the_engine_through_the_interface_alone():
         assert trace.image_tokens_per_layer == [count, count, 5, 5]
         assert trace.tokens_per_layer == [length, length, length - count + 5, length - count + 5]
         assert sample_flops(ModelShape.from_config(config), trace).exact_rank == 7
+
+
+def _one_of_each() -> list[PruningMethod]:
+    from pdrop_eval.methods.dart import DART
+    from pdrop_eval.methods.divprune import DivPrune
+    from pdrop_eval.methods.downsample import Downsample
+    from pdrop_eval.methods.visionzip import VisionZip
+
+    methods = [method for method, _ in OLD_LABELS] + [DivPrune(), Downsample(), VisionZip(), DART()]
+    assert {type(method).name for method in methods} == set(METHODS), "a registered method is missing here"
+    return methods
+
+
+def test_every_method_names_a_file_and_records_as_json():
+    labels = set()
+    for method in _one_of_each():
+        record = json.loads(json.dumps(method.record()))
+        assert record["method"] == type(method).name and record["label"] == method.label
+        assert re.fullmatch(r"[A-Za-z0-9._-]+", method.label), method.label
+        assert isinstance(record["layers"], list) and record["positions"] in ("compact", "original")
+        labels.add(method.label)
+    assert len(labels) == len(_one_of_each())
