@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pdrop_eval.errors import PdropEvalError
 from pdrop_eval.pyramid.flops import average_retained_tokens, image_tokens_per_layer
-from pdrop_eval.pyramid.schedule import POSITION_MODES, DropSchedule
+from pdrop_eval.pyramid.schedule import POSITION_MODES, DropSchedule, PruningMethod
 
 BASELINES = ("vanilla", "fastv", "random")
 DEFAULT_LAYERS = (8, 16, 24)
@@ -29,7 +29,7 @@ class RunPlan:
 
     model: str
     tasks: tuple[str, ...]
-    schedules: tuple[DropSchedule, ...]
+    schedules: tuple[PruningMethod, ...]
     run_name: str
     output_dir: Path
     batch_size: int = 8
@@ -119,7 +119,7 @@ def _valid_lambdas(layers: tuple[int, ...], num_image_tokens: int) -> tuple[floa
     )
 
 
-def _stage_keeps(schedule: DropSchedule, num_image_tokens: int, stages: int) -> list[int]:
+def _stage_keeps(schedule: PruningMethod, num_image_tokens: int, stages: int) -> list[int]:
     return [schedule.keep_count(num_image_tokens, stage) for stage in range(stages)]
 
 
@@ -183,7 +183,7 @@ def _check_budget(budget: float, layers: tuple[int, ...], num_layers: int, num_i
         )
 
 
-def budget_schedules(plan: RunPlan, num_layers: int, num_image_tokens: int) -> list[tuple[float, DropSchedule]]:
+def budget_schedules(plan: RunPlan, num_layers: int, num_image_tokens: int) -> list[tuple[float, PruningMethod]]:
     """For each layer list and budget, the PDrop schedule whose average retained tokens is closest to it.
 
     A budget the layer list cannot reach is refused (naming the floor and a layer list that reaches it), and two
@@ -212,7 +212,7 @@ def build_schedules(
     baselines: Sequence[str],
     position_mode: str,
     seed: int,
-) -> tuple[DropSchedule, ...]:
+) -> tuple[PruningMethod, ...]:
     """The sweep: PDrop for every (λ or ratio list) × layer list, plus the requested baselines."""
     if position_mode not in POSITION_MODES:
         raise PdropEvalError(f"--position-mode {position_mode!r}: choose compact (official PDrop) or original")
@@ -220,7 +220,7 @@ def build_schedules(
     if unknown:
         raise PdropEvalError(f"unknown baseline(s) {', '.join(unknown)}: choose from {', '.join(BASELINES)}")
     layer_lists = list(layer_lists) or [DEFAULT_LAYERS]
-    schedules: list[DropSchedule] = []
+    schedules: list[PruningMethod] = []
     if "vanilla" in baselines:
         schedules.append(DropSchedule.none())
     if "fastv" in baselines:
@@ -240,17 +240,9 @@ def build_schedules(
     return tuple(unique)
 
 
-def schedule_record(schedule: DropSchedule) -> dict:
-    """How a schedule is described in metrics.json and prediction files."""
-    method = {"none": "vanilla", "attention": "pdrop", "fastv": "fastv", "random": "random"}[schedule.ranker]
-    return {
-        "label": schedule.label,
-        "method": method,
-        "lam": schedule.lam,
-        "layers": list(schedule.layers),
-        "ratios": list(schedule.ratios),
-        "positions": schedule.positions,
-    }
+def schedule_record(schedule: PruningMethod) -> dict:
+    """How a schedule is described in metrics.json and prediction files: the method describes itself."""
+    return schedule.record()
 
 
 def validate_run_name(name: str) -> str:

@@ -36,6 +36,7 @@ from pdrop_eval.data.sample import Sample
 from pdrop_eval.distributed import World, barrier, broadcast_from_main, current_world, device_for, finish, init, shard
 from pdrop_eval.errors import PdropEvalError, SampleError
 from pdrop_eval.lock import FolderLock
+from pdrop_eval.methods.base import PruningMethod
 from pdrop_eval.metrics import ScoredRecord, get_metric
 from pdrop_eval.models import LoadedVLM, build_batch, decode, image_token_count, load_vlm
 from pdrop_eval.models.batch import check_prompt
@@ -44,7 +45,6 @@ from pdrop_eval.plan import RunPlan, budget_schedules, schedule_record
 from pdrop_eval.progress import TaskProgress, is_terminal, quiet_loading_bars
 from pdrop_eval.pyramid.engine import DecoderParts
 from pdrop_eval.pyramid.flops import ModelShape, sample_flops
-from pdrop_eval.pyramid.schedule import DropSchedule
 from pdrop_eval.pyramid.timing import Stopwatch
 from pdrop_eval.pyramid.vlm import count_crops, encode_images, generate
 from pdrop_eval.registry import ResolvedSource, Task, check_data, get_task, load_samples
@@ -317,6 +317,7 @@ def _record(
         "image_source": sample.image_source,
         "num_image_tokens": trace.num_image_tokens,
         "kept_image_indices": trace.kept_image_indices,
+        "kept_feature_indices": trace.kept_feature_indices,
         "image_tokens_per_layer": trace.image_tokens_per_layer,
         "tokens_per_layer": trace.tokens_per_layer,
         "generated_tokens": trace.generated_tokens,
@@ -330,7 +331,7 @@ def _record(
 class TaskEvaluator:
     """Runs one task's pending samples through every schedule, appending each batch's records as it finishes."""
 
-    def __init__(self, plan: RunPlan, loaded: LoadedVLM, schedules: Sequence[DropSchedule], world: World):
+    def __init__(self, plan: RunPlan, loaded: LoadedVLM, schedules: Sequence[PruningMethod], world: World):
         self.plan = plan
         self.loaded = loaded
         self.schedules = schedules
@@ -410,12 +411,18 @@ class TaskEvaluator:
                 continue
             index = torch.tensor(rows, device=device)
             input_ids, attention_mask = _trim_left_padding(inputs.input_ids[index], inputs.attention_mask[index])
+            own_tower_pass = {}  # a method that reads the tower's internals runs it on the pixels itself
+            if schedule.reads_tower:
+                own_tower_pass["pixel_values"] = inputs.pixel_values[index]
+                if inputs.image_sizes is not None:
+                    own_tower_pass["image_sizes"] = inputs.image_sizes[index]
             result = generate(
                 loaded.model,
                 input_ids,
                 attention_mask,
                 schedule,
                 image_features=[features[i] for i in rows],
+                **own_tower_pass,
                 vision_crops=[crops[i] for i in rows],
                 max_new_tokens=max_new_tokens,
                 eos_token_ids=loaded.eos_token_ids,
@@ -424,7 +431,7 @@ class TaskEvaluator:
                 parts=self.parts,
             )
             timings = result.timings
-            share = vision_s * len(rows) / len(batch)
+            share = timings.vision_s if schedule.reads_tower else vision_s * len(rows) / len(batch)
             steps = max(max(g.trace.generated_tokens for g in result.generations) - 1, 1)
             timing = {
                 "batch_size": len(rows),
@@ -632,7 +639,7 @@ def finalize(
     loaded: LoadedVLM | None,
     tasks: list[TaskData],
     others: list[Task],
-    schedules: Sequence[DropSchedule],
+    schedules: Sequence[PruningMethod],
     run_info: dict,
 ) -> dict[str, Any]:
     """Rank 0, after every rank finished: merge shards, score and write metrics.json for every task × schedule the
@@ -725,7 +732,7 @@ def format_table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _resolve_schedules(plan: RunPlan, loaded: LoadedVLM, tasks: list[TaskData], depth: int) -> list[DropSchedule]:
+def _resolve_schedules(plan: RunPlan, loaded: LoadedVLM, tasks: list[TaskData], depth: int) -> list[PruningMethod]:
     schedules = list(plan.schedules)
     if plan.budgets:
         if loaded.image_tokens_per_image is not None:

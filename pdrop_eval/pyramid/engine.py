@@ -22,8 +22,8 @@ from torch import nn
 from transformers import DynamicCache
 
 from pdrop_eval.errors import PdropEvalError
-from pdrop_eval.pyramid.ranking import last_query_attention, random_scores
-from pdrop_eval.pyramid.schedule import DropSchedule
+from pdrop_eval.methods.base import Boundary, PruningMethod
+from pdrop_eval.methods.vanilla import Vanilla
 from pdrop_eval.pyramid.timing import SpanTimer, Stopwatch
 
 SUPPORTED_ATTENTION = ("sdpa", "eager", "flash_attention_2")
@@ -85,11 +85,17 @@ class DecoderParts:
 
 @dataclass
 class SampleTrace:
-    """What happened to one sample: enough to count FLOPs and draw the kept patches."""
+    """What happened to one sample: enough to count FLOPs and draw the kept patches.
+
+    `num_image_tokens` is the image's token count from the tower; `kept_feature_indices` lists which of those
+    entered the LLM when a method selected them before it (None when all did or they were merged), and
+    `kept_image_indices[s]` the ordinals, among the tokens that entered the LLM, still present after stage s.
+    """
 
     num_image_tokens: int
     prompt_tokens: int
-    drop_layers: list[int] = field(default_factory=list)
+    method: PruningMethod = field(default_factory=Vanilla)
+    kept_feature_indices: list[int] | None = None
     kept_image_indices: list[list[int]] = field(default_factory=list)
     tokens_per_layer: list[int] = field(default_factory=list)
     image_tokens_per_layer: list[int] = field(default_factory=list)
@@ -183,7 +189,8 @@ def _run_layers(
     cache: DynamicCache | None,
     keep_input_of: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Runs layers [start, end); also returns the input of layer `keep_input_of` (FastV ranks with it)."""
+    """Runs layers [start, end); also returns the input of layer `keep_input_of` (a method may score with it, as
+    FastV does with the layer that just ran; keeping the reference costs no copy)."""
     kept_input = None
     cache_kwargs = {parts.cache_keyword: cache, "use_cache": cache is not None}
     for index in range(start, end):
@@ -265,13 +272,13 @@ def prefill(
     inputs_embeds: torch.Tensor,
     attention_mask: torch.Tensor,
     image_token_mask: torch.Tensor,
-    schedule: DropSchedule,
+    method: PruningMethod,
     *,
     sample_seeds: Sequence[int] | None = None,
     forced_keep: Sequence[Sequence[Sequence[int]]] | None = None,
     use_cache: bool = True,
 ) -> PrefillResult:
-    """Runs the prompt through all layers, dropping image tokens at the schedule's boundaries.
+    """Runs the prompt through all layers, dropping image tokens at the method's stage boundaries.
 
     inputs_embeds: [B, L, d] LEFT padded; attention_mask: [B, L] (1 = real token); image_token_mask: [B, L].
     forced_keep[b][s] fixes the image-token ordinals sample b keeps after stage s instead of ranking.
@@ -279,7 +286,7 @@ def prefill(
     Row lengths and image counts are tracked on the host (a drop's new counts follow from the keep counts), so the
     loop waits for the GPU only once, at the start; kept indices are copied to the host after the last stage.
     """
-    schedule.validate_for_depth(parts.num_layers)
+    method.validate_for_depth(parts.num_layers)
     valid = attention_mask.bool()
     image_mask = image_token_mask.bool() & valid
     counts = torch.stack([valid.sum(-1), image_mask.sum(-1), valid[:, -1].long()]).tolist()
@@ -292,10 +299,7 @@ def prefill(
     positions = _compact_positions(valid)
     num_images_list = list(image_counts)
     prompt_lengths = valid.sum(-1)
-    traces = [
-        SampleTrace(num_image_tokens=n, prompt_tokens=p, drop_layers=list(schedule.layers))
-        for n, p in zip(num_images_list, lengths)
-    ]
+    traces = [SampleTrace(num_image_tokens=n, prompt_tokens=p, method=method) for n, p in zip(num_images_list, lengths)]
     if sample_seeds is None:
         sample_seeds = list(range(batch))
 
@@ -304,21 +308,29 @@ def prefill(
     stages: list[_Stage] = []
     kept_per_stage: list[tuple[torch.Tensor, torch.Tensor]] = []
     rank_timer = SpanTimer(device)
-    ranges = schedule.stage_ranges(parts.num_layers)
+    ranges = method.stage_ranges(parts.num_layers)
     for stage, (start, end) in enumerate(ranges):
+        last_stage = stage == len(ranges) - 1
         padded = min(lengths) < valid.shape[1]
         mask = build_attention_mask(valid, valid.shape[1], parts.attn_implementation, hidden.dtype, padded)
         position_embeddings = parts.rotary_emb(hidden, positions)
-        fastv_layer = end - 1 if schedule.ranker == "fastv" and stage < len(ranges) - 1 else None
-        hidden, fastv_input = _run_layers(
-            parts, hidden, start, end, mask, positions, position_embeddings, cache, keep_input_of=fastv_layer
+        hidden, last_input = _run_layers(
+            parts,
+            hidden,
+            start,
+            end,
+            mask,
+            positions,
+            position_embeddings,
+            cache,
+            keep_input_of=None if last_stage else end - 1,
         )
         for trace, length, count in zip(traces, lengths, image_counts):
             trace.tokens_per_layer.extend([length] * (end - start))
             trace.image_tokens_per_layer.extend([count] * (end - start))
-        next_position = valid.sum(-1) if schedule.positions == "compact" else prompt_lengths.clone()
+        next_position = valid.sum(-1) if method.positions == "compact" else prompt_lengths.clone()
         stages.append(_Stage(start, end, valid, next_position, padded))
-        if stage == len(ranges) - 1:
+        if last_stage:
             break
 
         with rank_timer.span():
@@ -326,14 +338,23 @@ def prefill(
                 keep_images = _forced_selection(forced_keep, stage, image_ordinal, image_mask)
                 keep_list = keep_images.sum(-1).tolist()
             else:
-                keep_list = [schedule.keep_count(n, stage) for n in num_images_list]
+                keep_list = [method.keep_count(n, stage) for n in num_images_list]
                 keep_counts = _to_device(keep_list, device)
-                if schedule.ranker == "random":
-                    scores = random_scores(image_ordinal, num_images_list, list(sample_seeds), schedule.seed, stage)
-                elif schedule.ranker == "fastv":
-                    scores = last_query_attention(parts.layers[end - 1], fastv_input, position_embeddings, valid)
-                else:
-                    scores = last_query_attention(parts.layers[end], hidden, position_embeddings, valid)
+                boundary = Boundary(
+                    stage=stage,
+                    layer=end,
+                    layers=parts.layers,
+                    final_norm=parts.norm,
+                    hidden=hidden,
+                    last_input=last_input,
+                    position_embeddings=position_embeddings,
+                    valid=valid,
+                    image_mask=image_mask,
+                    image_ordinal=image_ordinal,
+                    original_image_counts=num_images_list,
+                    sample_seeds=list(sample_seeds),
+                )
+                scores = method.score(boundary)
                 keep_images = _select_image_tokens(scores, image_mask, keep_counts, max(keep_list), max(image_counts))
             lengths = [length - count + kept for length, count, kept in zip(lengths, image_counts, keep_list)]
             image_counts = keep_list
@@ -342,7 +363,7 @@ def prefill(
             hidden = hidden.gather(1, source[..., None].expand(-1, -1, hidden.shape[-1]))
             image_mask = image_mask.gather(1, source) & valid
             image_ordinal = torch.where(image_mask, image_ordinal.gather(1, source), -1)
-            if schedule.positions == "compact":
+            if method.positions == "compact":
                 positions = _compact_positions(valid)
             else:
                 positions = positions.gather(1, source)
@@ -411,7 +432,7 @@ def generate_from_embeds(
     inputs_embeds: torch.Tensor,
     attention_mask: torch.Tensor,
     image_token_mask: torch.Tensor,
-    schedule: DropSchedule | None = None,
+    method: PruningMethod | None = None,
     *,
     max_new_tokens: int = 128,
     eos_token_ids: Sequence[int] = (),
@@ -420,20 +441,20 @@ def generate_from_embeds(
     sample_seeds: Sequence[int] | None = None,
     return_logits: bool = False,
 ) -> BatchGeneration:
-    """Greedy generation with image tokens dropped per `schedule`, for any HF decoder-only causal LM.
+    """Greedy generation with image tokens dropped inside the LLM per `method`, for any HF decoder-only causal LM.
 
     `stop(row, token_ids)` may end a sample early (stop strings); EOS and `max_new_tokens` always do. Finished rows
     keep stepping with `pad_token_id` until the whole batch is done, as HF `generate` does.
     """
     parts = model if isinstance(model, DecoderParts) else DecoderParts.from_model(model)
-    schedule = schedule or DropSchedule.none()
+    method = method or Vanilla()
     if max_new_tokens < 1:
         raise PdropEvalError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
     device = inputs_embeds.device
     timings = Timings()
 
     with Stopwatch(device) as prefill_watch:
-        state = prefill(parts, inputs_embeds, attention_mask, image_token_mask, schedule, sample_seeds=sample_seeds)
+        state = prefill(parts, inputs_embeds, attention_mask, image_token_mask, method, sample_seeds=sample_seeds)
     timings.prefill_s = prefill_watch.seconds
     timings.rank_s = state.rank_s
 

@@ -5,7 +5,8 @@
   tower, decoding and ranking are not counted.
 - `exact`: real FLOPs (2 per multiply-accumulate) of every matrix product that runs for a sample: all its tokens,
   grouped-query key/value widths, SwiGLU's three matrices, the LM head where logits are taken, the vision tower
-  (every layer the HF vision model runs) and projector, the rank-and-drop overhead, and each decode step. Attention
+  (every layer the HF vision model runs) and projector, the pruning method's own overhead (its
+  `overhead_flops`: ranking projections, similarity matrices), and each decode step. Attention
   is counted dense (n × keys), as the SDPA math kernel computes it; elementwise work (norms, RoPE, softmax,
   activations) is left out, as torch's FlopCounterMode does, and is well under 1% of the total.
 """
@@ -13,9 +14,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from pdrop_eval.pyramid.engine import SampleTrace
-from pdrop_eval.pyramid.schedule import DropSchedule
+if TYPE_CHECKING:
+    from pdrop_eval.methods.base import PruningMethod
+    from pdrop_eval.pyramid.engine import SampleTrace
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,7 @@ class VisionShape:
     image_size: int
     patch_size: int
     channels: int = 3
+    heads: int = 1
 
     @property
     def tokens(self) -> int:
@@ -75,15 +79,18 @@ class ModelShape:
             image_size=vision_config.image_size,
             patch_size=vision_config.patch_size,
             channels=getattr(vision_config, "num_channels", 3),
+            heads=vision_config.num_attention_heads,
         )
         return cls(text=text, vision=vision, projector_hidden=text.hidden)
 
 
-def image_tokens_per_layer(schedule: DropSchedule, num_layers: int, num_image_tokens: int) -> list[int]:
-    """Image tokens entering each layer under `schedule`, from the schedule alone (what the engine will keep)."""
+def image_tokens_per_layer(method: PruningMethod, num_layers: int, num_image_tokens: int) -> list[int]:
+    """Image tokens entering each layer under `method` for an image of `num_image_tokens` tower features, from the
+    method alone (what the engine will keep)."""
+    entering = method.kept_features(num_image_tokens)
     counts = []
-    for stage, (start, end) in enumerate(schedule.stage_ranges(num_layers)):
-        kept = num_image_tokens if stage == 0 else schedule.keep_count(num_image_tokens, stage - 1)
+    for stage, (start, end) in enumerate(method.stage_ranges(num_layers)):
+        kept = entering if stage == 0 else method.keep_count(entering, stage - 1)
         counts.extend([kept] * (end - start))
     return counts
 
@@ -109,20 +116,25 @@ def _layer_flops(shape: TextShape, queries: int, keys: int) -> int:
     return projections + attention + mlp
 
 
-def _rank_flops(shape: TextShape, keys: int) -> int:
-    """One query row projected, all keys projected, one score row per head."""
+def last_query_rank_flops(shape: TextShape, keys: int) -> int:
+    """Scoring by the last query row's attention: one query row projected, all keys projected, one score row per
+    head (pdrop_eval.pyramid.ranking.last_query_attention)."""
     d, hd = shape.hidden, shape.head_dim
     return 2 * d * shape.heads * hd + 2 * keys * d * shape.kv_heads * hd + 2 * shape.heads * keys * hd
 
 
-def vision_flops(vision: VisionShape, projector_hidden: int, num_crops: int) -> int:
+def vision_flops(
+    vision: VisionShape, projector_hidden: int, num_crops: int, projected_tokens: int | None = None
+) -> int:
     """The CLIP tower over each crop (every layer runs) plus the two-layer projector over each crop's patches
-    (LLaVA-NeXT projects every crop before it unpads and packs them)."""
+    (LLaVA-NeXT projects every crop before it unpads and packs them), or over `projected_tokens` where a method
+    chose tokens inside the tower (VisionZip)."""
     n, d = vision.tokens, vision.hidden
     patches = n - 1
     embed = 2 * patches * vision.channels * vision.patch_size**2 * d
     layer = 2 * n * d * d * 4 + 2 * 2 * n * n * d + 2 * 2 * n * d * vision.ffn
-    projector = 2 * num_crops * patches * (d * projector_hidden + projector_hidden * projector_hidden)
+    projected = num_crops * patches if projected_tokens is None else projected_tokens
+    projector = 2 * projected * (d * projector_hidden + projector_hidden * projector_hidden)
     return num_crops * (embed + vision.layers * layer) + projector
 
 
@@ -133,7 +145,7 @@ class SampleFlops:
     exact_prefill: float
     exact_decode: float
     exact_vision: float
-    exact_rank: float
+    exact_rank: float  # the pruning method's own overhead (ranking, similarity matrices)
     retained_tokens: float
     kv_cache_bytes: int
 
@@ -142,14 +154,15 @@ def sample_flops(shape: ModelShape, trace: SampleTrace, kv_bytes_per_element: in
     """Both conventions for one generated sample, from the engine's trace."""
     text = shape.text
     prefill = sum(_layer_flops(text, n, n) for n in trace.tokens_per_layer) + 2 * text.hidden * text.vocab
-    rank = sum(_rank_flops(text, trace.tokens_per_layer[layer - 1]) for layer in trace.drop_layers)
+    rank = trace.method.overhead_flops(shape, trace)
     decode = 0
     for step in range(1, trace.generated_tokens):
         decode += sum(_layer_flops(text, 1, n + step) for n in trace.tokens_per_layer)
         decode += 2 * text.hidden * text.vocab
     vision = 0
     if shape.vision is not None:
-        vision = vision_flops(shape.vision, shape.projector_hidden or text.hidden, trace.vision_crops)
+        projected = trace.method.projected_tokens(trace)
+        vision = vision_flops(shape.vision, shape.projector_hidden or text.hidden, trace.vision_crops, projected)
     kv_cache = 2 * sum(trace.tokens_per_layer) * text.kv_heads * text.head_dim * kv_bytes_per_element
     return SampleFlops(
         paper=paper_flops(text, trace.image_tokens_per_layer),

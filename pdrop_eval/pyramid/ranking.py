@@ -103,3 +103,17 @@ def random_scores(
         draws = torch.rand(max(count, 1), generator=generator)
         rows.append(torch.where(row >= 0, draws[row.clamp(min=0)], 0.0))
     return torch.stack(rows).to(image_ordinal.device)
+
+
+def rotated_keys(
+    layer: nn.Module, hidden_states: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor]
+) -> torch.Tensor:
+    """The keys `layer` computes from its input `hidden_states` [B, L, d]: input norm, k_proj (and k_norm where the
+    architecture has one), RoPE at the given positions; [B, kv_heads, L, head_dim] in the model's dtype."""
+    attention = layer.self_attn
+    batch, length, _ = hidden_states.shape
+    key = attention.k_proj(layer.input_layernorm(hidden_states)).view(batch, length, -1, attention.head_dim)
+    if getattr(attention, "k_norm", None) is not None:
+        key = attention.k_norm(key)
+    cos, sin = position_embeddings
+    return _model_rope(attention)(key.transpose(1, 2), cos, sin)

@@ -1,7 +1,8 @@
-"""PyramidDrop generation for LLaVA-style models: vision tower + projector once, then the staged layer loop.
+"""Pruned generation for LLaVA-style models: vision tower + projector once, the method's before-the-LLM reduction,
+then the staged layer loop.
 
 Image features are a separate step (`encode_images`) so a sweep can encode each image once and reuse the features
-for every schedule.
+for every method that leaves the tower alone.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ import torch
 from torch import nn
 
 from pdrop_eval.errors import PdropEvalError
+from pdrop_eval.methods.base import PruningMethod
+from pdrop_eval.methods.vanilla import Vanilla
 from pdrop_eval.pyramid.engine import BatchGeneration, DecoderParts, generate_from_embeds
-from pdrop_eval.pyramid.schedule import DropSchedule
 from pdrop_eval.pyramid.timing import Stopwatch
 
 
@@ -73,6 +75,34 @@ def embed_with_images(
     return embeds.masked_scatter(image_mask[..., None], features), image_mask
 
 
+def resize_image_spans(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor, image_token: int, counts: Sequence[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gives each row's image placeholder span `counts[b]` tokens and re-pads on the left.
+
+    This gives exactly the inputs of a prompt built with `counts[b]` placeholders: LLaVA splits the prompt at
+    `<image>` and tokenises each text chunk on its own (REFERENCE §4), so the text ids do not depend on how many
+    placeholders stand between them; embeddings are per token; and the engine derives every position from the
+    attention mask, so each token gets the position it would have had in that prompt. It is also what DivPrune's
+    and VisionZip's official code amount to (the first indexes the kept columns out of the embedded prompt, the
+    second builds the prompt around the shorter features; both leave positions to be rebuilt 0..len-1).
+    """
+    rows = []
+    for ids, mask, count in zip(input_ids.tolist(), attention_mask.tolist(), counts):
+        real = [token for token, keep in zip(ids, mask) if keep]
+        if image_token not in real:
+            raise PdropEvalError("a prompt has no image placeholder: build inputs with pdrop_eval.models.build_batch")
+        first, end = real.index(image_token), len(real) - real[::-1].index(image_token)
+        rows.append(real[:first] + [image_token] * count + real[end:])
+    width = max(len(row) for row in rows)
+    resized = torch.zeros(len(rows), width, dtype=input_ids.dtype)
+    mask = torch.zeros(len(rows), width, dtype=attention_mask.dtype)
+    for index, row in enumerate(rows):
+        resized[index, width - len(row) :] = torch.tensor(row, dtype=input_ids.dtype)
+        mask[index, width - len(row) :] = 1
+    return resized.to(input_ids.device), mask.to(attention_mask.device)
+
+
 def stop_at_strings(tokenizer, strings: Sequence[str]) -> Callable[[int, list[int]], bool]:
     """A `stop` callback for generate: a sample ends once its decoded answer contains any of `strings`.
 
@@ -101,7 +131,7 @@ def generate(
     model: nn.Module,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
-    schedule: DropSchedule | None = None,
+    method: PruningMethod | None = None,
     *,
     pixel_values: torch.Tensor | None = None,
     image_sizes: torch.Tensor | None = None,
@@ -115,36 +145,61 @@ def generate(
     parts: DecoderParts | None = None,
     vision_crops: Sequence[int] | None = None,
 ) -> BatchGeneration:
-    """Greedy generation for a LLaVA / LLaVA-NeXT batch (left padded), dropping image tokens per `schedule`.
+    """Greedy generation for a LLaVA / LLaVA-NeXT batch (left padded, one image per prompt), pruned per `method`.
 
-    Pass `pixel_values` (and `image_sizes` for NeXT), or `image_features` from `encode_images` to reuse them.
+    Pass `pixel_values` (and `image_sizes` for NeXT), or `image_features` from `encode_images` to reuse them (a
+    method that reads the tower itself, `method.reads_tower`, needs the pixels). The method first reduces each
+    image's features (before the LLM; most methods leave them alone), the prompt's image span is shortened to
+    match (`resize_image_spans`), then the engine drops inside the LLM.
     Each trace records the vision-tower passes its image needs (`vision_crops`, derived from `image_sizes` unless
-    given), so FLOPs count the tower even when its features were reused.
+    given), so FLOPs count the tower even when its features were reused, and the image's token count.
     """
-    if image_features is None:
+    method = method or Vanilla()
+    device = input_ids.device
+    placeholder = image_token_id(model)
+    tower_counts = ((input_ids == placeholder) & attention_mask.bool()).sum(-1).tolist()
+    seeds = sample_seeds if sample_seeds is not None else prompt_seeds(input_ids, attention_mask)
+    vision_s = reduce_s = 0.0
+    if method.reads_tower:
         if pixel_values is None:
-            raise PdropEvalError("generate needs pixel_values or precomputed image_features")
-        with Stopwatch(input_ids.device) as watch:
-            image_features = encode_images(model, pixel_values, image_sizes)
+            raise PdropEvalError(f"{method.label} reads the vision tower itself: pass pixel_values to generate")
+        with Stopwatch(device) as watch:
+            reduced = method.encode_images(model, pixel_values, image_sizes)
         vision_s = watch.seconds
     else:
-        vision_s = 0.0
-    embeds, image_mask = embed_with_images(model, input_ids, image_features)
+        if image_features is None:
+            if pixel_values is None:
+                raise PdropEvalError("generate needs pixel_values or precomputed image_features")
+            with Stopwatch(device) as watch:
+                image_features = encode_images(model, pixel_values, image_sizes)
+            vision_s = watch.seconds
+        with Stopwatch(device) as watch:
+            reduced = method.reduce_features(list(image_features))
+        reduce_s = watch.seconds
+    entering = [int(features.shape[0]) for features in reduced.features]
+    if entering != tower_counts:
+        input_ids, attention_mask = resize_image_spans(input_ids, attention_mask, placeholder, entering)
+    embeds, image_mask = embed_with_images(model, input_ids, reduced.features)
     result = generate_from_embeds(
         parts or DecoderParts.from_model(model),
         embeds,
         attention_mask,
         image_mask,
-        schedule,
+        method,
         max_new_tokens=max_new_tokens,
         eos_token_ids=eos_token_ids,
         pad_token_id=pad_token_id,
         stop=stop,
-        sample_seeds=sample_seeds if sample_seeds is not None else prompt_seeds(input_ids, attention_mask),
+        sample_seeds=seeds,
         return_logits=return_logits,
     )
     result.timings.vision_s = vision_s
+    result.timings.prefill_s += reduce_s  # choosing tokens before the LLM is part of prefill and rank
+    result.timings.rank_s += reduce_s
     crops = vision_crops if vision_crops is not None else count_crops(model, image_sizes, input_ids.shape[0])
-    for generation, count in zip(result.generations, crops):
+    for row, (generation, count) in enumerate(zip(result.generations, crops)):
         generation.trace.vision_crops = count
+        generation.trace.num_image_tokens = tower_counts[row]
+        if reduced.kept_indices is not None:
+            generation.trace.kept_feature_indices = reduced.kept_indices[row]
     return result

@@ -1,0 +1,157 @@
+"""The one interface every pruning method implements, so the engine, FLOPs and records never name a method.
+
+A method is a frozen dataclass: its settings are its fields, so a method value is hashable, comparable and passed
+per call (never stored on the model), and one loaded model serves a whole sweep. It acts at two places, each with a
+default that leaves the tokens alone:
+
+- before the LLM, `reduce_features` maps each image's projected features [N_i, d] to [K_i, d]; the prompt then
+  holds K_i image tokens (pdrop_eval.pyramid.vlm resizes the placeholder span). A method that must read the
+  tower's internals (VisionZip) sets `reads_tower` and implements `encode_images` instead: it then gets the
+  pixels, not the features the rest of a sweep shares;
+- inside the LLM, after each layer count in `stage_layers`, `score` rates every token of the current sequence and
+  the engine keeps each sample's top `keep_count` image tokens (ties broken as the official top-k does).
+
+`overhead_flops` is what the method itself costs beyond the layers the engine runs (ranking projections, similarity
+matrices), so the exact FLOPs count every method the same way. Capabilities live on this interface with defaults;
+the engine holds no `isinstance` or name checks (the lesson of NVIDIA/kvpress's presses).
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar, Literal
+
+import torch
+from torch import nn
+
+from pdrop_eval.errors import PdropEvalError
+
+if TYPE_CHECKING:
+    from pdrop_eval.pyramid.engine import SampleTrace
+    from pdrop_eval.pyramid.flops import ModelShape
+
+PositionMode = Literal["compact", "original"]
+POSITION_MODES: tuple[str, ...] = ("compact", "original")
+
+
+@dataclass(frozen=True)
+class Boundary:
+    """What a method sees at a stage boundary inside the LLM, after `layer` decoder layers ran.
+
+    Tensors are [B, L, ...] LEFT padded, so column -1 is every sample's last prompt token.
+    """
+
+    stage: int
+    layer: int
+    layers: nn.ModuleList
+    final_norm: nn.Module  # the decoder's last norm (DART compares hidden states through it)
+    hidden: torch.Tensor  # [B, L, d] output of layer `layer - 1`, the input of layer `layer`
+    last_input: torch.Tensor  # [B, L, d] input of layer `layer - 1`, the layer that just ran
+    position_embeddings: tuple[torch.Tensor, torch.Tensor]  # (cos, sin) of the current positions
+    valid: torch.Tensor  # [B, L] bool, False for padding
+    image_mask: torch.Tensor  # [B, L] bool, image tokens still present
+    image_ordinal: torch.Tensor  # [B, L] long, each image token's index among its sample's original ones, -1 else
+    original_image_counts: list[int]  # per sample, image tokens that entered the LLM
+    sample_seeds: list[int]  # per sample, a seed that does not depend on the batch it lands in
+
+
+@dataclass(frozen=True)
+class ReducedFeatures:
+    """Per image, the features that enter the LLM and, where a method selects tower features, which ones (ascending
+    ordinals into the image's patches; VisionZip lists its dominant patches, its contextual tokens being merges)."""
+
+    features: list[torch.Tensor]
+    kept_indices: list[list[int]] | None = None
+
+
+@dataclass(frozen=True)
+class PruningMethod:
+    """Base of every method; the defaults describe the unpruned model."""
+
+    name: ClassVar[str]  # the registry key and the `method` column of results
+    display_name: ClassVar[str]  # how reports and legends name it
+    default_positions: ClassVar[str] = "compact"
+    reads_tower: ClassVar[bool] = False  # True: `encode_images` replaces the shared tower pass
+
+    positions: PositionMode = "compact"
+
+    def __post_init__(self) -> None:
+        if self.positions not in POSITION_MODES:
+            raise PdropEvalError(
+                f"unknown position mode {self.positions!r}: use 'compact' (official PDrop) or 'original' (FastV)"
+            )
+
+    @property
+    def label(self) -> str:
+        """A short stable name: predictions are stored under it, so it never changes for the same settings."""
+        raise NotImplementedError
+
+    @property
+    def drops(self) -> bool:
+        """Whether the method removes any image token at all."""
+        return True
+
+    @property
+    def stage_layers(self) -> tuple[int, ...]:
+        """Layer counts after which `score` runs and tokens are dropped ("8" = after 8 decoder layers); () if none."""
+        return ()
+
+    def kept_features(self, num_features: int) -> int:
+        """Image tokens entering the LLM for an image whose tower gives `num_features` (before-the-LLM methods)."""
+        return num_features
+
+    def reduce_features(self, features: list[torch.Tensor]) -> ReducedFeatures:
+        """Before the LLM: per image, its projected features [N_i, d] → [K_i, d]. Default: unchanged."""
+        return ReducedFeatures(features=list(features))
+
+    def encode_images(
+        self, model: nn.Module, pixel_values: torch.Tensor, image_sizes: torch.Tensor | None
+    ) -> ReducedFeatures:
+        """For `reads_tower` methods: the tower, the method's choice and the projector, from the pixels."""
+        raise NotImplementedError(f"{type(self).__name__} sets reads_tower but has no encode_images()")
+
+    def projected_tokens(self, trace: SampleTrace) -> int | None:
+        """Tokens the projector ran on for this sample; None when it ran on every patch of every crop."""
+        return None
+
+    def keep_count(self, num_image_tokens: int, stage: int) -> int:
+        """Image tokens a sample keeps after `stage`, from the count that entered the LLM."""
+        return num_image_tokens
+
+    def score(self, boundary: Boundary) -> torch.Tensor:
+        """[B, L] scores at a stage boundary; higher is kept. Only methods with `stage_layers` are asked."""
+        raise NotImplementedError(f"{type(self).__name__} has stage layers but no score()")
+
+    def overhead_flops(self, shape: ModelShape, trace: SampleTrace) -> int:
+        """Real FLOPs (2 per multiply-accumulate) the method spends choosing tokens, for one sample."""
+        return 0
+
+    def validate_for_depth(self, num_layers: int) -> None:
+        """Refuse layers the model does not have; scoring after k layers may read layer k, so it must exist."""
+        for layer in self.stage_layers:
+            if layer >= num_layers:
+                raise PdropEvalError(
+                    f"drop layer {layer} is beyond the model's depth: it has {num_layers} decoder layers, so drop "
+                    f"layers must be between 1 and {num_layers - 1}"
+                )
+
+    def stage_ranges(self, num_layers: int) -> list[tuple[int, int]]:
+        """Half-open layer ranges [start, end) between drops; a single range when nothing drops inside the LLM."""
+        return list(itertools.pairwise([0, *self.stage_layers, num_layers]))
+
+    def record(self) -> dict:
+        """How the method is described in metrics.json and prediction files (the report reads these keys)."""
+        return {
+            "label": self.label,
+            "method": self.name,
+            "lam": None,
+            "layers": list(self.stage_layers),
+            "ratios": [],
+            "positions": self.positions,
+        }
+
+
+def format_number(value: float) -> str:
+    """Numbers in labels: short and stable (0.5, 0.333333), so file names stay the same across runs."""
+    return f"{value:.6g}"

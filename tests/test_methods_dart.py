@@ -1,0 +1,260 @@
+"""DART inside the LLM: its choice against a naive loop over the official formulas (Llama, and Qwen2 with grouped
+keys), batch of four = four single runs, exact FLOPs against torch's FlopCounterMode, and one-line errors."""
+
+import functools
+import math
+
+import pytest
+import torch
+from PIL import Image
+from torch.utils.flop_counter import FlopCounterMode
+from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+from pdrop_eval.errors import PdropEvalError
+from pdrop_eval.methods.dart import DART
+from pdrop_eval.models import build_batch, load_vlm
+from pdrop_eval.pyramid.engine import generate_from_embeds
+from pdrop_eval.pyramid.flops import ModelShape, image_tokens_per_layer, sample_flops
+from pdrop_eval.pyramid.vlm import generate
+
+pytestmark = pytest.mark.engine
+
+IMAGE_TOKENS = 24
+
+
+def _model(arch: str) -> torch.nn.Module:
+    common = {
+        "vocab_size": 300,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 6,
+        "num_attention_heads": 4,
+        "max_position_embeddings": 1024,
+    }
+    if arch == "llama":
+        config, cls = LlamaConfig(num_key_value_heads=4, **common), LlamaForCausalLM
+    else:
+        config, cls = Qwen2Config(num_key_value_heads=2, **common), Qwen2ForCausalLM
+    config._attn_implementation = "eager"
+    torch.manual_seed(0)
+    model = cls(config).eval()
+    with torch.no_grad():
+        for param in model.parameters():
+            param.normal_(0.0, 0.1)
+    return model
+
+
+def _batch(model, lengths, offsets, seed=1):
+    """Left-padded prompts with an image span of IMAGE_TOKENS tokens at a per-sample offset."""
+    generator = torch.Generator().manual_seed(seed)
+    width, batch = max(lengths), len(lengths)
+    ids = torch.zeros(batch, width, dtype=torch.long)
+    mask = torch.zeros(batch, width, dtype=torch.long)
+    images = torch.zeros(batch, width, dtype=torch.bool)
+    for row, (length, offset) in enumerate(zip(lengths, offsets)):
+        start = width - length
+        ids[row, start:] = torch.randint(3, 300, (length,), generator=generator)
+        mask[row, start:] = 1
+        images[row, start + offset : start + offset + IMAGE_TOKENS] = True
+    with torch.no_grad():
+        embeds = model.get_input_embeddings()(ids)
+    return embeds, mask, images
+
+
+def _naive_dart(model, embeds, start, method):
+    """The official `get_retained_image_token` for one unpadded prompt, with explicit float64 loops for the keys'
+    RoPE, their L1 norms and the cosine similarities; Python sets where the official code iterates sets. Returns
+    the kept ordinals among the image tokens and the smallest margin of any top-k decision."""
+    k = method.layer
+    with torch.no_grad():
+        out = model(inputs_embeds=embeds, output_hidden_states=True)
+        layer = model.model.layers[k - 1]
+        keys = layer.self_attn.k_proj(layer.input_layernorm(out.hidden_states[k - 1]))[0].double()
+        positions = torch.arange(embeds.shape[1])[None]
+        cos, sin = (t[0].double() for t in model.model.rotary_emb(out.hidden_states[k - 1], positions))
+        states = model.model.norm(out.hidden_states[k])[0].double()
+    length, head_dim = keys.shape[0], layer.self_attn.head_dim
+    kv_heads = keys.shape[1] // head_dim
+    groups = model.config.num_attention_heads // kv_heads
+    half = head_dim // 2
+    norms = []
+    for t in range(length):
+        total = 0.0
+        for h in range(kv_heads):
+            x = keys[t, h * head_dim : (h + 1) * head_dim]
+            for i in range(head_dim):
+                rotated = -x[i + half] if i < half else x[i - half]
+                total += groups * abs(float(x[i] * cos[t, i] + rotated * sin[t, i]))
+        norms.append(total)
+    margin = math.inf
+
+    def top(values: dict, count: int) -> list:
+        nonlocal margin
+        ranked = sorted(values, key=lambda key: -values[key])
+        if count < len(ranked):
+            margin = min(
+                margin, (values[ranked[count - 1]] - values[ranked[count]]) / max(abs(v) for v in values.values())
+            )
+        return ranked[:count]
+
+    end = start + IMAGE_TOKENS
+    image_pivots = top({t: norms[t] for t in range(start, end)}, method.pivot_image_tokens)
+    text_pivots = top({t: norms[t] for t in range(end, length)}, method.pivot_text_tokens)
+    chosen = set(image_pivots + text_pivots)
+    candidates = set(range(start, end)) - set(image_pivots)
+    for pivot in list(chosen):
+
+        def cosine(a, b):
+            return float(states[a] @ states[b]) / (float(states[a].norm()) * float(states[b].norm()))
+
+        dissimilarity = {t: -cosine(pivot, t) for t in list(candidates)}
+        taken = top(dissimilarity, method.per_pivot)
+        chosen.update(taken)
+        candidates.difference_update(taken)
+    chosen.difference_update(text_pivots)
+    return sorted(t - start for t in chosen), margin
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize(
+    "method",
+    [
+        DART(layer=2, max_num_trunction=8),
+        DART(layer=3, max_num_trunction=12, pivot_image_tokens=2, pivot_text_tokens=2),
+    ],
+    ids=lambda m: m.label,
+)
+def test_choice_equals_naive_official_loop(arch, method):
+    model = _model(arch)
+    lengths, offsets = [44, 37], [3, 6]
+    embeds, mask, images = _batch(model, lengths, offsets)
+    result = generate_from_embeds(model, embeds, mask, images, method, max_new_tokens=1)
+    for row, (length, offset) in enumerate(zip(lengths, offsets)):
+        expected, margin = _naive_dart(model, embeds[row : row + 1, -length:], offset, method)
+        assert margin > 1e-5, "test data has a near-tie that float32 could break either way"
+        kept = result.generations[row].trace.kept_image_indices
+        assert kept == [expected]
+        assert len(expected) == method.keep_count(IMAGE_TOKENS, 0)
+
+
+def test_survivors_keep_positions_and_decode_at_prompt_length():
+    """The same kept set forced through PDrop's machinery with original positions gives the same logits: DART's
+    positions are FastV's (gaps kept, decode at L + t in every layer)."""
+    model = _model("llama")
+    embeds, mask, images = _batch(model, [40], [4])
+    method = DART(layer=2, max_num_trunction=8)
+    assert method.positions == "original" and method.label == "dart_k2_t8"
+    dart = generate_from_embeds(model, embeds, mask, images, method, max_new_tokens=4, return_logits=True)
+    compact = generate_from_embeds(
+        model,
+        embeds,
+        mask,
+        images,
+        DART(layer=2, max_num_trunction=8, positions="compact"),
+        max_new_tokens=4,
+        return_logits=True,
+    )
+    assert dart.generations[0].trace.kept_image_indices == compact.generations[0].trace.kept_image_indices
+    assert not torch.allclose(dart.step_logits, compact.step_logits, atol=1e-4)
+
+
+def test_batch_of_four_equals_four_single_runs_on_the_lm():
+    model = _model("qwen2")
+    lengths, offsets = [44, 31, 38, 35], [3, 1, 6, 2]
+    embeds, mask, images = _batch(model, lengths, offsets)
+    method = DART(layer=2, max_num_trunction=8)
+    batched = generate_from_embeds(model, embeds, mask, images, method, max_new_tokens=5, return_logits=True)
+    for row, length in enumerate(lengths):
+        single = generate_from_embeds(
+            model,
+            embeds[row : row + 1, -length:],
+            mask[row : row + 1, -length:],
+            images[row : row + 1, -length:],
+            method,
+            max_new_tokens=5,
+            return_logits=True,
+        )
+        mine, theirs = single.generations[0], batched.generations[row]
+        assert mine.trace.kept_image_indices == theirs.trace.kept_image_indices
+        assert mine.token_ids == theirs.token_ids
+        torch.testing.assert_close(single.step_logits[0], batched.step_logits[row], atol=1e-5, rtol=0)
+
+
+@functools.cache
+def _tiny_llava(attn: str):
+    return load_vlm("tiny-llava", attn=attn)
+
+
+def _noise_image(seed: int, size=(64, 48)) -> Image.Image:
+    pixels = torch.randint(0, 256, (size[1], size[0], 3), generator=torch.Generator().manual_seed(seed))
+    return Image.fromarray(pixels.to(torch.uint8).numpy())
+
+
+def test_batch_of_four_equals_four_single_runs_on_tiny_llava():
+    loaded = _tiny_llava("sdpa")
+    prompts = ["What is it?", "How many squares are there?", "Is the circle red? Answer yes or no.", "Describe it."]
+    images = [_noise_image(seed) for seed in range(4)]
+    batch = build_batch(loaded, prompts, images)
+    method = DART()  # K=2, 128 → 132 of 576
+    common = {"max_new_tokens": 4, "return_logits": True}
+    batched = generate(
+        loaded.model, batch.input_ids, batch.attention_mask, method, pixel_values=batch.pixel_values, **common
+    )
+    for row in range(4):
+        one = build_batch(loaded, prompts[row : row + 1], images[row : row + 1])
+        single = generate(
+            loaded.model, one.input_ids, one.attention_mask, method, pixel_values=one.pixel_values, **common
+        )
+        mine, theirs = single.generations[0], batched.generations[row]
+        assert [len(k) for k in theirs.trace.kept_image_indices] == [132]
+        assert theirs.trace.image_tokens_per_layer == [576, 576] + [132] * 30
+        assert mine.trace.kept_image_indices == theirs.trace.kept_image_indices
+        assert mine.token_ids == theirs.token_ids
+        torch.testing.assert_close(single.step_logits[0], batched.step_logits[row], atol=1e-4, rtol=1e-4)
+
+
+def test_exact_flops_equal_flop_counter():
+    loaded = _tiny_llava("eager")  # FlopCounterMode does not see CPU SDPA kernels; eager is plain matmuls
+    shape = ModelShape.from_config(loaded.model.config)
+    batch = build_batch(loaded, ["What is in the picture?"], [_noise_image(9)])
+    method = DART(max_num_trunction=64)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        result = generate(
+            loaded.model,
+            batch.input_ids,
+            batch.attention_mask,
+            method,
+            pixel_values=batch.pixel_values,
+            max_new_tokens=3,
+        )
+    trace = result.generations[0].trace
+    counted = sample_flops(shape, trace)
+    assert counted.exact == pytest.approx(counter.get_total_flops(), rel=0.02)
+    assert counted.exact_rank == 2 * trace.prompt_tokens * 64 * shape.text.kv_heads * shape.text.head_dim
+    assert trace.image_tokens_per_layer == image_tokens_per_layer(method, 32, 576)
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: DART(layer=0), "DART layer=0 must be a whole number >= 1"),
+        (lambda: DART(max_num_trunction=2.5), "DART max_num_trunction=2.5 must be a whole number >= 1"),
+        (lambda: DART(pivot_text_tokens=True), "must be a whole number"),
+        (lambda: DART(max_num_trunction=7), "below one token per pivot"),
+        (lambda: DART(max_num_trunction=640).keep_count(576, 0), "keeps 644 image tokens but a sample has only 576"),
+        (lambda: DART(positions="shifted"), "unknown position mode"),
+    ],
+)
+def test_invalid_settings_give_one_clear_line(make, message):
+    with pytest.raises(PdropEvalError) as error:
+        make()
+    assert message in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_too_few_text_tokens_after_the_image_is_one_line():
+    model = _model("llama")
+    embeds, mask, images = _batch(model, [30], [4])  # 2 tokens after the image, 4 text pivots wanted
+    with pytest.raises(PdropEvalError, match="text pivots after the image"):
+        generate_from_embeds(model, embeds, mask, images, DART(layer=2, max_num_trunction=8), max_new_tokens=1)

@@ -1,0 +1,266 @@
+"""VisionZip on the tiny LLaVA: its choice against a naive computation of the official formulas, batch invariance,
+the keep-everything settings, exact FLOPs against torch's FlopCounterMode, and one-line errors."""
+
+import functools
+import math
+
+import pytest
+import torch
+from PIL import Image
+from torch.utils.flop_counter import FlopCounterMode
+
+from pdrop_eval.errors import PdropEvalError
+from pdrop_eval.methods.visionzip import VisionZip, encoder_layers, read_tower_layer, zip_tokens
+from pdrop_eval.models import build_batch, load_vlm
+from pdrop_eval.models.prompts import format_prompt, tokenize_with_images
+from pdrop_eval.pyramid.engine import SampleTrace
+from pdrop_eval.pyramid.flops import ModelShape, image_tokens_per_layer, sample_flops, vision_flops
+from pdrop_eval.pyramid.schedule import DropSchedule
+from pdrop_eval.pyramid.vlm import generate
+
+pytestmark = pytest.mark.engine
+
+PROMPTS = [
+    "What color is the circle?\nAnswer the question using a single word or phrase.",
+    "How many squares are there?",
+    "Is there a red triangle in the image? Answer yes or no.",
+    "Describe the picture in a few words, please.",
+]
+
+
+@functools.cache
+def _loaded(name: str = "tiny-llava", attn: str = "sdpa"):
+    return load_vlm(name, attn=attn)
+
+
+def _images():
+    """Noise images: every patch differs, so no two VisionZip targets are near-twins (flat backgrounds give
+    patches that differ only by their position embedding, and near-ties between them)."""
+    generator = torch.Generator().manual_seed(0)
+    images = []
+    for size in [(64, 48), (40, 80), (96, 96), (120, 60)]:
+        pixels = torch.randint(0, 256, (size[1], size[0], 3), generator=generator, dtype=torch.uint8)
+        images.append(Image.fromarray(pixels.numpy()))
+    return images
+
+
+def _naive_visionzip(model, pixel_values, row: int, dominant: int, contextual: int):
+    """The official selection (dvlab-research/VisionZip@3151f6d clip_encoder.py) with explicit loops in float64,
+    from HF's eager attention weights and the tower layer's own norm and key projection; also the smallest margin of
+    any top-k or argmax decision relative to the size of what it compares (the choice is only meaningful where that
+    is far above what float32 reordering can change: ~n·eps for sums of n terms)."""
+    tower = model.model.vision_tower
+    with torch.no_grad():
+        out = tower(pixel_values, output_hidden_states=True, output_attentions=True)
+    layer_index = len(encoder_layers(tower)) - 2  # LLaVA's feature layer -2
+    attention = out.attentions[layer_index][row].double()  # [H, L, L], the official `attentions[-2]`
+    features = out.hidden_states[layer_index + 1][row].double()  # the official `hidden_states[-2]`
+    layer = encoder_layers(tower)[layer_index]
+    with torch.no_grad():
+        keys = layer.self_attn.k_proj(layer.layer_norm1(out.hidden_states[layer_index]))[row].double()
+    heads, length = attention.shape[0], attention.shape[1]
+    head_dim = keys.shape[1] // heads
+    metric = [
+        [sum(keys[t, h * head_dim + c] for h in range(heads)) / heads for c in range(head_dim)] for t in range(length)
+    ]
+    margin = math.inf
+
+    cls_score = [sum(attention[h, 0, 1 + p] for h in range(heads)).item() for p in range(length - 1)]
+    ranked = sorted(range(length - 1), key=lambda p: -cls_score[p])
+    if dominant - 1 < length - 1:
+        gap = cls_score[ranked[dominant - 2]] - cls_score[ranked[dominant - 1]]
+        margin = min(margin, gap / cls_score[ranked[0]])
+    dominant_positions = sorted([0] + [p + 1 for p in ranked[: dominant - 1]])
+    tokens = [features[t] for t in dominant_positions]
+    remaining = [t for t in range(length) if t not in dominant_positions]
+    count = len(remaining)
+    if contextual and count:
+
+        def unit(t):
+            norm = math.sqrt(sum(float(v) ** 2 for v in metric[t]))
+            return [float(v) / norm for v in metric[t]]
+
+        step = max(1, count // contextual)
+        targets = list(range(0, count, step))[:contextual]
+        groups = {target: [] for target in targets}
+        for place in range(count):
+            if place in groups:
+                continue
+            mine = unit(remaining[place])
+            similarity = [sum(a * b for a, b in zip(mine, unit(remaining[t]))) for t in targets]
+            best = max(range(len(targets)), key=lambda i: (similarity[i], -i))
+            others = [s for i, s in enumerate(similarity) if i != best]
+            if others:
+                margin = min(margin, similarity[best] - max(others))
+            groups[targets[best]].append(features[remaining[place]])
+        for target in targets:
+            merged = features[remaining[target]]
+            if groups[target]:
+                merged = merged + sum(groups[target]) / len(groups[target])
+            tokens.append(merged)
+    return torch.stack(tokens), [p - 1 for p in dominant_positions[1:]], margin
+
+
+# On a random tiny tower, settings with hundreds of merge decisions always hold a near-tie somewhere; these are the
+# settings (and images) whose every decision is separated by more than 1e-4 relative, above the worst-case float32
+# reordering bound of a 577-term sum (577 · 1.2e-7 ≈ 7e-5), so the float64 reference is unambiguous.
+@pytest.mark.parametrize(
+    ("dominant", "contextual", "rows"), [(20, 1, (0, 1, 2, 3)), (54, 3, (0, 1, 2, 3)), (54, 10, (2,))]
+)
+def test_selection_equals_naive_official_formulas(dominant, contextual, rows):
+    loaded = _loaded(attn="eager")
+    batch = build_batch(loaded, PROMPTS, _images())
+    tower = loaded.model.model.vision_tower
+    view = read_tower_layer(tower, batch.pixel_values, loaded.model.config.vision_feature_layer)
+    for row in rows:
+        expected, expected_dominant, margin = _naive_visionzip(
+            loaded.model, batch.pixel_values, row, dominant, contextual
+        )
+        assert margin > 1e-4, "test image has a near-tie that float32 could break either way"
+        tokens, positions = zip_tokens(view, row, dominant, contextual)
+        assert [p - 1 for p in positions[1:]] == expected_dominant
+        assert tokens.shape == (dominant + contextual, expected.shape[1])
+        scale = expected.abs().max().item()
+        torch.testing.assert_close(tokens.double(), expected, rtol=1e-5, atol=1e-5 * scale)
+
+
+def test_cls_row_equals_the_layers_own_eager_attention():
+    loaded = _loaded(attn="eager")
+    batch = build_batch(loaded, PROMPTS[:2], _images()[:2])
+    tower = loaded.model.model.vision_tower
+    out = tower(batch.pixel_values, output_attentions=True)
+    view = read_tower_layer(tower, batch.pixel_values, loaded.model.config.vision_feature_layer)
+    expected = out.attentions[-2][:, :, 0, 1:].sum(dim=1)
+    torch.testing.assert_close(view.cls_attention, expected, rtol=1e-5, atol=1e-7)
+
+
+def test_batch_of_four_equals_four_single_runs():
+    loaded = _loaded()
+    images = _images()
+    batch = build_batch(loaded, PROMPTS, images)
+    assert len(set(batch.attention_mask.sum(-1).tolist())) == 4
+    method = VisionZip(dominant=54, contextual=10)
+    common = {"max_new_tokens": 5, "return_logits": True}
+    batched = generate(
+        loaded.model, batch.input_ids, batch.attention_mask, method, pixel_values=batch.pixel_values, **common
+    )
+    for row in range(len(PROMPTS)):
+        one = build_batch(loaded, PROMPTS[row : row + 1], images[row : row + 1])
+        single = generate(
+            loaded.model, one.input_ids, one.attention_mask, method, pixel_values=one.pixel_values, **common
+        )
+        mine, theirs = single.generations[0], batched.generations[row]
+        assert mine.trace.kept_feature_indices == theirs.trace.kept_feature_indices
+        assert len(theirs.trace.kept_feature_indices) == 53
+        assert theirs.trace.image_tokens_per_layer == [64] * 32 and theirs.trace.num_image_tokens == 576
+        assert mine.token_ids == theirs.token_ids
+        torch.testing.assert_close(single.step_logits[0], batched.step_logits[row], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("method", [VisionZip(dominant=577, contextual=0), VisionZip(dominant=1, contextual=576)])
+def test_keeping_every_token_is_the_unpruned_prompt_plus_cls(method):
+    """No VisionZip setting drops nothing (CLS always enters the LLM); keeping every token must equal the unpruned
+    model given the projected CLS + all patches of the feature layer, token for token."""
+    loaded = _loaded()
+    batch = build_batch(loaded, PROMPTS[:2], _images()[:2])
+    model = loaded.model
+    pruned = generate(
+        model,
+        batch.input_ids,
+        batch.attention_mask,
+        method,
+        pixel_values=batch.pixel_values,
+        max_new_tokens=5,
+        return_logits=True,
+    )
+    hidden = model.model.vision_tower(batch.pixel_values, output_hidden_states=True).hidden_states
+    with_cls = model.model.multi_modal_projector(hidden[model.config.vision_feature_layer])  # [B, 577, d]
+    for row, text in enumerate(PROMPTS[:2]):
+        prompt = format_prompt(loaded.template, text)
+        ids = torch.tensor([tokenize_with_images(loaded.tokenizer, prompt, loaded.image_token_id, [577])])
+        plain = generate(
+            model,
+            ids,
+            torch.ones_like(ids),
+            DropSchedule.none(),
+            image_features=[with_cls[row]],
+            max_new_tokens=5,
+            return_logits=True,
+        )
+        assert plain.generations[0].token_ids == pruned.generations[row].token_ids
+        torch.testing.assert_close(plain.step_logits[0], pruned.step_logits[row], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("method", [VisionZip(dominant=54, contextual=10), VisionZip(dominant=100, contextual=0)])
+def test_exact_flops_equal_flop_counter(method):
+    loaded = _loaded(attn="eager")  # FlopCounterMode does not see CPU SDPA kernels; eager is plain matmuls
+    shape = ModelShape.from_config(loaded.model.config)
+    batch = build_batch(loaded, PROMPTS[:1], _images()[:1])
+    counter = FlopCounterMode(display=False)
+    with counter:
+        result = generate(
+            loaded.model,
+            batch.input_ids,
+            batch.attention_mask,
+            method,
+            pixel_values=batch.pixel_values,
+            max_new_tokens=3,
+        )
+    trace = result.generations[0].trace
+    assert sample_flops(shape, trace).exact == pytest.approx(counter.get_total_flops(), rel=0.02)
+    assert sample_flops(shape, trace).exact_rank > 0
+    assert trace.image_tokens_per_layer == image_tokens_per_layer(method, 32, 576)
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: VisionZip(dominant=0), "VisionZip dominant=0 must be a whole number >= 1"),
+        (lambda: VisionZip(dominant=2.5), "VisionZip dominant=2.5 must be a whole number >= 1"),
+        (lambda: VisionZip(contextual=-1), "VisionZip contextual=-1 must be a whole number >= 0"),
+        (lambda: VisionZip(contextual=True), "must be a whole number"),
+        (lambda: VisionZip(dominant=600).kept_features(576), "choose dominant of at most 577"),
+    ],
+)
+def test_invalid_settings_give_one_clear_line(make, message):
+    with pytest.raises(PdropEvalError) as error:
+        make()
+    assert message in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_inputs_it_cannot_handle_are_one_line():
+    loaded = _loaded()
+    batch = build_batch(loaded, PROMPTS[:1], _images()[:1])
+    features = [torch.zeros(576, 64)]
+    with pytest.raises(PdropEvalError, match="reads the vision tower itself: pass pixel_values"):
+        generate(loaded.model, batch.input_ids, batch.attention_mask, VisionZip(), image_features=features)
+    next_model = _loaded("tiny-llava-next")
+    next_batch = build_batch(next_model, PROMPTS[:1], _images()[:1])
+    with pytest.raises(PdropEvalError, match="anyres crops are not supported"):
+        generate(
+            next_model.model,
+            next_batch.input_ids,
+            next_batch.attention_mask,
+            VisionZip(),
+            pixel_values=next_batch.pixel_values,
+            image_sizes=next_batch.image_sizes,
+            max_new_tokens=1,
+        )
+
+
+@pytest.mark.parametrize("method", [VisionZip(dominant=54, contextual=10), VisionZip(dominant=20, contextual=600)])
+def test_tower_pass_and_overhead_equal_flop_counter_exactly(method):
+    """The vision side alone, where the method's overhead is not lost in the LLM's total: tower, re-read of the
+    feature layer, merge products and the projector over the kept tokens, FLOP for FLOP."""
+    loaded = _loaded(attn="eager")
+    shape = ModelShape.from_config(loaded.model.config)
+    batch = build_batch(loaded, PROMPTS[:1], _images()[:1])
+    counter = FlopCounterMode(display=False)
+    with counter:
+        reduced = method.encode_images(loaded.model, batch.pixel_values, None)
+    kept = reduced.features[0].shape[0]
+    assert kept == method.kept_features(576)
+    trace = SampleTrace(num_image_tokens=576, prompt_tokens=0, method=method, image_tokens_per_layer=[kept])
+    expected = vision_flops(shape.vision, shape.text.hidden, 1, kept) + method.overhead_flops(shape, trace)
+    assert counter.get_total_flops() == expected
