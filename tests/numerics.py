@@ -11,7 +11,8 @@ constant tuned on one machine fails on the next: 1e-5 passed here and failed on 
 The rule: compute the reference side once more in float64 (eps 2**-52, 2**29 times finer: exact for our purpose).
 Its distance to the fp32 reference, E = max|expected - exact|, is what fp32 rounding does to these very values on
 this input, on this machine's kernels, amplification included. The other fp32 evaluation is another ordering of the
-same sums, so it too lies about E from the exact value, and by the triangle inequality
+same sums with kernels of like quality (blocked GEMMs, the same attention algorithm), so it too lies about E from
+the exact value, and by the triangle inequality
 |actual - expected| <= |actual - exact| + |expected - exact| ~ 2E. ORDER_MARGIN = 2 on top allows another order to
 round up to twice as badly as the one measured (E is a maximum over hundreds of logits, a stable statistic).
 Every fp32 result is rounded at least once, so E never counts as less than FP32_EPS * max|exact|.
@@ -20,6 +21,9 @@ A real bug (a wrong position, a stale cache entry, a missing mask row, one token
 not the rounding, so it moves the compared values by a visible part of their magnitude, orders of magnitude past
 4E: each equivalence test still fails on it (its docstring names the deliberate bug it was checked against).
 Tokens, kept image indices and argmaxes are integers and are compared exactly, never through this rule.
+
+Scores and other Python floats keep `pytest.approx`: that arithmetic is float64 in an order the code fixes, the same
+on every CPU, and approx only absorbs that a test writes the expected value as another expression.
 """
 
 from __future__ import annotations

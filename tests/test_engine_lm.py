@@ -73,6 +73,8 @@ SCHEDULES = {
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 def test_no_drop_equals_hf_generate(arch, attn):
+    """Catches (checked by mutation) decode positions that do not advance, a decode or prefill mask that lets
+    tokens see padding, an eager mask that lets a token see the next one."""
     model = _model(arch, attn)
     embeds, mask, images = _batch(model, [40, 33, 29])
     reference = model.generate(
@@ -106,7 +108,9 @@ def test_no_drop_equals_hf_generate(arch, attn):
 def test_cached_decoding_equals_recomputation(arch, name):
     """Each cached decode step's logits equal a no-cache prefill of prompt + tokens so far with the same kept sets.
 
-    The recomputation runs in fp32 (the reference) and in float64 (its exact twin, for the tolerance)."""
+    The recomputation runs in fp32 (the reference) and in float64 (its exact twin, for the tolerance). Catches
+    (checked by mutation) a RoPE position one off after a drop, a stage decoding at the previous stage's positions,
+    decode positions that do not advance, masks that let tokens see padding, survivors re-packed to the left."""
     model = _model(arch, "sdpa")
     all_parts = {
         dtype: DecoderParts.from_model(_model(arch, "sdpa", dtype)) for dtype in (torch.float32, torch.float64)
@@ -134,6 +138,8 @@ def test_cached_decoding_equals_recomputation(arch, name):
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
 @pytest.mark.parametrize("name", list(SCHEDULES))
 def test_batch_equals_single_runs(arch, name):
+    """Catches (checked by mutation) a prefill or decode mask that lets tokens see padding and survivors re-packed to
+    the left (right padding) after a drop."""
     model = _model(arch, "sdpa")
     lengths = [44, 31, 38, 27]
     embeds, mask, images = _batch(model, lengths, image_offsets=[3, 1, 6, 2])
@@ -229,6 +235,7 @@ def test_fastv_rounds_and_random_is_seeded():
 
 
 def test_compact_and_original_positions_differ():
+    """Catches (checked by mutation) `positions="original"` falling back to compact positions."""
     model = _model("llama", "sdpa")
     embeds, mask, images = _batch(model, [40])
     model64 = _model("llama", "sdpa", torch.float64)

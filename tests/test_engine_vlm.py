@@ -57,6 +57,7 @@ def _generate(loaded, batch, schedule: DropSchedule, **options):
 
 @pytest.mark.parametrize("name", TINY)
 def test_no_drop_equals_hf_generate(name):
+    """Catches (checked by mutation) decode positions that do not advance and masks that let tokens see padding."""
     loaded = _loaded(name)
     batch = build_batch(loaded, PROMPTS[:2], _images()[:2])
     reference, exact = (
@@ -88,6 +89,8 @@ def test_no_drop_equals_hf_generate(name):
 
 @pytest.mark.parametrize("name", TINY)
 def test_batch_of_four_equals_four_single_runs(name):
+    """Catches (checked by mutation) masks that let tokens see padding, survivors re-packed to the left after a drop,
+    and one image token too many dropped per stage."""
     loaded = _loaded(name)
     images = _images()
     batch = build_batch(loaded, PROMPTS, images)
@@ -119,6 +122,8 @@ def test_batch_of_four_equals_four_single_runs(name):
 
 @pytest.mark.parametrize("name", TINY)
 def test_cached_decoding_equals_recomputation(name):
+    """Catches (checked by mutation) a RoPE position one off after a drop, a stage decoding at the previous stage's
+    positions, and decode positions that do not advance."""
     loaded = _loaded(name)
     batch = build_batch(loaded, PROMPTS[:1], _images()[:1])
     schedule = SCHEDULE
@@ -153,7 +158,8 @@ def test_cached_decoding_equals_recomputation(name):
 
 
 def test_eager_attention_equals_sdpa():
-    """The eager path (additive float mask) against SDPA (bool mask); the float64 SDPA run is the exact twin."""
+    """The eager path (additive float mask) against SDPA (bool mask); the float64 SDPA run is the exact twin.
+    Catches (checked by mutation) an eager mask that lets a token see the next one."""
     runners = [_loaded("tiny-llava"), _loaded("tiny-llava", "eager"), _loaded("tiny-llava", "sdpa", torch.float64)]
     batch = build_batch(runners[0], PROMPTS[:3], _images()[:3])
     sdpa, eager, exact = (_generate(r, batch, SCHEDULE, max_new_tokens=4, return_logits=True) for r in runners)

@@ -100,6 +100,8 @@ def checkpoints(tmp_path_factory):
 
 
 def assert_same_outputs(converted, reference) -> None:
+    """Same inputs, logits within fp32 rounding of the reference, same tokens. Catches (checked by mutation) a
+    converter that drops the checkpoint's rms_norm_eps (1e-5 -> transformers' 1e-6 default)."""
     images = [Image.new("RGB", (200, 120), (255, 0, 0)), Image.new("RGB", (90, 160), (0, 90, 255))]
     prompts = ["What color is the circle?", "How many squares?\nAnswer the question using a single word or phrase."]
     vocab = len(build_base_tokenizer())  # rows past it are the added <image>/<pad>, initialised differently

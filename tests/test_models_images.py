@@ -50,7 +50,8 @@ def test_rgb_conversion():
 
 
 def test_pixels_equal_llava_pil_pipeline(tiny_vlm):
-    """pad -> bicubic resize to 336 (square, so the centre crop is a no-op) -> /255 -> CLIP normalise, in float32."""
+    """pad -> bicubic resize to 336 (square, so the centre crop is a no-op) -> /255 -> CLIP normalise, in float32.
+    Catches (checked by mutation) a pad colour rounded instead of truncated."""
     processor = tiny_vlm("tiny-llava").image_processor
     rng = np.random.default_rng(0)
     image = Image.fromarray(rng.integers(0, 256, (120, 200, 3), dtype=np.uint8))
