@@ -11,6 +11,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCau
 from pdrop_eval.errors import PdropEvalError
 from pdrop_eval.pyramid.engine import DecoderParts, generate_from_embeds, prefill
 from pdrop_eval.pyramid.schedule import DropSchedule
+from tests.numerics import assert_fp32_close, fp32_differs
 
 pytestmark = pytest.mark.engine
 
@@ -18,7 +19,8 @@ VOCAB = 300
 IMAGE_TOKENS = 24
 
 
-def _model(arch: str, attn: str) -> torch.nn.Module:
+def _model(arch: str, attn: str, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """A random model; float64 gives the same weights (drawn in fp32, cast exactly) as the exact reference."""
     common = {
         "vocab_size": VOCAB,
         "hidden_size": 64,
@@ -37,7 +39,7 @@ def _model(arch: str, attn: str) -> torch.nn.Module:
     with torch.no_grad():
         for param in model.parameters():
             param.normal_(0.0, 0.1)
-    return model
+    return model.to(dtype)
 
 
 def _batch(model, lengths, image_offsets=None, seed=1):
@@ -71,6 +73,8 @@ SCHEDULES = {
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 def test_no_drop_equals_hf_generate(arch, attn):
+    """Catches (checked by mutation) decode positions that do not advance, a decode or prefill mask that lets
+    tokens see padding, an eager mask that lets a token see the next one."""
     model = _model(arch, attn)
     embeds, mask, images = _batch(model, [40, 33, 29])
     reference = model.generate(
@@ -83,43 +87,59 @@ def test_no_drop_equals_hf_generate(arch, attn):
         pad_token_id=0,
         eos_token_id=None,
     )
+    # The exact twin always runs SDPA (the same function): HF's float64 eager path turns padded rows into NaN.
+    exact = _model(arch, "sdpa", torch.float64).generate(
+        inputs_embeds=embeds.double(),
+        attention_mask=mask,
+        max_new_tokens=8,
+        do_sample=False,
+        output_logits=True,
+        return_dict_in_generate=True,
+        pad_token_id=0,
+        eos_token_id=None,
+    )
     ours = generate_from_embeds(model, embeds, mask, images, DropSchedule.none(), max_new_tokens=8, return_logits=True)
-    assert [g.token_ids for g in ours.generations] == reference.sequences.tolist()
-    torch.testing.assert_close(ours.step_logits, torch.stack(reference.logits, dim=1), atol=1e-5, rtol=0)
+    assert [g.token_ids for g in ours.generations] == reference.sequences.tolist() == exact.sequences.tolist()
+    assert_fp32_close(ours.step_logits, torch.stack(reference.logits, dim=1), torch.stack(exact.logits, dim=1))
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
 @pytest.mark.parametrize("name", list(SCHEDULES))
 def test_cached_decoding_equals_recomputation(arch, name):
-    """Each cached decode step's logits equal a no-cache prefill of prompt + tokens so far with the same kept sets."""
+    """Each cached decode step's logits equal a no-cache prefill of prompt + tokens so far with the same kept sets.
+
+    The recomputation runs in fp32 (the reference) and in float64 (its exact twin, for the tolerance). Catches
+    (checked by mutation) a RoPE position one off after a drop, a stage decoding at the previous stage's positions,
+    decode positions that do not advance, masks that let tokens see padding, survivors re-packed to the left."""
     model = _model(arch, "sdpa")
-    parts = DecoderParts.from_model(model)
+    all_parts = {
+        dtype: DecoderParts.from_model(_model(arch, "sdpa", dtype)) for dtype in (torch.float32, torch.float64)
+    }
     embeds, mask, images = _batch(model, [38, 30])
     result = generate_from_embeds(model, embeds, mask, images, SCHEDULES[name], max_new_tokens=5, return_logits=True)
     for row, generation in enumerate(result.generations):
         keep = mask[row].bool()
-        prompt, prompt_images = embeds[row : row + 1, keep], images[row : row + 1, keep]
         forced = [generation.trace.kept_image_indices]
-        for step, token in enumerate([None, *generation.token_ids[:-1]]):
-            if token is not None:
-                new = parts.embed_tokens(torch.tensor([[token]]))
-                prompt = torch.cat([prompt, new], dim=1)
-                prompt_images = torch.cat([prompt_images, torch.zeros(1, 1, dtype=torch.bool)], dim=1)
-            recomputed = prefill(
-                parts,
-                prompt,
-                torch.ones(prompt.shape[:2], dtype=torch.long),
-                prompt_images,
-                SCHEDULES[name],
-                forced_keep=forced,
-                use_cache=False,
-            )
-            torch.testing.assert_close(recomputed.logits[0], result.step_logits[row, step], atol=1e-5, rtol=0)
+        recomputed = {}
+        for dtype, parts in all_parts.items():
+            prompt, prompt_images = embeds[row : row + 1, keep].to(dtype), images[row : row + 1, keep]
+            per_step = []
+            for token in [None, *generation.token_ids[:-1]]:
+                if token is not None:
+                    prompt = torch.cat([prompt, parts.embed_tokens(torch.tensor([[token]]))], dim=1)
+                    prompt_images = torch.cat([prompt_images, torch.zeros(1, 1, dtype=torch.bool)], dim=1)
+                ones = torch.ones(prompt.shape[:2], dtype=torch.long)
+                step = prefill(parts, prompt, ones, prompt_images, SCHEDULES[name], forced_keep=forced, use_cache=False)
+                per_step.append(step.logits[0])
+            recomputed[dtype] = torch.stack(per_step)
+        assert_fp32_close(result.step_logits[row], recomputed[torch.float32], recomputed[torch.float64])
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
 @pytest.mark.parametrize("name", list(SCHEDULES))
 def test_batch_equals_single_runs(arch, name):
+    """Catches (checked by mutation) a prefill or decode mask that lets tokens see padding and survivors re-packed to
+    the left (right padding) after a drop."""
     model = _model(arch, "sdpa")
     lengths = [44, 31, 38, 27]
     embeds, mask, images = _batch(model, lengths, image_offsets=[3, 1, 6, 2])
@@ -127,22 +147,30 @@ def test_batch_equals_single_runs(arch, name):
     batched = generate_from_embeds(
         model, embeds, mask, images, schedule, max_new_tokens=6, return_logits=True, sample_seeds=[11, 12, 13, 14]
     )
+    model64 = _model(arch, "sdpa", torch.float64)
     for row, length in enumerate(lengths):
-        single = generate_from_embeds(
-            model,
-            embeds[row : row + 1, -length:],
-            mask[row : row + 1, -length:],
-            images[row : row + 1, -length:],
-            schedule,
-            max_new_tokens=6,
-            return_logits=True,
-            sample_seeds=[11 + row],
+        single, exact = (
+            generate_from_embeds(
+                runner,
+                embeds[row : row + 1, -length:].to(runner.dtype),
+                mask[row : row + 1, -length:],
+                images[row : row + 1, -length:],
+                schedule,
+                max_new_tokens=6,
+                return_logits=True,
+                sample_seeds=[11 + row],
+            )
+            for runner in (model, model64)
         )
         mine, theirs = single.generations[0], batched.generations[row]
-        assert mine.token_ids == theirs.token_ids
-        assert mine.trace.kept_image_indices == theirs.trace.kept_image_indices
+        assert mine.token_ids == theirs.token_ids == exact.generations[0].token_ids
+        assert (
+            mine.trace.kept_image_indices
+            == theirs.trace.kept_image_indices
+            == exact.generations[0].trace.kept_image_indices
+        )
         assert mine.trace.tokens_per_layer == theirs.trace.tokens_per_layer
-        torch.testing.assert_close(single.step_logits[0], batched.step_logits[row], atol=1e-5, rtol=0)
+        assert_fp32_close(batched.step_logits[row], single.step_logits[0], exact.step_logits[0])
 
 
 def _naive_top(attentions, layer, images, row, keep):
@@ -207,14 +235,19 @@ def test_fastv_rounds_and_random_is_seeded():
 
 
 def test_compact_and_original_positions_differ():
+    """Catches (checked by mutation) `positions="original"` falling back to compact positions."""
     model = _model("llama", "sdpa")
     embeds, mask, images = _batch(model, [40])
+    model64 = _model("llama", "sdpa", torch.float64)
     logits = {}
-    for mode in ("compact", "original"):
+    for runner, mode in ((model, "compact"), (model, "original"), (model64, "compact")):
         schedule = DropSchedule.pyramid(0.5, layers=(2, 4, 6), positions=mode)
-        result = generate_from_embeds(model, embeds, mask, images, schedule, max_new_tokens=3, return_logits=True)
-        logits[mode] = result.step_logits
-    assert not torch.allclose(logits["compact"], logits["original"], atol=1e-4)
+        result = generate_from_embeds(
+            runner, embeds.to(runner.dtype), mask, images, schedule, max_new_tokens=3, return_logits=True
+        )
+        logits[mode, runner.dtype] = result.step_logits
+    compact, original = logits["compact", torch.float32], logits["original", torch.float32]
+    assert fp32_differs(compact, original, logits["compact", torch.float64])
 
 
 def test_eos_and_stop_end_each_sample_on_its_own():

@@ -10,6 +10,7 @@ from pdrop_eval.models import build_batch, load_vlm
 from pdrop_eval.pyramid.engine import DecoderParts, prefill
 from pdrop_eval.pyramid.schedule import DropSchedule
 from pdrop_eval.pyramid.vlm import embed_with_images, encode_images, generate, stop_at_strings
+from tests.numerics import assert_fp32_close
 
 pytestmark = pytest.mark.engine
 
@@ -24,8 +25,9 @@ SIZES = [(64, 48), (40, 80), (96, 96), (120, 60)]  # different aspect ratios: Ne
 
 
 @functools.cache
-def _loaded(name: str, attn: str = "sdpa"):
-    return load_vlm(name, attn=attn)
+def _loaded(name: str, attn: str = "sdpa", dtype: torch.dtype = torch.float32):
+    """float64 loads the same weights, cast exactly: the exact twin each fp32 comparison takes its tolerance from."""
+    return load_vlm(name, attn=attn, dtype=dtype)
 
 
 def _images():
@@ -41,13 +43,13 @@ SCHEDULE = DropSchedule.pyramid(0.5, layers=(8, 16, 24))
 
 
 def _generate(loaded, batch, schedule: DropSchedule, **options):
-    """The engine on a `build_batch` output."""
+    """The engine on a `build_batch` output, in the model's dtype."""
     return generate(
         loaded.model,
         batch.input_ids,
         batch.attention_mask,
         schedule,
-        pixel_values=batch.pixel_values,
+        pixel_values=batch.pixel_values.to(loaded.model.dtype),
         image_sizes=batch.image_sizes,
         **options,
     )
@@ -55,16 +57,20 @@ def _generate(loaded, batch, schedule: DropSchedule, **options):
 
 @pytest.mark.parametrize("name", TINY)
 def test_no_drop_equals_hf_generate(name):
+    """Catches (checked by mutation) decode positions that do not advance and masks that let tokens see padding."""
     loaded = _loaded(name)
     batch = build_batch(loaded, PROMPTS[:2], _images()[:2])
-    reference = loaded.model.generate(
-        **batch.model_inputs(),
-        max_new_tokens=6,
-        do_sample=False,
-        output_logits=True,
-        return_dict_in_generate=True,
-        pad_token_id=loaded.pad_token_id,
-        eos_token_id=None,
+    reference, exact = (
+        runner.model.generate(
+            **batch.model_inputs() | {"pixel_values": batch.pixel_values.to(runner.model.dtype)},
+            max_new_tokens=6,
+            do_sample=False,
+            output_logits=True,
+            return_dict_in_generate=True,
+            pad_token_id=loaded.pad_token_id,
+            eos_token_id=None,
+        )
+        for runner in (loaded, _loaded(name, dtype=torch.float64))
     )
     ours = _generate(
         loaded,
@@ -76,12 +82,15 @@ def test_no_drop_equals_hf_generate(name):
     )
     prompt_length = batch.input_ids.shape[1]
     assert [g.token_ids for g in ours.generations] == reference.sequences[:, prompt_length:].tolist()
-    torch.testing.assert_close(ours.step_logits, torch.stack(reference.logits, dim=1), atol=1e-5, rtol=0)
+    assert torch.equal(exact.sequences, reference.sequences)
+    assert_fp32_close(ours.step_logits, torch.stack(reference.logits, dim=1), torch.stack(exact.logits, dim=1))
     assert len(set(ours.generations[0].token_ids)) > 1, "tiny model output is degenerate"
 
 
 @pytest.mark.parametrize("name", TINY)
 def test_batch_of_four_equals_four_single_runs(name):
+    """Catches (checked by mutation) masks that let tokens see padding, survivors re-packed to the left after a drop,
+    and one image token too many dropped per stage."""
     loaded = _loaded(name)
     images = _images()
     batch = build_batch(loaded, PROMPTS, images)
@@ -97,25 +106,24 @@ def test_batch_of_four_equals_four_single_runs(name):
     )
     for row in range(len(PROMPTS)):
         single_batch = build_batch(loaded, PROMPTS[row : row + 1], images[row : row + 1])
-        single = _generate(
-            loaded,
-            single_batch,
-            schedule,
-            max_new_tokens=5,
-            return_logits=True,
+        single, exact = (
+            _generate(runner, single_batch, schedule, max_new_tokens=5, return_logits=True)
+            for runner in (loaded, _loaded(name, dtype=torch.float64))
         )
-        mine, theirs = single.generations[0], batched.generations[row]
+        mine, theirs, twin = single.generations[0], batched.generations[row], exact.generations[0]
         assert mine.trace.num_image_tokens == batch.image_token_counts[row]
         assert [len(k) for k in theirs.trace.kept_image_indices] == [
             int(batch.image_token_counts[row] * r) for r in schedule.ratios
         ]
-        assert mine.trace.kept_image_indices == theirs.trace.kept_image_indices
-        assert mine.token_ids == theirs.token_ids
-        torch.testing.assert_close(single.step_logits[0], batched.step_logits[row], atol=1e-4, rtol=1e-4)
+        assert mine.trace.kept_image_indices == theirs.trace.kept_image_indices == twin.trace.kept_image_indices
+        assert mine.token_ids == theirs.token_ids == twin.token_ids
+        assert_fp32_close(batched.step_logits[row], single.step_logits[0], exact.step_logits[0])
 
 
 @pytest.mark.parametrize("name", TINY)
 def test_cached_decoding_equals_recomputation(name):
+    """Catches (checked by mutation) a RoPE position one off after a drop, a stage decoding at the previous stage's
+    positions, and decode positions that do not advance."""
     loaded = _loaded(name)
     batch = build_batch(loaded, PROMPTS[:1], _images()[:1])
     schedule = SCHEDULE
@@ -127,34 +135,39 @@ def test_cached_decoding_equals_recomputation(name):
         return_logits=True,
     )
     generation = result.generations[0]
-    features = encode_images(loaded.model, batch.pixel_values, batch.image_sizes)
-    ids = batch.input_ids
-    for step in range(len(generation.token_ids)):
-        if step:
-            ids = torch.cat([ids, torch.tensor([[generation.token_ids[step - 1]]])], dim=1)
-        embeds, image_mask = embed_with_images(loaded.model, ids, features)
-        recomputed = prefill(
-            DecoderParts.from_model(loaded.model),
-            embeds,
-            torch.ones_like(ids),
-            image_mask,
-            schedule,
-            forced_keep=[generation.trace.kept_image_indices],
-            use_cache=False,
-        )
-        torch.testing.assert_close(recomputed.logits[0], result.step_logits[0, step], atol=1e-5, rtol=0)
+    recomputed = {}
+    for runner in (loaded, _loaded(name, dtype=torch.float64)):
+        model = runner.model
+        features = encode_images(model, batch.pixel_values.to(model.dtype), batch.image_sizes)
+        per_step = []
+        for step in range(len(generation.token_ids)):
+            ids = torch.cat([batch.input_ids, torch.tensor([generation.token_ids[:step]], dtype=torch.long)], dim=1)
+            embeds, image_mask = embed_with_images(model, ids, features)
+            state = prefill(
+                DecoderParts.from_model(model),
+                embeds,
+                torch.ones_like(ids),
+                image_mask,
+                schedule,
+                forced_keep=[generation.trace.kept_image_indices],
+                use_cache=False,
+            )
+            per_step.append(state.logits[0])
+        recomputed[model.dtype] = torch.stack(per_step)
+    assert_fp32_close(result.step_logits[0], recomputed[torch.float32], recomputed[torch.float64])
 
 
 def test_eager_attention_equals_sdpa():
-    sdpa, eager = _loaded("tiny-llava"), _loaded("tiny-llava", "eager")
-    batch = build_batch(sdpa, PROMPTS[:3], _images()[:3])
-    outputs = []
-    for loaded in (sdpa, eager):
-        outputs.append(_generate(loaded, batch, SCHEDULE, max_new_tokens=4, return_logits=True))
-    assert [g.trace.kept_image_indices for g in outputs[0].generations] == [
-        g.trace.kept_image_indices for g in outputs[1].generations
-    ]
-    torch.testing.assert_close(outputs[0].step_logits, outputs[1].step_logits, atol=1e-4, rtol=1e-4)
+    """The eager path (additive float mask) against SDPA (bool mask); the float64 SDPA run is the exact twin.
+    Catches (checked by mutation) an eager mask that lets a token see the next one."""
+    runners = [_loaded("tiny-llava"), _loaded("tiny-llava", "eager"), _loaded("tiny-llava", "sdpa", torch.float64)]
+    batch = build_batch(runners[0], PROMPTS[:3], _images()[:3])
+    sdpa, eager, exact = (_generate(r, batch, SCHEDULE, max_new_tokens=4, return_logits=True) for r in runners)
+    for row in range(3):
+        kept = [out.generations[row].trace.kept_image_indices for out in (sdpa, eager, exact)]
+        tokens = [out.generations[row].token_ids for out in (sdpa, eager, exact)]
+        assert kept[0] == kept[1] == kept[2] and tokens[0] == tokens[1] == tokens[2]
+    assert_fp32_close(eager.step_logits, sdpa.step_logits, exact.step_logits)
 
 
 def test_reused_image_features_give_the_same_result():

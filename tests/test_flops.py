@@ -93,7 +93,7 @@ def test_exact_convention_matches_flop_counter(kind, schedule):
     trace = result.generations[0].trace
     assert trace.generated_tokens == 4 and trace.vision_crops == 1
     counted = sample_flops(ModelShape.from_config(model.config), trace)
-    assert counted.exact == pytest.approx(counter.get_total_flops(), rel=0.02)
+    assert counted.exact == counter.get_total_flops()
     assert counted.exact_rank > 0 if schedule.drops else counted.exact_rank == 0
 
 
@@ -133,4 +133,4 @@ def test_exact_convention_matches_flop_counter_on_llava_next_crops():
             )
         trace = result.generations[0].trace
         assert trace.vision_crops > 1 and trace.num_image_tokens == batch.image_token_counts[0]
-        assert sample_flops(shape, trace).exact == pytest.approx(counter.get_total_flops(), rel=0.02)
+        assert sample_flops(shape, trace).exact == counter.get_total_flops()

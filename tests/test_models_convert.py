@@ -4,6 +4,7 @@ nothing it was made from has changed."""
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 from pathlib import Path
@@ -20,6 +21,7 @@ from pdrop_eval.models.convert import main as convert_main
 from pdrop_eval.models.tiny import tiny_model_dir
 from pdrop_eval.models.tiny_tokenizer import build_base_tokenizer
 from tests.checkpoint_fixtures import write_clip, write_original
+from tests.numerics import assert_fp32_close
 
 pytestmark = pytest.mark.engine
 
@@ -37,6 +39,8 @@ def checkpoints(tmp_path_factory):
 
 
 def assert_same_outputs(converted, reference) -> None:
+    """Same inputs, logits within fp32 rounding of the reference, same tokens. Catches (checked by mutation) a
+    converter that drops the checkpoint's rms_norm_eps (1e-5 -> transformers' 1e-6 default)."""
     images = [Image.new("RGB", (200, 120), (255, 0, 0)), Image.new("RGB", (90, 160), (0, 90, 255))]
     prompts = ["What color is the circle?", "How many squares?\nAnswer the question using a single word or phrase."]
     vocab = len(build_base_tokenizer())  # rows past it are the added <image>/<pad>, initialised differently
@@ -51,7 +55,9 @@ def assert_same_outputs(converted, reference) -> None:
             loaded.model.generate(**batch.model_inputs(), max_new_tokens=5, do_sample=False)
             for loaded, batch in zip(pair, batches)
         ]
-    torch.testing.assert_close(logits[0], logits[1], rtol=1e-5, atol=1e-5)
+        exact_inputs = batches[1].model_inputs() | {"pixel_values": batches[1].pixel_values.double()}
+        exact = copy.deepcopy(reference.model).double()(**exact_inputs).logits[real][:, :vocab]
+    assert_fp32_close(logits[0], logits[1], exact)
     assert torch.equal(tokens[0], tokens[1])
 
 

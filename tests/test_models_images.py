@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 from pdrop_eval.models.images import expand_to_square, mean_color, preprocess_padded, to_rgb
+from tests.numerics import assert_fp32_close
 
 pytestmark = pytest.mark.engine
 
@@ -49,16 +50,18 @@ def test_rgb_conversion():
 
 
 def test_pixels_equal_llava_pil_pipeline(tiny_vlm):
-    """pad -> bicubic resize to 336 (square, so the centre crop is a no-op) -> /255 -> CLIP normalise, in float32."""
+    """pad -> bicubic resize to 336 (square, so the centre crop is a no-op) -> /255 -> CLIP normalise, in float32.
+    Catches (checked by mutation) a pad colour rounded instead of truncated."""
     processor = tiny_vlm("tiny-llava").image_processor
     rng = np.random.default_rng(0)
     image = Image.fromarray(rng.integers(0, 256, (120, 200, 3), dtype=np.uint8))
     pixels = preprocess_padded([image.convert("L"), image], processor)
-    expected = []
+    expected = {np.float32: [], np.float64: []}  # float64: the exact twin the fp32 tolerance is taken from
     for original in (image.convert("L").convert("RGB"), image):
         square = expand_to_square(original, (122, 116, 104)).resize((336, 336), Image.BICUBIC)
-        array = np.asarray(square, dtype=np.float32) * np.float32(1 / 255)
-        array = (array - np.array(CLIP_MEAN, dtype=np.float32)) / np.array(CLIP_STD, dtype=np.float32)
-        expected.append(torch.from_numpy(array).permute(2, 0, 1))
+        for dtype, arrays in expected.items():
+            array = np.asarray(square, dtype=dtype) * dtype(1 / 255)
+            array = (array - np.array(CLIP_MEAN, dtype=dtype)) / np.array(CLIP_STD, dtype=dtype)
+            arrays.append(torch.from_numpy(array).permute(2, 0, 1))
     assert pixels.shape == (2, 3, 336, 336)
-    torch.testing.assert_close(pixels, torch.stack(expected), rtol=0, atol=1e-5)
+    assert_fp32_close(pixels, torch.stack(expected[np.float32]), torch.stack(expected[np.float64]))
