@@ -40,24 +40,22 @@ QUESTIONS_PER_IMAGE = 2
 
 def mme_answer(prediction: str) -> str:
     """calculation.py `parse_pred_ans` on the lowercased answer: "yes", "no" or "other"."""
-    answer = prediction.strip().lower()
-    if answer in ("yes", "no"):
-        return answer
-    prefix = answer[:4]
-    if "yes" in prefix:
-        return "yes"
-    if "no" in prefix:
-        return "no"
-    return "other"
+    return _whole_or_prefix(prediction.strip().lower())
 
 
 def lmms_eval_answer(prediction: str) -> str:
     """lmms-eval `mme/utils.py` `parse_pred_ans`: lowercased, stripped, every "." removed; "y"/"n" alone count."""
     answer = prediction.lower().strip().replace(".", "")
-    if answer in ("yes", "no"):
-        return answer
     if len(answer) == 1:
         return {"y": "yes", "n": "no"}.get(answer, "other")
+    return _whole_or_prefix(answer)
+
+
+def _whole_or_prefix(answer: str) -> str:
+    """The rule both parsers end with: "yes"/"no" as the whole answer, else "yes" then "no" looked for among the
+    first four characters, else "other"."""
+    if answer in ("yes", "no"):
+        return answer
     prefix = answer[:4]
     if "yes" in prefix:
         return "yes"
