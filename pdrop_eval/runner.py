@@ -37,11 +37,14 @@ from pdrop_eval.distributed import World, barrier, broadcast_from_main, current_
 from pdrop_eval.errors import PdropEvalError, SampleError
 from pdrop_eval.lock import FolderLock
 from pdrop_eval.methods.base import PruningMethod
+from pdrop_eval.methods.budgets import BudgetChoice, ModelGeometry, resolve_budgets
+from pdrop_eval.methods.registry import describe_record
 from pdrop_eval.metrics import ScoredRecord, get_metric
+from pdrop_eval.model_geometry import read_model_geometry
 from pdrop_eval.models import LoadedVLM, build_batch, decode, image_token_count, load_vlm
 from pdrop_eval.models.batch import check_prompt
 from pdrop_eval.models.images import expand_to_square, to_rgb
-from pdrop_eval.plan import RunPlan, budget_schedules, schedule_record
+from pdrop_eval.plan import RunPlan, method_classes, schedule_record
 from pdrop_eval.progress import TaskProgress, is_terminal, quiet_loading_bars
 from pdrop_eval.pyramid.engine import DecoderParts
 from pdrop_eval.pyramid.flops import ModelShape, sample_flops
@@ -732,20 +735,52 @@ def format_table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _resolve_schedules(plan: RunPlan, loaded: LoadedVLM, tasks: list[TaskData], depth: int) -> list[PruningMethod]:
+def _budget_choices_before_loading(plan: RunPlan) -> list[BudgetChoice] | None:
+    """Each --methods × --budget setting from the model's config.json alone, so a method that cannot run on the
+    model or reach a budget costs seconds, not a model load; None where the image-token count needs the loaded
+    model (LLaVA-NeXT counts the first image's tiles) or the config cannot be read before loading."""
+    if not plan.budget_methods:
+        return None
+    classes = method_classes(plan.budget_methods, "--methods")
+    geometry = read_model_geometry(plan.model)
+    if geometry is None:
+        return None
+    for cls in classes:
+        cls.check_model(geometry)
+    if geometry.image_tokens is None:
+        return None
+    return resolve_budgets(classes, plan.budgets, geometry, plan.sweep)
+
+
+def _budget_choices_after_loading(plan: RunPlan, loaded: LoadedVLM, tasks: list[TaskData], depth: int):
+    count = loaded.image_tokens_per_image
+    if count is None:
+        count = image_token_count(loaded, to_rgb(_first_image(tasks)))
+    geometry = ModelGeometry(depth, count, anyres=loaded.kind == "llava_next")
+    return resolve_budgets(method_classes(plan.budget_methods, "--methods"), plan.budgets, geometry, plan.sweep)
+
+
+def _resolve_schedules(plan: RunPlan, choices: list[BudgetChoice], depth: int) -> list[PruningMethod]:
+    """This command's schedules: the flags' own, then each budget's, each printed with what it keeps."""
     schedules = list(plan.schedules)
-    if plan.budgets:
-        if loaded.image_tokens_per_image is not None:
-            count = loaded.image_tokens_per_image
-        else:
-            count = image_token_count(loaded, to_rgb(_first_image(tasks)))
-        for budget, schedule in budget_schedules(plan, depth, count):
-            print(f"budget {budget:g} tokens, layers {list(schedule.layers)}: lambda {schedule.lam:g}", file=sys.stderr)
-            schedules.append(schedule)
+    for choice in choices:
+        if choice.method.label not in {s.label for s in schedules}:
+            if plan.budgets and choice.method.drops:
+                print(
+                    f"budget {choice.budget:g} tokens: {describe_record(choice.method.record())} "
+                    f"[{choice.method.label}], {choice.retained:.1f} image tokens per layer on average",
+                    file=sys.stderr,
+                )
+            schedules.append(choice.method)
     schedules = list(dict.fromkeys(schedules))
     for schedule in schedules:
         schedule.validate_for_depth(depth)
     return schedules
+
+
+def _budget_field(budgets: dict[str, float], label: str) -> dict[str, float]:
+    """The budget a schedule was chosen for, recorded so the report can set methods side by side at it."""
+    return {"budget": budgets[label]} if label in budgets else {}
 
 
 def _first_image(tasks: list[TaskData]):
@@ -841,19 +876,24 @@ def _run_locked(
     if world.size == 1 and (previous := _finished_run_info(plan, tasks)) is not None:
         _check_resume(plan.run_dir, _settings(plan, dtype, tasks), world)
         return RunOutcome(_rebuild_finished(plan, tasks, others, previous), _reports(plan))
+    choices = _budget_choices_before_loading(plan)
     torch.manual_seed(plan.seed)
     if not is_terminal():
         quiet_loading_bars()
     loaded = load_vlm(plan.model, dtype=dtype, device=str(device), attn=plan.attn)
     depth = DecoderParts.from_model(loaded.model).num_layers
-    schedules = _resolve_schedules(plan, loaded, tasks, depth)
+    if choices is None and plan.budget_methods:
+        choices = _budget_choices_after_loading(plan, loaded, tasks, depth)
+    schedules = _resolve_schedules(plan, choices or [], depth)
+    budgets = {choice.method.label: choice.budget for choice in choices or [] if plan.budgets and choice.method.drops}
     if plan.overwrite and world.is_main:
         _clear_run(plan.run_dir)
     barrier(world)
     _check_resume(plan.run_dir, _settings(plan, dtype, tasks), world)
     if world.is_main:
         cards = {data.task.name: str(data.task.card) if data.task.card else None for data in tasks}
-        record_contents(plan.run_dir, cards, [schedule_record(schedule) for schedule in schedules])
+        records = [{**schedule_record(s), **_budget_field(budgets, s.label)} for s in schedules]
+        record_contents(plan.run_dir, cards, records)
     barrier(world)  # recorded before any rank writes a prediction, so a kill leaves nothing undescribable
     evaluator = TaskEvaluator(plan, loaded, schedules, world)
     with torch.inference_mode():
