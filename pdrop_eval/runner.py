@@ -457,6 +457,11 @@ def _mean(values: Sequence[float]) -> float:
     return sum(values) / len(values) if values else math.nan
 
 
+def _mean_per_layer(profiles: Sequence[Sequence[int]]) -> list[float]:
+    """Each LLM layer's image tokens averaged over samples (per-sample counts differ on LLaVA-NeXT)."""
+    return [_mean(layer) for layer in zip(*profiles)] if profiles else []
+
+
 def score_schedule(task: Task, schedule: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, Any]:
     """Aggregate one task × schedule (its `schedule_record`) from its records: the official metrics plus cost and
     speed."""
@@ -492,6 +497,7 @@ def score_schedule(task: Task, schedule: dict[str, Any], records: list[dict[str,
         "tflops_paper": _mean([r["flops_paper"] for r in ran]) / 1e12,
         "tflops_exact": _mean([r["flops_exact"] for r in ran]) / 1e12,
         "retained_tokens": _mean([_mean(r["image_tokens_per_layer"]) for r in ran]),
+        "image_tokens_per_layer": _mean_per_layer([r["image_tokens_per_layer"] for r in ran]),
         "prefill_ms": _mean([r["timing"]["prefill_ms"] for r in ran]),
         "decode_ms_per_token": _mean([r["timing"]["decode_ms_per_token"] for r in ran]),
         "samples_per_s": len(ran) / total_time if total_time > 0 else math.nan,
