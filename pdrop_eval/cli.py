@@ -160,7 +160,7 @@ def plan_from_args(args: argparse.Namespace, argv: Sequence[str]):
     if any(budget <= 0 for budget in budgets):
         raise PdropEvalError(f"--budget values must be positive token counts, got {list(budgets)}")
     methods = _names(args.methods, "--methods", "visionzip,divprune")
-    if budgets and not (lambdas or ratio_lists or baselines) or methods and not (lambdas or ratio_lists or baselines):
+    if (budgets or methods) and not (lambdas or ratio_lists or baselines):
         schedules = ()
     else:
         schedules = build_schedules(lambdas, layer_lists, ratio_lists, baselines, args.position_mode, args.seed)

@@ -14,6 +14,7 @@ is broken and the run stops with one error line, keeping what it wrote.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -784,6 +785,12 @@ def _resolve_schedules(plan: RunPlan, choices: list[BudgetChoice], depth: int) -
     return schedules
 
 
+def _with_budget_schedules(plan: RunPlan, choices: list[BudgetChoice]) -> RunPlan:
+    """The plan with its budgets' schedules added, for telling a complete run before any model loads."""
+    added = [choice.method for choice in choices]
+    return dataclasses.replace(plan, schedules=tuple(dict.fromkeys([*plan.schedules, *added])))
+
+
 def _budget_field(budgets: dict[str, float], label: str) -> dict[str, float]:
     """The budget a schedule was chosen for, recorded so the report can set methods side by side at it."""
     return {"budget": budgets[label]} if label in budgets else {}
@@ -802,8 +809,9 @@ def _first_image(tasks: list[TaskData]):
 
 def _finished_run_info(plan: RunPlan, tasks: list[TaskData]) -> dict[str, Any] | None:
     """The previous metrics.json's run description when every task × schedule already has every sample on disk
-    (nothing left to compute, so the model need not load), else None. Budgets need the model to pick their λ."""
-    if plan.overwrite or plan.budgets or not plan.schedules:
+    (nothing left to compute, so the model need not load), else None. `plan.schedules` must be complete: budgets
+    already resolved (`_with_budget_schedules`)."""
+    if plan.overwrite or not plan.schedules:
         return None
     try:
         previous = json.loads((plan.run_dir / "metrics.json").read_text(encoding="utf-8"))
@@ -879,10 +887,14 @@ def _run_locked(
     plan: RunPlan, world: World, device: torch.device, dtype: str, tasks: list[TaskData]
 ) -> RunOutcome | None:
     others = [] if plan.overwrite else other_held_tasks(plan.run_dir, [d.task.name for d in tasks], plan.tasks_dir)
-    if world.size == 1 and (previous := _finished_run_info(plan, tasks)) is not None:
-        _check_resume(plan.run_dir, _settings(plan, dtype, tasks), world)
-        return RunOutcome(_rebuild_finished(plan, tasks, others, previous), _reports(plan))
     choices = _budget_choices_before_loading(plan)
+    if not plan.budget_methods:
+        known: RunPlan | None = plan
+    else:  # None: LLaVA-NeXT's budgets need the loaded model to count the first image's tiles
+        known = None if choices is None else _with_budget_schedules(plan, choices)
+    if world.size == 1 and known is not None and (previous := _finished_run_info(known, tasks)) is not None:
+        _check_resume(plan.run_dir, _settings(plan, dtype, tasks), world)
+        return RunOutcome(_rebuild_finished(known, tasks, others, previous), _reports(plan))
     torch.manual_seed(plan.seed)
     if not is_terminal():
         quiet_loading_bars()

@@ -74,6 +74,13 @@ def _pdrop_average(lam: float, layers: tuple[int, ...]) -> float:
     return average_retained_tokens(image_tokens_per_layer(METHODS["pdrop"].from_lambda(lam, layers), 32, 576))
 
 
+def test_random_floor_at_a_budget_drops_where_and_as_much_as_pdrop():
+    (pdrop,) = resolve_budgets([METHODS["pdrop"]], (128,), LLAVA, SWEEP)
+    (floor,) = resolve_budgets([METHODS["random"]], (128,), LLAVA, SWEEP)
+    assert (floor.method.layers, floor.method.ratios) == (pdrop.method.layers, pdrop.method.ratios)
+    assert floor.retained == pdrop.retained
+
+
 def test_vanilla_takes_no_budget_and_runs_once():
     choices = resolve_budgets([Vanilla], BUDGETS, LLAVA, SWEEP)
     assert [c.method for c in choices] == [Vanilla()]
@@ -315,3 +322,30 @@ def test_every_method_at_every_budget_in_one_sweep_with_one_tower_pass(tmp_path,
     assert by_label["dart_k2_t64"][header.index("Budget")] == 64
     assert by_label["fastv_k2_r0.711806"][header.index("Image tokens per layer")] == "576×2, 166×30"
     assert by_label["vanilla"][header.index("Budget")] is None
+
+
+@pytest.mark.engine
+def test_a_complete_budget_sweep_is_rebuilt_without_loading_the_model(tmp_path, monkeypatch, capsys):
+    argv = [
+        "--model",
+        "tiny-llava",
+        "--tasks",
+        "shapes",
+        "--limit",
+        "1",
+        "--max-new-tokens",
+        "2",
+        "--output-dir",
+        str(tmp_path),
+        "--run-name",
+        "again",
+        "--no-report",
+        "--methods",
+        "divprune,vanilla",
+        "--budget",
+        "64",
+    ]
+    assert cli.main(argv) == 0
+    monkeypatch.setattr(runner, "load_vlm", _fail_if_model_loads)
+    assert cli.main(argv) == 0
+    assert "already complete (1 task(s) × 2 schedule(s))" in capsys.readouterr().err

@@ -18,7 +18,7 @@ from pdrop_eval.methods.staged import StagedDrop, positions_note
 from pdrop_eval.pyramid.ranking import random_scores
 
 if TYPE_CHECKING:
-    from pdrop_eval.methods.budgets import SweepSettings
+    from pdrop_eval.methods.budgets import ModelGeometry, SweepSettings
     from pdrop_eval.pyramid.engine import SampleTrace
     from pdrop_eval.pyramid.flops import ModelShape
 
@@ -47,6 +47,16 @@ class RandomDrop(StagedDrop):
             cls(layers=layers, ratios=ratios, seed=sweep.seed, positions=sweep.positions)
             for layers, ratios in itertools.product(sweep.layer_lists, ratio_sets)
             if len(ratios) == len(layers)
+        )
+
+    @classmethod
+    def for_budget(cls, budget: float, geometry: ModelGeometry, sweep: SweepSettings) -> tuple[RandomDrop, ...]:
+        """The floor for PDrop at the same budget: PDrop's layers and keep ratios there, tokens drawn at random."""
+        from pdrop_eval.methods.pdrop import PDrop
+
+        return tuple(
+            cls(layers=pdrop.layers, ratios=pdrop.ratios, seed=sweep.seed, positions=sweep.positions)
+            for pdrop in PDrop.for_budget(budget, geometry, sweep)
         )
 
     @classmethod
