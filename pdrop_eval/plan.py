@@ -245,24 +245,18 @@ def build_schedules(
     position_mode: str,
     seed: int,
 ) -> tuple[PruningMethod, ...]:
-    """The sweep: the requested baselines at their default settings (any registered method, `baseline()`), then
-    PDrop for every (λ or ratio list) × layer list; the random floor last, at the ratios of the PDrop runs."""
+    """The sweep: the requested baselines at their default settings (any registered method: its `baseline()`, given
+    the sweep's layer lists, ratio lists, positions and seed), then PDrop for every (λ or ratio list) × layer list."""
     if position_mode not in POSITION_MODES:
         raise PdropEvalError(f"--position-mode {position_mode!r}: choose compact (official PDrop) or original")
     classes = method_classes(baselines, "--baselines")
     layer_lists = list(layer_lists) or [DEFAULT_LAYERS]
     sweep = SweepSettings(tuple(layer_lists), tuple(ratio_lists), position_mode, seed)
-    floors = [cls for cls in classes if cls is METHODS["random"]]
-    schedules: list[PruningMethod] = []
-    for cls in classes:
-        if cls not in floors:
-            schedules.extend(cls.baseline(sweep))
+    schedules: list[PruningMethod] = [method for cls in classes for method in cls.baseline(sweep)]
     for lam, layers in itertools.product(lambdas, layer_lists):
         schedules.append(DropSchedule.pyramid(lam, layers, positions=position_mode))
     for ratios, layers in itertools.product(ratio_lists, layer_lists):
         schedules.append(DropSchedule.explicit(layers, ratios, positions=position_mode))
-    for cls in floors:
-        schedules.extend(cls.baseline(sweep))
     unique = list(dict.fromkeys(schedules))
     if not unique:
         raise PdropEvalError("nothing to run: give --lambda, --ratios, --budget or --baselines (e.g. --lambda 0.5)")

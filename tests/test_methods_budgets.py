@@ -349,3 +349,15 @@ def test_a_complete_budget_sweep_is_rebuilt_without_loading_the_model(tmp_path, 
     monkeypatch.setattr(runner, "load_vlm", _fail_if_model_loads)
     assert cli.main(argv) == 0
     assert "already complete (1 task(s) × 2 schedule(s))" in capsys.readouterr().err
+
+
+def test_baselines_take_any_registered_method_at_its_defaults():
+    argv = ["--tasks", "shapes", "--lambda", "0.5", "--baselines", "divprune,visionzip,random,fastv", "--seed", "3"]
+    plan = cli.plan_from_args(cli.build_parser().parse_args(argv), argv)
+    assert [schedule.label for schedule in plan.schedules] == [
+        "divprune_r0.098",
+        "visionzip_d54_c10",
+        "random_8-16-24_r0.5-0.25-0.125_s3",
+        "fastv_k2_r0.5",
+        "pdrop_lam0.5_8-16-24",
+    ]
