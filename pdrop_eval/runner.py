@@ -772,10 +772,12 @@ def _resolve_schedules(plan: RunPlan, choices: list[BudgetChoice], depth: int) -
     schedules = list(plan.schedules)
     for choice in choices:
         if choice.method.label not in {s.label for s in schedules}:
-            if plan.budgets and choice.method.drops:
+            if choice.budget is not None:
+                name = describe_record(choice.method.record())
+                label = "" if choice.method.label in name else f" [{choice.method.label}]"
                 print(
-                    f"budget {choice.budget:g} tokens: {describe_record(choice.method.record())} "
-                    f"[{choice.method.label}], {choice.retained:.1f} image tokens per layer on average",
+                    f"budget {choice.budget:g} tokens: {name}{label}, {choice.retained:.1f} image tokens per layer "
+                    "on average",
                     file=sys.stderr,
                 )
             schedules.append(choice.method)
@@ -903,7 +905,7 @@ def _run_locked(
     if choices is None and plan.budget_methods:
         choices = _budget_choices_after_loading(plan, loaded, tasks, depth)
     schedules = _resolve_schedules(plan, choices or [], depth)
-    budgets = {choice.method.label: choice.budget for choice in choices or [] if plan.budgets and choice.method.drops}
+    budgets = {choice.method.label: choice.budget for choice in choices or [] if choice.budget is not None}
     if plan.overwrite and world.is_main:
         _clear_run(plan.run_dir)
     barrier(world)

@@ -83,7 +83,7 @@ def test_random_floor_at_a_budget_drops_where_and_as_much_as_pdrop():
 
 def test_vanilla_takes_no_budget_and_runs_once():
     choices = resolve_budgets([Vanilla], BUDGETS, LLAVA, SWEEP)
-    assert [c.method for c in choices] == [Vanilla()]
+    assert [(c.budget, c.method) for c in choices] == [(None, Vanilla())]
 
 
 @pytest.mark.parametrize(

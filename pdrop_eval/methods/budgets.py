@@ -38,9 +38,10 @@ class SweepSettings:
 
 @dataclass(frozen=True)
 class BudgetChoice:
-    """One method's settings for one budget, and what it actually keeps (average image tokens per LLM layer)."""
+    """One method's settings for one budget, and what it actually keeps (average image tokens per LLM layer); a
+    method that takes no budget (the unpruned model) has budget None."""
 
-    budget: float
+    budget: float | None
     method: PruningMethod
     retained: float
 
@@ -75,7 +76,7 @@ def resolve_budgets(
     for cls in classes:
         cls.check_model(geometry)
         if not cls.takes_budget:
-            chosen.extend(BudgetChoice(0.0, method, float("nan")) for method in cls.baseline(sweep))
+            chosen.extend(BudgetChoice(None, method, float("nan")) for method in cls.baseline(sweep))
             continue
         seen: dict[str, float] = {}
         for budget in budgets:
