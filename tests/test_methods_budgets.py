@@ -303,6 +303,7 @@ def test_every_method_at_every_budget_in_one_sweep_with_one_tower_pass(tmp_path,
     ]
     colours = {line.get_label(): line.get_color() for line in ax.get_lines() if not line.get_label().startswith("_")}
     assert len(set(colours.values())) == 7, "one colour per method"
+    assert colours["PDrop at layers 2-6-12 (λ varies)"] == method_colour("pdrop"), "the method's colour in every plot"
     joined = {line.get_label(): len(line.get_xdata()) for line in ax.get_lines()}
     assert joined["DivPrune (budget varies)"] == 3 and joined["vanilla (all image tokens)"] == 1
 
