@@ -22,6 +22,8 @@ EXAMPLES = """examples:
   python run_eval.py --model llava-hf/llava-1.5-7b-hf --tasks gqa,mmstar --lambda 0.5
   python run_eval.py --tasks pope --lambda 0.3,0.4,0.5,0.6 --layers 8,16,24 --layers 4,12,20 --baselines vanilla,fastv
   python run_eval.py --tasks textvqa --budget 192,128,64 --layers 2,6,12
+  python run_eval.py --tasks gqa --methods visionzip,divprune,dart,downsample,fastv,pdrop,vanilla --budget 192,128,64 \
+      --layers 2,6,12
   torchrun --nproc_per_node 8 run_eval.py --tasks gqa --lambda 0.5 --batch-size 16
   python run_eval.py report results/demo            # rebuild the spreadsheet and report from disk
   python run_eval.py --list-tasks
@@ -33,6 +35,12 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def _method_names() -> str:
+    from pdrop_eval.methods.registry import METHODS
+
+    return ", ".join(METHODS)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,11 +65,15 @@ def build_parser() -> argparse.ArgumentParser:
     add("--ratios", action="append", default=None,
         help="explicit cumulative keep ratios per drop layer, e.g. 0.5,0.25,0.125 (repeatable, or ';')")
     add("--baselines", default=None,
-        help="comma-separated baselines to add to the sweep: vanilla, fastv (K=2, R=50%%), random (at each layer "
-             "list with the --ratios given, else λ=0.5's ratios), e.g. vanilla,fastv")
+        help=f"comma-separated methods to add at their default settings ({_method_names()}), e.g. vanilla,fastv "
+             "(FastV K=2 R=50%%; random at each layer list with the --ratios given, else λ=0.5's ratios)")
+    add("--methods", default=None,
+        help="comma-separated methods to run at each --budget with the settings their papers use for it, e.g. "
+             "visionzip,divprune,dart,downsample,fastv,pdrop,vanilla (vanilla runs once); default pdrop")
     add("--budget", default=None,
-        help="average retained image tokens per layer, e.g. 192,128,64: for each layer list, the λ closest to each "
-             "budget is chosen and printed (cannot be combined with --lambda or --ratios)")
+        help="average retained image tokens per LLM layer, e.g. 192,128,64 (LLaVA-1.5 of 576): each --methods "
+             "method's settings for each budget are chosen and printed (PDrop: the closest λ at each layer list; "
+             "cannot be combined with --lambda or --ratios)")
     add("--position-mode", default="compact", choices=("compact", "original"),
         help="RoPE positions of surviving tokens: compact re-indexes them (official PDrop, default) or original")
     add("--limit", type=int, default=None, help="only the first N samples of each task, e.g. --limit 100")
@@ -123,6 +135,7 @@ def plan_from_args(args: argparse.Namespace, argv: Sequence[str]):
         DEFAULT_LAYERS,
         RunPlan,
         build_schedules,
+        check_methods,
         parse_layer_lists,
         parse_number_list,
         parse_ratio_lists,
@@ -146,7 +159,8 @@ def plan_from_args(args: argparse.Namespace, argv: Sequence[str]):
     budgets = parse_number_list(args.budget, "--budget") if args.budget is not None else ()
     if any(budget <= 0 for budget in budgets):
         raise PdropEvalError(f"--budget values must be positive token counts, got {list(budgets)}")
-    if budgets and not (lambdas or ratio_lists or baselines):
+    methods = _names(args.methods, "--methods", "visionzip,divprune")
+    if (budgets or methods) and not (lambdas or ratio_lists or baselines):
         schedules = ()
     else:
         schedules = build_schedules(lambdas, layer_lists, ratio_lists, baselines, args.position_mode, args.seed)
@@ -155,7 +169,7 @@ def plan_from_args(args: argparse.Namespace, argv: Sequence[str]):
     else:
         default = f"{Path(args.model.rstrip('/')).name}_{'-'.join(tasks)}"
         run_name = re.sub(r"[^A-Za-z0-9._-]", "_", default)
-    return RunPlan(
+    plan = RunPlan(
         model=args.model,
         tasks=tasks,
         schedules=schedules,
@@ -173,11 +187,14 @@ def plan_from_args(args: argparse.Namespace, argv: Sequence[str]):
         overwrite=args.overwrite,
         scorer=args.scorer,
         budgets=budgets,
+        methods=methods,
         budget_layers=layer_lists or (DEFAULT_LAYERS,),
         position_mode=args.position_mode,
         report=not args.no_report,
         command=tuple(argv),
     )
+    check_methods(plan)
+    return plan
 
 
 def _report(argv: Sequence[str]) -> int:

@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pdrop_eval.errors import PdropEvalError
+from pdrop_eval.methods.budgets import ModelGeometry, SweepSettings, closest_names
+from pdrop_eval.methods.registry import METHODS
 from pdrop_eval.pyramid.flops import average_retained_tokens, image_tokens_per_layer
 from pdrop_eval.pyramid.schedule import POSITION_MODES, DropSchedule, PruningMethod
 
-BASELINES = ("vanilla", "fastv", "random")
 DEFAULT_LAYERS = (8, 16, 24)
 
 
@@ -44,6 +45,7 @@ class RunPlan:
     overwrite: bool = False
     scorer: str = "native"
     budgets: tuple[float, ...] = ()
+    methods: tuple[str, ...] = ()  # registered names swept over `budgets` (--methods); () = PDrop alone
     budget_layers: tuple[tuple[int, ...], ...] = (DEFAULT_LAYERS,)
     position_mode: str = "compact"
     report: bool = True
@@ -52,6 +54,15 @@ class RunPlan:
     @property
     def run_dir(self) -> Path:
         return self.output_dir / self.run_name
+
+    @property
+    def budget_methods(self) -> tuple[str, ...]:
+        """The methods `budgets` are mapped for: --methods, or PDrop alone as `--budget` always did."""
+        return self.methods or (("pdrop",) if self.budgets else ())
+
+    @property
+    def sweep(self) -> SweepSettings:
+        return SweepSettings(self.budget_layers, (), self.position_mode, self.seed)
 
 
 def _parse_literal_number(text: str, what: str) -> float:
@@ -166,7 +177,7 @@ def _layers_text(layers: tuple[int, ...]) -> str:
     return ",".join(str(layer) for layer in layers)
 
 
-def _check_budget(budget: float, layers: tuple[int, ...], num_layers: int, num_image_tokens: int) -> None:
+def check_budget(budget: float, layers: tuple[int, ...], num_layers: int, num_image_tokens: int) -> None:
     floor, ceiling = budget_range(layers, num_layers, num_image_tokens)
     if budget > ceiling:
         raise PdropEvalError(
@@ -189,20 +200,41 @@ def budget_schedules(plan: RunPlan, num_layers: int, num_image_tokens: int) -> l
     A budget the layer list cannot reach is refused (naming the floor and a layer list that reaches it), and two
     budgets that land on the same λ are refused too, so every budget asked for is a schedule of its own.
     """
-    chosen = []
-    for layers in plan.budget_layers:
-        by_lambda: dict[float, float] = {}
-        for budget in plan.budgets:
-            _check_budget(budget, layers, num_layers, num_image_tokens)
-            lam = lambda_for_budget(budget, layers, num_layers, num_image_tokens)
-            if lam in by_lambda:
+    geometry = ModelGeometry(num_layers, num_image_tokens)
+    chosen: list[tuple[float, PruningMethod]] = []
+    by_label: dict[str, float] = {}
+    for budget in plan.budgets:
+        for schedule in METHODS["pdrop"].for_budget(budget, geometry, plan.sweep):
+            if schedule.label in by_label:
                 raise PdropEvalError(
-                    f"--budget {by_lambda[lam]:g} and {budget:g} both give λ {lam:g} with --layers "
-                    f"{_layers_text(layers)} (λ moves in steps of 0.001): give budgets further apart"
+                    f"--budget {by_label[schedule.label]:g} and {budget:g} both give λ {schedule.lam:g} with --layers "
+                    f"{_layers_text(schedule.layers)} (λ moves in steps of 0.001): give budgets further apart"
                 )
-            by_lambda[lam] = budget
-            chosen.append((budget, DropSchedule.pyramid(lam, layers, positions=plan.position_mode)))
-    return chosen
+            by_label[schedule.label] = budget
+            chosen.append((budget, schedule))
+    return sorted(chosen, key=lambda pair: plan.budget_layers.index(pair[1].layers))
+
+
+def method_classes(names: Sequence[str], flag: str) -> list[type[PruningMethod]]:
+    """Registered classes by name; an unknown name is one line naming the closest and every known method."""
+    for name in names:
+        if name not in METHODS:
+            raise PdropEvalError(
+                f"{flag}: unknown pruning method {name!r}: {closest_names(name, list(METHODS))}"
+                f"choose from {', '.join(METHODS)}"
+            )
+    return [METHODS[name] for name in names]
+
+
+def check_methods(plan: RunPlan) -> None:
+    """--methods names registered methods, and each that maps a budget has --budget to map."""
+    classes = method_classes(plan.methods, "--methods")
+    needing = [cls.name for cls in classes if cls.takes_budget]
+    if needing and not plan.budgets:
+        raise PdropEvalError(
+            f"--methods {','.join(needing)} needs --budget (e.g. --budget 192,128,64) to choose each method's "
+            f"settings; for their default settings use --baselines {','.join(needing)}"
+        )
 
 
 def build_schedules(
@@ -213,27 +245,18 @@ def build_schedules(
     position_mode: str,
     seed: int,
 ) -> tuple[PruningMethod, ...]:
-    """The sweep: PDrop for every (λ or ratio list) × layer list, plus the requested baselines."""
+    """The sweep: the requested baselines at their default settings (any registered method: its `baseline()`, given
+    the sweep's layer lists, ratio lists, positions and seed), then PDrop for every (λ or ratio list) × layer list."""
     if position_mode not in POSITION_MODES:
         raise PdropEvalError(f"--position-mode {position_mode!r}: choose compact (official PDrop) or original")
-    unknown = [name for name in baselines if name not in BASELINES]
-    if unknown:
-        raise PdropEvalError(f"unknown baseline(s) {', '.join(unknown)}: choose from {', '.join(BASELINES)}")
+    classes = method_classes(baselines, "--baselines")
     layer_lists = list(layer_lists) or [DEFAULT_LAYERS]
-    schedules: list[PruningMethod] = []
-    if "vanilla" in baselines:
-        schedules.append(DropSchedule.none())
-    if "fastv" in baselines:
-        schedules.append(DropSchedule.fastv(k=2, r=0.5))
+    sweep = SweepSettings(tuple(layer_lists), tuple(ratio_lists), position_mode, seed)
+    schedules: list[PruningMethod] = [method for cls in classes for method in cls.baseline(sweep)]
     for lam, layers in itertools.product(lambdas, layer_lists):
         schedules.append(DropSchedule.pyramid(lam, layers, positions=position_mode))
     for ratios, layers in itertools.product(ratio_lists, layer_lists):
         schedules.append(DropSchedule.explicit(layers, ratios, positions=position_mode))
-    if "random" in baselines:
-        ratio_sets = list(ratio_lists) or [tuple(0.5 ** (s + 1) for s in range(len(layers))) for layers in layer_lists]
-        for layers, ratios in itertools.product(layer_lists, ratio_sets):
-            if len(ratios) == len(layers):
-                schedules.append(DropSchedule.random(layers, ratios, seed=seed, positions=position_mode))
     unique = list(dict.fromkeys(schedules))
     if not unique:
         raise PdropEvalError("nothing to run: give --lambda, --ratios, --budget or --baselines (e.g. --lambda 0.5)")

@@ -14,6 +14,7 @@ is broken and the run stops with one error line, keeping what it wrote.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -37,11 +38,14 @@ from pdrop_eval.distributed import World, barrier, broadcast_from_main, current_
 from pdrop_eval.errors import PdropEvalError, SampleError
 from pdrop_eval.lock import FolderLock
 from pdrop_eval.methods.base import PruningMethod
+from pdrop_eval.methods.budgets import BudgetChoice, ModelGeometry, resolve_budgets
+from pdrop_eval.methods.registry import describe_record
 from pdrop_eval.metrics import ScoredRecord, get_metric
+from pdrop_eval.model_geometry import read_model_geometry
 from pdrop_eval.models import LoadedVLM, build_batch, decode, image_token_count, load_vlm
 from pdrop_eval.models.batch import check_prompt
 from pdrop_eval.models.images import expand_to_square, to_rgb
-from pdrop_eval.plan import RunPlan, budget_schedules, schedule_record
+from pdrop_eval.plan import RunPlan, method_classes, schedule_record
 from pdrop_eval.progress import TaskProgress, is_terminal, quiet_loading_bars
 from pdrop_eval.pyramid.engine import DecoderParts
 from pdrop_eval.pyramid.flops import ModelShape, sample_flops
@@ -454,6 +458,11 @@ def _mean(values: Sequence[float]) -> float:
     return sum(values) / len(values) if values else math.nan
 
 
+def _mean_per_layer(profiles: Sequence[Sequence[int]]) -> list[float]:
+    """Each LLM layer's image tokens averaged over samples (per-sample counts differ on LLaVA-NeXT)."""
+    return [_mean(layer) for layer in zip(*profiles)] if profiles else []
+
+
 def score_schedule(task: Task, schedule: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, Any]:
     """Aggregate one task × schedule (its `schedule_record`) from its records: the official metrics plus cost and
     speed."""
@@ -489,6 +498,7 @@ def score_schedule(task: Task, schedule: dict[str, Any], records: list[dict[str,
         "tflops_paper": _mean([r["flops_paper"] for r in ran]) / 1e12,
         "tflops_exact": _mean([r["flops_exact"] for r in ran]) / 1e12,
         "retained_tokens": _mean([_mean(r["image_tokens_per_layer"]) for r in ran]),
+        "image_tokens_per_layer": _mean_per_layer([r["image_tokens_per_layer"] for r in ran]),
         "prefill_ms": _mean([r["timing"]["prefill_ms"] for r in ran]),
         "decode_ms_per_token": _mean([r["timing"]["decode_ms_per_token"] for r in ran]),
         "samples_per_s": len(ran) / total_time if total_time > 0 else math.nan,
@@ -732,20 +742,60 @@ def format_table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _resolve_schedules(plan: RunPlan, loaded: LoadedVLM, tasks: list[TaskData], depth: int) -> list[PruningMethod]:
+def _budget_choices_before_loading(plan: RunPlan) -> list[BudgetChoice] | None:
+    """Each --methods × --budget setting from the model's config.json alone, so a method that cannot run on the
+    model or reach a budget costs seconds, not a model load; None where the image-token count needs the loaded
+    model (LLaVA-NeXT counts the first image's tiles) or the config cannot be read before loading."""
+    if not plan.budget_methods:
+        return None
+    classes = method_classes(plan.budget_methods, "--methods")
+    geometry = read_model_geometry(plan.model)
+    if geometry is None:
+        return None
+    for cls in classes:
+        cls.check_model(geometry)
+    if geometry.image_tokens is None:
+        return None
+    return resolve_budgets(classes, plan.budgets, geometry, plan.sweep)
+
+
+def _budget_choices_after_loading(plan: RunPlan, loaded: LoadedVLM, tasks: list[TaskData], depth: int):
+    count = loaded.image_tokens_per_image
+    if count is None:
+        count = image_token_count(loaded, to_rgb(_first_image(tasks)))
+    geometry = ModelGeometry(depth, count, anyres=loaded.kind == "llava_next")
+    return resolve_budgets(method_classes(plan.budget_methods, "--methods"), plan.budgets, geometry, plan.sweep)
+
+
+def _resolve_schedules(plan: RunPlan, choices: list[BudgetChoice], depth: int) -> list[PruningMethod]:
+    """This command's schedules: the flags' own, then each budget's, each printed with what it keeps."""
     schedules = list(plan.schedules)
-    if plan.budgets:
-        if loaded.image_tokens_per_image is not None:
-            count = loaded.image_tokens_per_image
-        else:
-            count = image_token_count(loaded, to_rgb(_first_image(tasks)))
-        for budget, schedule in budget_schedules(plan, depth, count):
-            print(f"budget {budget:g} tokens, layers {list(schedule.layers)}: lambda {schedule.lam:g}", file=sys.stderr)
-            schedules.append(schedule)
+    for choice in choices:
+        if choice.method.label not in {s.label for s in schedules}:
+            if choice.budget is not None:
+                name = describe_record(choice.method.record())
+                label = "" if choice.method.label in name else f" [{choice.method.label}]"
+                print(
+                    f"budget {choice.budget:g} tokens: {name}{label}, {choice.retained:.1f} image tokens per layer "
+                    "on average",
+                    file=sys.stderr,
+                )
+            schedules.append(choice.method)
     schedules = list(dict.fromkeys(schedules))
     for schedule in schedules:
         schedule.validate_for_depth(depth)
     return schedules
+
+
+def _with_budget_schedules(plan: RunPlan, choices: list[BudgetChoice]) -> RunPlan:
+    """The plan with its budgets' schedules added, for telling a complete run before any model loads."""
+    added = [choice.method for choice in choices]
+    return dataclasses.replace(plan, schedules=tuple(dict.fromkeys([*plan.schedules, *added])))
+
+
+def _budget_field(budgets: dict[str, float], label: str) -> dict[str, float]:
+    """The budget a schedule was chosen for, recorded so the report can set methods side by side at it."""
+    return {"budget": budgets[label]} if label in budgets else {}
 
 
 def _first_image(tasks: list[TaskData]):
@@ -761,8 +811,9 @@ def _first_image(tasks: list[TaskData]):
 
 def _finished_run_info(plan: RunPlan, tasks: list[TaskData]) -> dict[str, Any] | None:
     """The previous metrics.json's run description when every task × schedule already has every sample on disk
-    (nothing left to compute, so the model need not load), else None. Budgets need the model to pick their λ."""
-    if plan.overwrite or plan.budgets or not plan.schedules:
+    (nothing left to compute, so the model need not load), else None. `plan.schedules` must be complete: budgets
+    already resolved (`_with_budget_schedules`)."""
+    if plan.overwrite or not plan.schedules:
         return None
     try:
         previous = json.loads((plan.run_dir / "metrics.json").read_text(encoding="utf-8"))
@@ -838,22 +889,31 @@ def _run_locked(
     plan: RunPlan, world: World, device: torch.device, dtype: str, tasks: list[TaskData]
 ) -> RunOutcome | None:
     others = [] if plan.overwrite else other_held_tasks(plan.run_dir, [d.task.name for d in tasks], plan.tasks_dir)
-    if world.size == 1 and (previous := _finished_run_info(plan, tasks)) is not None:
+    choices = _budget_choices_before_loading(plan)
+    if not plan.budget_methods:
+        known: RunPlan | None = plan
+    else:  # None: LLaVA-NeXT's budgets need the loaded model to count the first image's tiles
+        known = None if choices is None else _with_budget_schedules(plan, choices)
+    if world.size == 1 and known is not None and (previous := _finished_run_info(known, tasks)) is not None:
         _check_resume(plan.run_dir, _settings(plan, dtype, tasks), world)
-        return RunOutcome(_rebuild_finished(plan, tasks, others, previous), _reports(plan))
+        return RunOutcome(_rebuild_finished(known, tasks, others, previous), _reports(plan))
     torch.manual_seed(plan.seed)
     if not is_terminal():
         quiet_loading_bars()
     loaded = load_vlm(plan.model, dtype=dtype, device=str(device), attn=plan.attn)
     depth = DecoderParts.from_model(loaded.model).num_layers
-    schedules = _resolve_schedules(plan, loaded, tasks, depth)
+    if choices is None and plan.budget_methods:
+        choices = _budget_choices_after_loading(plan, loaded, tasks, depth)
+    schedules = _resolve_schedules(plan, choices or [], depth)
+    budgets = {choice.method.label: choice.budget for choice in choices or [] if choice.budget is not None}
     if plan.overwrite and world.is_main:
         _clear_run(plan.run_dir)
     barrier(world)
     _check_resume(plan.run_dir, _settings(plan, dtype, tasks), world)
     if world.is_main:
         cards = {data.task.name: str(data.task.card) if data.task.card else None for data in tasks}
-        record_contents(plan.run_dir, cards, [schedule_record(schedule) for schedule in schedules])
+        records = [{**schedule_record(s), **_budget_field(budgets, s.label)} for s in schedules]
+        record_contents(plan.run_dir, cards, records)
     barrier(world)  # recorded before any rank writes a prediction, so a kill leaves nothing undescribable
     evaluator = TaskEvaluator(plan, loaded, schedules, world)
     with torch.inference_mode():

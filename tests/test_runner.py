@@ -115,7 +115,7 @@ def test_lambda_for_budget():
 
 def test_budget_picks_and_prints_lambda(tmp_path, capsys):
     assert _run(tmp_path, "--budget", "270", "--limit", "2") == 0
-    assert "lambda 0.5" in capsys.readouterr().err
+    assert "budget 270 tokens: PDrop λ0.5 at 8-16-24" in capsys.readouterr().err
     metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
     assert [r["schedule"]["label"] for r in metrics["results"]] == ["pdrop_lam0.5_8-16-24"]
 
@@ -153,7 +153,7 @@ def _fail_if_model_loads(*args, **kwargs):
         (["--tasks", "shapes", "--lambda", "0.5", "--layers", "8,x,24"], "'x' is not a number"),
         (["--tasks", "shapes", "--lambda", "0.5", "--layers", "16,8,24"], "strictly increasing"),
         (["--tasks", "shapes", "--budget", "128", "--lambda", "0.5"], "not both"),
-        (["--tasks", "shapes", "--baselines", "vanila"], "unknown baseline"),
+        (["--tasks", "shapes", "--baselines", "vanila"], "--baselines: unknown pruning method 'vanila': did you mean vanilla?"),
         (["--tasks", "shapes", "--lambda", "0.5", "--batch-size", "0"], "--batch-size must be at least 1"),
         (["--tasks", "shapes", "--lambda", "0.5", "--run-name", "a/b"], "--run-name"),
         (["--lambda", "0.5"], "--tasks is required"),

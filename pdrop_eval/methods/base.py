@@ -11,6 +11,11 @@ default that leaves the tokens alone:
 - inside the LLM, after each layer count in `stage_layers`, `score` rates every token of the current sequence and
   the engine keeps each sample's top `keep_count` image tokens (ties broken as the official top-k does).
 
+Sweeps and reports ask the class, never a name: `baseline` gives its settings for `--baselines`, `for_budget` its
+settings for a budget of image tokens as its paper sets them (`--methods … --budget …`, see budgets.py),
+`check_model` refuses a model it cannot run on before anything loads, and `marker`, `describe` and `paper_rows`
+are how a report draws it, names it and finds it in a paper's table.
+
 `overhead_flops` is what the method itself costs beyond the layers the engine runs (ranking projections, similarity
 matrices), so the exact FLOPs count every method the same way. Capabilities live on this interface with defaults;
 the engine holds no `isinstance` or name checks (the lesson of NVIDIA/kvpress's presses).
@@ -28,6 +33,11 @@ from torch import nn
 from pdrop_eval.errors import PdropEvalError
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    import pandas as pd
+
+    from pdrop_eval.methods.budgets import ModelGeometry, SweepSettings
     from pdrop_eval.pyramid.engine import SampleTrace
     from pdrop_eval.pyramid.flops import ModelShape
 
@@ -73,6 +83,8 @@ class PruningMethod:
     display_name: ClassVar[str]  # how reports and legends name it
     default_positions: ClassVar[str] = "compact"
     reads_tower: ClassVar[bool] = False  # True: `encode_images` replaces the shared tower pass
+    takes_budget: ClassVar[bool] = True  # False: a budget does not apply (the unpruned model runs once)
+    marker: ClassVar[str] = "s"  # matplotlib marker of its points in the report
 
     positions: PositionMode = "compact"
 
@@ -139,6 +151,38 @@ class PruningMethod:
     def stage_ranges(self, num_layers: int) -> list[tuple[int, int]]:
         """Half-open layer ranges [start, end) between drops; a single range when nothing drops inside the LLM."""
         return list(itertools.pairwise([0, *self.stage_layers, num_layers]))
+
+    @classmethod
+    def baseline(cls, sweep: SweepSettings) -> tuple[PruningMethod, ...]:
+        """What `--baselines NAME` runs: the method at its paper's default settings."""
+        return (cls(),)
+
+    @classmethod
+    def for_budget(cls, budget: float, geometry: ModelGeometry, sweep: SweepSettings) -> tuple[PruningMethod, ...]:
+        """The settings that keep `budget` image tokens as the method's paper sets them (several where the sweep
+        gives several layer lists); a budget the method cannot reach is one PdropEvalError line."""
+        raise PdropEvalError(
+            f"{cls.display_name} has no budget mapping yet: run it with --baselines {cls.name} (its default "
+            "settings), or give it a for_budget()"
+        )
+
+    @classmethod
+    def check_model(cls, geometry: ModelGeometry) -> None:
+        """Refuse, before the model loads, a model the method cannot run on at all (default: any model)."""
+
+    @classmethod
+    def describe(cls, row: Mapping) -> str:
+        """How a legend or caption names a result row (its `method`, `layers`, `ratios`, `lam`, `positions`,
+        `schedule` = label): by default the display name and the label, which names every setting."""
+        return f"{cls.display_name} ({row['schedule']})"
+
+    @classmethod
+    def paper_rows(cls, paper_name: str, rows: pd.DataFrame, num_layers: int | None) -> pd.DataFrame | None:
+        """Our rows that measure what a paper's table calls `paper_name` (lower-cased), best first; None when the
+        name is not this method's. By default a name equal to the method's own matches its rows."""
+        if paper_name not in (cls.name, cls.display_name.lower()):
+            return None
+        return rows[rows["method"] == cls.name]
 
     def record(self) -> dict:
         """How the method is described in metrics.json and prediction files (the report reads these keys)."""

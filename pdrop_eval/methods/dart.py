@@ -31,7 +31,7 @@ which the exact FLOPs convention leaves out as torch's FlopCounterMode does; the
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from torch.nn import functional
@@ -41,6 +41,7 @@ from pdrop_eval.methods.base import Boundary, PositionMode, PruningMethod
 from pdrop_eval.pyramid.ranking import rotated_keys
 
 if TYPE_CHECKING:
+    from pdrop_eval.methods.budgets import ModelGeometry, SweepSettings
     from pdrop_eval.pyramid.engine import SampleTrace
     from pdrop_eval.pyramid.flops import ModelShape
 
@@ -80,6 +81,7 @@ class DART(PruningMethod):
     name = "dart"
     display_name = "DART"
     default_positions = "original"
+    marker: ClassVar[str] = "h"
 
     positions: PositionMode = "original"
     layer: int = 2
@@ -98,6 +100,15 @@ class DART(PruningMethod):
                 f"DART max_num_trunction={self.max_num_trunction} is below one token per pivot "
                 f"({self.pivot_image_tokens + self.pivot_text_tokens} pivots): raise it"
             )
+
+    @classmethod
+    def for_budget(cls, budget: float, geometry: ModelGeometry, sweep: SweepSettings) -> tuple[DART, ...]:
+        """`max_num_trunction` = K, as DART's scripts set it for "retain K tokens": after layer 2 a prompt keeps
+        4 + 8 · (K // 8) image tokens (192 → 196, 128 → 132, 64 → 68); the first 2 layers see all N, so the
+        average per layer is above K (the paper counts tokens after the drop)."""
+        method = cls(max_num_trunction=round(budget))
+        method.keep_count(geometry.image_tokens, 0)
+        return (method,)
 
     @property
     def per_pivot(self) -> int:

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
@@ -36,6 +36,7 @@ from pdrop_eval.errors import PdropEvalError
 from pdrop_eval.methods.base import PruningMethod, ReducedFeatures, format_number
 
 if TYPE_CHECKING:
+    from pdrop_eval.methods.budgets import ModelGeometry, SweepSettings
     from pdrop_eval.pyramid.engine import SampleTrace
     from pdrop_eval.pyramid.flops import ModelShape
 
@@ -61,6 +62,7 @@ class DivPrune(PruningMethod):
 
     name = "divprune"
     display_name = "DivPrune"
+    marker: ClassVar[str] = "P"
 
     ratio: float = 0.098
 
@@ -74,6 +76,11 @@ class DivPrune(PruningMethod):
         if not (0.0 < ratio <= 1.0):
             raise PdropEvalError(f"DivPrune ratio {ratio} is outside (0, 1]: it is the fraction of image tokens kept")
         object.__setattr__(self, "ratio", float(ratio))
+
+    @classmethod
+    def for_budget(cls, budget: float, geometry: ModelGeometry, sweep: SweepSettings) -> tuple[DivPrune, ...]:
+        """SUBSET_RATIO = K / N, so round(ratio · N) = K tokens enter every layer (192/576 = 1/3)."""
+        return (cls(ratio=budget / geometry.image_tokens),)
 
     @property
     def label(self) -> str:

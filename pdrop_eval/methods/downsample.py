@@ -18,12 +18,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from torch.nn import functional
 
 from pdrop_eval.errors import PdropEvalError
 from pdrop_eval.methods.base import PruningMethod, ReducedFeatures
+
+if TYPE_CHECKING:
+    from pdrop_eval.methods.budgets import ModelGeometry, SweepSettings
 
 
 def grid_for_budget(budget: float) -> int:
@@ -48,6 +52,7 @@ class Downsample(PruningMethod):
 
     name = "downsample"
     display_name = "downsample"
+    marker: ClassVar[str] = "v"
 
     grid: int = 12
 
@@ -58,6 +63,26 @@ class Downsample(PruningMethod):
                 f"downsample grid {self.grid!r} is not a positive whole number: it is the side of the pooled grid, "
                 "e.g. 14 for 196 tokens"
             )
+
+    @classmethod
+    def check_model(cls, geometry: ModelGeometry) -> None:
+        if geometry.anyres:
+            raise PdropEvalError(
+                "downsample pools one square feature grid per image, but this model is LLaVA-NeXT (anyres tiles): "
+                "drop downsample from --methods for it"
+            )
+
+    @classmethod
+    def for_budget(cls, budget: float, geometry: ModelGeometry, sweep: SweepSettings) -> tuple[Downsample, ...]:
+        """The grid G whose G² is closest to the budget (192 → 14, 128 → 11, 64 → 8)."""
+        grid = grid_for_budget(budget)
+        side = square_side(geometry.image_tokens)
+        if grid > side:
+            raise PdropEvalError(
+                f"--budget {budget:g} maps downsample to a {grid}×{grid} grid, larger than the model's {side}×{side}"
+                f": use a budget of at most {side * side}"
+            )
+        return (cls(grid=grid),)
 
     @property
     def label(self) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -18,6 +19,12 @@ from pdrop_eval.pyramid.flops import last_query_rank_flops
 if TYPE_CHECKING:
     from pdrop_eval.pyramid.engine import SampleTrace
     from pdrop_eval.pyramid.flops import ModelShape
+
+
+def positions_note(row: Mapping, default: str) -> str:
+    """Legends name a result row's position mode only where it is not the method's own default."""
+    positions = row["positions"]
+    return f" ({positions} positions)" if positions and positions != default else ""
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import ClassVar
 
 from pdrop_eval.methods.base import PruningMethod
 
@@ -11,6 +13,8 @@ from pdrop_eval.methods.base import PruningMethod
 class Vanilla(PruningMethod):
     name = "vanilla"
     display_name = "vanilla"
+    takes_budget: ClassVar[bool] = False
+    marker: ClassVar[str] = "*"
 
     @property
     def label(self) -> str:
@@ -19,3 +23,7 @@ class Vanilla(PruningMethod):
     @property
     def drops(self) -> bool:
         return False
+
+    @classmethod
+    def describe(cls, row: Mapping) -> str:
+        return "vanilla (all image tokens)"

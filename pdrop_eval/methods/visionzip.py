@@ -42,6 +42,7 @@ from pdrop_eval.errors import PdropEvalError
 from pdrop_eval.methods.base import PruningMethod, ReducedFeatures
 
 if TYPE_CHECKING:
+    from pdrop_eval.methods.budgets import ModelGeometry, SweepSettings
     from pdrop_eval.pyramid.engine import SampleTrace
     from pdrop_eval.pyramid.flops import ModelShape
 
@@ -123,6 +124,7 @@ class VisionZip(PruningMethod):
     name = "visionzip"
     display_name = "VisionZip"
     reads_tower: ClassVar[bool] = True
+    marker: ClassVar[str] = "^"
 
     dominant: int = 54
     contextual: int = 10
@@ -136,6 +138,23 @@ class VisionZip(PruningMethod):
                     f"VisionZip {setting}={value!r} must be a whole number >= {low} "
                     "(dominant counts the CLS token: 54 dominant + 10 contextual = 64 tokens)"
                 )
+
+    @classmethod
+    def check_model(cls, geometry: ModelGeometry) -> None:
+        if geometry.anyres:
+            raise PdropEvalError(
+                "VisionZip is implemented for LLaVA-1.5-style models (one 24×24 crop per image), not LLaVA-NeXT's "
+                "anyres crops: drop visionzip from --methods for this model"
+            )
+
+    @classmethod
+    def for_budget(cls, budget: float, geometry: ModelGeometry, sweep: SweepSettings) -> tuple[VisionZip, ...]:
+        """K tokens split as the paper's LLaVA-1.5 settings: dominant = round(K · 54/64) (CLS included),
+        contextual = K − dominant: 64 → 54 + 10 (the official README's `visionzip(model, 54, 10)`), 128 → 108 + 20
+        (the default of Fanziyang-v's port of visionzip/main.py), 192 → 162 + 30."""
+        count = round(budget)
+        dominant = max(1, round(count * 54 / 64))
+        return (cls(dominant=dominant, contextual=count - dominant),)
 
     @property
     def label(self) -> str:

@@ -1,4 +1,5 @@
-"""The sweep plot: a task's primary metric against TFLOPs, PDrop curves over λ, baselines, the paper's points.
+"""The sweep plot: a task's primary metric against TFLOPs, one colour and marker per method, each method's points
+joined over its λ values or budgets, single settings as markers, the paper's points hollow.
 
 Drawn on a bare matplotlib `Figure` (no pyplot), so no global backend state is touched and nothing needs closing.
 """
@@ -14,14 +15,16 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 from matplotlib.transforms import offset_copy
 
-from pdrop_eval.report.table import TFLOPS_CONVENTIONS, pdrop_curves, readable_schedule
+from pdrop_eval.methods.registry import method_colour, method_marker
+from pdrop_eval.report.reference import paper_method
+from pdrop_eval.report.table import TFLOPS_CONVENTIONS, method_curves
 from pdrop_eval.store import atomic_path
 
-MARKERS = {"vanilla": "*", "fastv": "D", "random": "X", "pdrop": "o"}
 _MARKER_SIZE = {"*": 15, "D": 8, "X": 10, "o": 7}
-# λ labels of alternate curves go below and above their points, so neighbouring curves' labels (several layer
-# schedules or runs with similar costs) do not print over each other.
-_LAMBDA_LABEL_OFFSETS = ((5, -11), (5, 5))
+_LINE_STYLES = ("-", "--", ":", "-.")
+# Point labels (λ, budget) of alternate curves go below and above their points, so neighbouring curves' labels
+# (several layer schedules, methods or runs with similar costs) do not print over each other.
+_POINT_LABEL_OFFSETS = ((5, -11), (5, 5))
 _HALO = [patheffects.withStroke(linewidth=2.5, foreground="white")]
 # A paper point shares our axis only when both are on the paper's scale and within this factor of each other.
 _SAME_SCALE = 2.0
@@ -41,34 +44,40 @@ def task_figure(rows: pd.DataFrame, reference: pd.DataFrame, convention: str, ta
     unit = rows["primary_unit"].iloc[0]
     fig = Figure(figsize=(9.5, 5.2))
     ax = fig.add_subplot()
-    colours = iter(f"C{i}" for i in range(1000))
-    for i, (label, curve) in enumerate(pdrop_curves(rows, x).items()):
-        colour = next(colours)
-        ax.plot(curve[x], curve["primary"], marker="o", ms=_MARKER_SIZE["o"], color=colour, label=label, clip_on=False)
-        _error_bars(ax, curve, x, colour)
-        offset = _LAMBDA_LABEL_OFFSETS[i % len(_LAMBDA_LABEL_OFFSETS)]
-        for _, point in curve.iterrows():
-            if pd.notna(point["lam"]):
-                # A label below a point on the axis floor would print over the tick labels.
-                at = _LAMBDA_LABEL_OFFSETS[1] if point["primary"] <= rows["primary"].min() else offset
-                ax.annotate(f"λ{round(point['lam'], 3):g}", (point[x], point["primary"]), xytext=at, zorder=5,
-                            textcoords="offset points", fontsize=8, color=colour, path_effects=_HALO)
-    several_runs = rows["run"].nunique() > 1
+    curves = method_curves(rows, x)
+    joined = [(float(cx), float(cy)) for c in curves.values() if len(c) > 1 for cx, cy in zip(c[x], c["primary"])]
     placed: list[tuple[float, float]] = []
-    for _, point in rows[rows["method"] != "pdrop"].iterrows():
-        marker = MARKERS.get(point["method"], "s")
-        label = readable_schedule(point) + (f" [{point['run']}]" if several_runs else "")
-        colour = next(colours)
-        transform = _beside_earlier(ax, fig, placed, rows, point, x)
-        ax.plot([point[x]], [point["primary"]], linestyle="none", marker=marker, ms=_MARKER_SIZE.get(marker, 8),
-                color=colour, label=label, transform=transform, zorder=4, clip_on=False)
-        _error_bars(ax, point.to_frame().T, x, colour, transform)
+    drawn: dict[str, int] = {}
+    for i, (label, curve) in enumerate(curves.items()):
+        method = curve["method"].iloc[0]
+        colour, marker = method_colour(method), method_marker(method)
+        size = _MARKER_SIZE.get(marker, 8)
+        style = _LINE_STYLES[drawn.get(method, 0) % len(_LINE_STYLES)]  # a method's second curve: same colour
+        drawn[method] = drawn.get(method, 0) + 1
+        if len(curve) == 1:
+            point = curve.iloc[0]
+            transform = _beside_earlier(ax, fig, placed, joined, rows, point, x)
+            ax.plot([point[x]], [point["primary"]], linestyle="none", marker=marker, ms=size, color=colour,
+                    label=label, transform=transform, zorder=4, clip_on=False)
+            _error_bars(ax, curve, x, colour, transform)
+            continue
+        ax.plot(curve[x], curve["primary"], marker=marker, ms=size, linestyle=style, color=colour, label=label,
+                clip_on=False)
+        _error_bars(ax, curve, x, colour)
+        offset = _POINT_LABEL_OFFSETS[i % len(_POINT_LABEL_OFFSETS)]
+        for _, point in curve.iterrows():
+            text = _point_label(point)
+            if text:
+                # A label below a point on the axis floor would print over the tick labels.
+                at = _POINT_LABEL_OFFSETS[1] if point["primary"] <= rows["primary"].min() else offset
+                ax.annotate(text, (point[x], point["primary"]), xytext=at, zorder=5, textcoords="offset points",
+                            fontsize=8, color=colour, path_effects=_HALO)
     handles, labels = ax.get_legend_handles_labels()
     paper = reference[reference["task"] == task].drop_duplicates(["paper_method"])
     if not paper.empty:
         paper_ax = ax if _same_scale(rows, paper, x) else _paper_axis(ax, paper)
         for _, point in paper.iterrows():
-            marker = MARKERS.get(_paper_method_kind(point["paper_method"]), "s")
+            marker = method_marker(paper_method(point["paper_method"]) or "")
             handle, = paper_ax.plot([point["paper_tflops"]], [point["paper_score"]], linestyle="none", marker=marker,
                                     ms=1.5 * _MARKER_SIZE.get(marker, 8), markerfacecolor="none", markeredgewidth=1.6,
                                     color="0.25")
@@ -102,9 +111,11 @@ def _paper_axis(ax: Axes, paper: pd.DataFrame) -> Axes:
     return top
 
 
-def _paper_method_kind(name: str) -> str:
-    lowered = name.lower()
-    return next((kind for kind in ("vanilla", "fastv", "pdrop", "random") if kind in lowered), "")
+def _point_label(point: pd.Series) -> str:
+    """What a point on a curve is labelled with: its λ on a PDrop curve, else the budget it was chosen for."""
+    if pd.notna(point["lam"]):
+        return f"λ{round(point['lam'], 3):g}"
+    return f"{point['budget']:g}" if pd.notna(point["budget"]) else ""
 
 
 def _error_bars(ax: Axes, points: pd.DataFrame, x: str, colour: str, transform=None) -> None:
@@ -119,16 +130,15 @@ def _error_bars(ax: Axes, points: pd.DataFrame, x: str, colour: str, transform=N
                 capsize=3, alpha=0.7, transform=transform if transform is not None else ax.transData)
 
 
-def _beside_earlier(ax: Axes, fig: Figure, placed: list[tuple[float, float]], rows: pd.DataFrame,
-                    point: pd.Series, x: str):
-    """A marker that would land on an earlier one or on a PDrop point (within 1% of the axes' spans: a 0.1%
-    TFLOPs difference is invisible) is shifted sideways by a few points per clash so each stays visible; the data
-    values are unchanged."""
+def _beside_earlier(ax: Axes, fig: Figure, placed: list[tuple[float, float]], joined: list[tuple[float, float]],
+                    rows: pd.DataFrame, point: pd.Series, x: str):
+    """A single marker that would land on an earlier one or on a curve's point (within 1% of the axes' spans: a
+    0.1% TFLOPs difference is invisible) is shifted sideways by a few points per clash so each stays visible; the
+    data values are unchanged."""
     span_x = float(rows[x].max() - rows[x].min()) or abs(float(rows[x].max())) or 1.0
     span_y = max(float(rows["primary"].max() - rows["primary"].min()), 10.0)
     here = (float(point[x]), float(point["primary"]))
-    pdrop = rows[rows["method"] == "pdrop"]
-    taken = [*placed, *zip(pdrop[x].astype(float), pdrop["primary"].astype(float))]
+    taken = [*placed, *joined]
     clashes = sum(abs(cx - here[0]) <= 0.01 * span_x and abs(cy - here[1]) <= 0.01 * span_y for cx, cy in taken)
     placed.append(here)
     return offset_copy(ax.transData, fig=fig, x=9 * clashes, y=0, units="points") if clashes else ax.transData

@@ -7,15 +7,13 @@ reads those names and finds our matching schedule, so "paper vs this run" needs 
 from __future__ import annotations
 
 import math
-import re
 from typing import Any
 
 import pandas as pd
 
+from pdrop_eval.methods.registry import METHODS
 from pdrop_eval.report.load import Run
 
-_FASTV = re.compile(r"fastv\D*k\s*(\d+)\D*r\s*(\d+(?:\.\d+)?)", re.IGNORECASE)
-_PDROP = re.compile(r"pdrop\D*(?:λ|lambda|lam)\s*=?\s*(\d*\.?\d+)", re.IGNORECASE)
 REFERENCE_COLUMNS = [
     "run",
     "task",
@@ -66,30 +64,21 @@ def reference_frame(runs: list[Run], frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def match_method(method: str, rows: pd.DataFrame, num_layers: int | None) -> pd.Series | None:
-    """Our row for a paper method name, or None. PDrop prefers the paper's layer split (L/4, L/2, 3L/4)."""
+    """Our row for a paper method name, or None: each registered method reads the names of its own paper rows
+    (`PruningMethod.paper_rows`), best match first."""
     name = method.strip().lower()
-    if name == "vanilla":
-        candidates = rows[rows["method"] == "vanilla"]
-    elif fastv := _FASTV.search(name):
-        keep = 1.0 - float(fastv.group(2)) / 100.0
-        candidates = rows[
-            (rows["method"] == "fastv")
-            & (rows["layers"] == fastv.group(1))
-            & rows["ratios"].map(lambda r: len(r) == 1 and math.isclose(r[0], keep, abs_tol=1e-6))
-        ]
-    elif pdrop := _PDROP.search(name):
-        lam = float(pdrop.group(1))
-        candidates = rows[(rows["method"] == "pdrop") & rows["lam"].map(lambda v: math.isclose(v, lam, abs_tol=1e-6))]
-        ranked = sorted((row for _, row in candidates.iterrows()), key=lambda row: _pdrop_rank(row, num_layers))
-        return ranked[0] if ranked else None
-    else:
-        return None
-    return None if candidates.empty else candidates.iloc[0]
+    for cls in METHODS.values():
+        candidates = cls.paper_rows(name, rows, num_layers)
+        if candidates is not None:
+            return None if candidates.empty else candidates.iloc[0]
+    return None
 
 
-def _pdrop_rank(row: pd.Series, num_layers: int | None) -> tuple[bool, bool]:
-    paper_split = num_layers and "-".join(str(num_layers * q // 4) for q in (1, 2, 3))
-    return (row["layers"] != paper_split, row["positions"] not in ("compact", ""))
+def paper_method(method: str) -> str | None:
+    """The registered method a paper's row name measures ("FastV K2 R50" → "fastv"), or None."""
+    empty = pd.DataFrame(columns=["method", "lam", "layers", "ratios", "positions"])
+    name = method.strip().lower()
+    return next((cls.name for cls in METHODS.values() if cls.paper_rows(name, empty, None) is not None), None)
 
 
 def _float(value: Any) -> float:

@@ -110,6 +110,8 @@ def summary_columns(frame: pd.DataFrame) -> list[Column]:
         Column("TFLOPs (paper)", _field("tflops_paper"), tflops_format(frame["tflops_paper"])),
         Column("TFLOPs (exact)", _field("tflops_exact"), tflops_format(frame["tflops_exact"])),
         Column("Retained image tokens", _field("retained_tokens"), ONE_DECIMAL),
+        Column("Budget", _field("budget"), ONE_DECIMAL),
+        Column("Image tokens per layer", _field("image_tokens_per_layer"), TEXT),
         Column("Prefill ms", _field("prefill_ms"), ONE_DECIMAL),
         Column("Decode ms/token", _field("decode_ms_per_token"), ONE_DECIMAL),
         Column("Samples/s", _field("samples_per_s"), SCORE),

@@ -32,7 +32,7 @@ from pdrop_eval.report.kept_maps import draw_sample_view, find_sample_views, rea
 from pdrop_eval.report.load import Run
 from pdrop_eval.report.plots import plot_task
 from pdrop_eval.report.significance import CONFIDENCE, RESAMPLES, SEED
-from pdrop_eval.report.table import TFLOPS_CONVENTIONS, pareto_front, readable_schedule
+from pdrop_eval.report.table import TFLOPS_CONVENTIONS, budget_comparison, pareto_front, readable_schedule
 from pdrop_eval.store import write_text_atomic
 
 KEPT_MAPS_PER_TASK = 3
@@ -139,20 +139,42 @@ def _task_blocks(
         Heading(task, 2),
         *(Callout(c.text) for c in caveats),
         Figure(plot, f"{task}: {metric} against TFLOPs per sample, {convention} convention "
-                     f"({TFLOPS_CONVENTIONS[convention]}); PDrop one curve per layer schedule over λ, baselines as "
-                     f"single markers, bars are {CONFIDENCE:.0%} confidence intervals, the paper's published points "
+                     f"({TFLOPS_CONVENTIONS[convention]}); one colour and marker per method, its points joined "
+                     f"over λ (PDrop, one curve per layer schedule) or budget, single settings as markers, bars are {CONFIDENCE:.0%} confidence intervals, the paper's published points "
                      "hollow"),
         Heading("Schedules", 3),
         _schedule_table(rows.sort_values(["run", x], ascending=[True, False]), metric, several_runs),
         *_significance_notes(rows),
         Heading(front_title, 3),
         _schedule_table(front, metric, several_runs),
+        *_budget_blocks(rows, metric, several_runs),
     ]
     if not paper.empty:
         blocks += [Heading("Paper vs this run", 3), _paper_table(paper, rows, several_runs)]
     blocks += _failed_blocks(task, runs)
     blocks += _kept_map_blocks(task, rows, runs, files_dir)
     return blocks
+
+
+def _budget_blocks(rows: pd.DataFrame, metric: str, several_runs: bool) -> list[Block]:
+    """Every method at each budget it was run for, cheapest first: the same budget of image tokens is (nearly)
+    the same paper-convention TFLOPs, so each block compares methods at matched cost; exact TFLOPs add what each
+    method spends choosing tokens, and its vision tower."""
+    table = budget_comparison(rows)
+    if table.empty:
+        return []
+    columns = ["budget", "method", "schedule", "retained tokens", metric, "TFLOPs paper", "TFLOPs exact",
+               "prefill ms"]
+    columns = ["run", *columns] if several_runs else columns
+    body = [
+        [
+            *([r["run"]] if several_runs else []), f"{r['budget']:g}", r["method"], r["schedule"],
+            fmt(r["retained_tokens"], 1), fmt(r["primary"]), fmt_tflops(r["tflops_paper"]),
+            fmt_tflops(r["tflops_exact"]), fmt(r["prefill_ms"], 1),
+        ]
+        for _, r in table.iterrows()
+    ]
+    return [Heading(f"Methods at matched budgets: {metric} per budget of image tokens", 3), Table(columns, body)]
 
 
 def _failed_blocks(task: str, runs: list[Run]) -> list[Block]:

@@ -11,6 +11,7 @@ from typing import Any
 
 import pandas as pd
 
+from pdrop_eval.methods.registry import METHODS, describe_row, display_name
 from pdrop_eval.report.load import Run
 from pdrop_eval.report.significance import significance_frame
 
@@ -53,6 +54,8 @@ def _row_template() -> dict[str, Any]:
         "layers": "",
         "ratios": (),
         "positions": "",
+        "budget": math.nan,
+        "image_tokens_per_layer": "",
         "primary_metric": "",
         "primary_unit": "%",
         **{f: math.nan for f in _NUMERIC_FIELDS},
@@ -74,6 +77,8 @@ def _row(run: Run, result: dict[str, Any]) -> dict[str, Any]:
         layers="-".join(str(v) for v in schedule["layers"]),
         ratios=tuple(_number(v) for v in schedule["ratios"]),
         positions=schedule.get("positions") or "",
+        budget=_number(schedule.get("budget")),
+        image_tokens_per_layer=layer_profile(result.get("image_tokens_per_layer")),
         primary_metric=result["primary_metric"],
         primary_unit=result.get("primary_unit") or "%",
         metrics={k: _number(v) for k, v in result["metrics"].items()},
@@ -131,44 +136,69 @@ def pareto_front(frame: pd.DataFrame, x: str = "tflops_paper") -> pd.DataFrame:
     return kept.sort_values([x, "primary"], ascending=[True, False])
 
 
-def pdrop_curves(frame: pd.DataFrame, x: str = "tflops_paper") -> dict[str, pd.DataFrame]:
-    """PDrop rows grouped into one curve per layer schedule (and position mode), each sorted by cost.
-
-    Keyed by a legend label such as "PDrop 8-16-24" ("… original positions" when not the default compact);
-    a merged report also separates runs so two runs' curves are never joined into one line.
-    """
-    pdrop = frame[frame["method"] == "pdrop"]
+def method_curves(frame: pd.DataFrame, x: str = "tflops_paper") -> dict[str, pd.DataFrame]:
+    """Every method's rows joined into curves, each sorted by cost: one per run × method × layer list × position
+    mode, so PDrop's λ values and another method's budgets each draw one line, and two runs or two layer lists are
+    never joined. Keyed by a legend label: "PDrop at layers 8-16-24 (λ varies)", "DivPrune (budget varies)", or
+    the row's own name where a curve is a single point."""
     several_runs = frame["run"].nunique() > 1
     curves = {}
-    for (run, layers, positions), rows in pdrop.groupby(["run", "layers", "positions"], sort=False):
-        label = f"PDrop at layers {layers} (λ varies)"
-        if positions and positions != "compact":
-            label += f" ({positions} positions)"
+    for (run, method, layers, positions), rows in frame.groupby(
+        ["run", "method", "layers", "positions"], sort=False
+    ):
+        if len(rows) == 1:
+            label = describe_row(rows.iloc[0])
+        else:
+            varies = "λ varies" if rows["lam"].notna().all() else "budget varies"
+            at = f" at layers {layers}" if "-" in layers else ""  # a drop at one layer is in each point's name
+            label = f"{display_name(method)}{at} ({varies})"
+            default = METHODS[method].default_positions if method in METHODS else "compact"
+            if positions and positions != default:
+                label += f" ({positions} positions)"
         if several_runs:
             label += f" [{run}]"
         curves[label] = rows.sort_values(x)
     return curves
 
 
-def _percent(ratio: float) -> str:
-    return f"{ratio * 100:.3g}%"
+def budget_comparison(frame: pd.DataFrame) -> pd.DataFrame:
+    """Methods side by side at each budget they were run for (`--methods … --budget …`): one row per budget,
+    per method its primary and both TFLOPs, so equal budgets read as (nearly) matched cost."""
+    budgeted = frame.dropna(subset=["budget"])
+    rows = []
+    for (run, budget), group in budgeted.groupby(["run", "budget"], sort=False):
+        for _, row in group.iterrows():
+            rows.append({
+                "run": run,
+                "budget": budget,
+                "method": display_name(row["method"]),
+                "schedule": row["schedule"],
+                "retained_tokens": row["retained_tokens"],
+                "tflops_paper": row["tflops_paper"],
+                "tflops_exact": row["tflops_exact"],
+                "primary": row["primary"],
+                "prefill_ms": row["prefill_ms"],
+            })
+    columns = ["run", "budget", "method", "schedule", "retained_tokens", "tflops_paper", "tflops_exact", "primary",
+               "prefill_ms"]
+    table = pd.DataFrame(rows, columns=columns)
+    return table.sort_values(["run", "budget", "tflops_paper"], ascending=[True, False, True], kind="stable")
+
+
+def layer_profile(counts: Any) -> str:
+    """Image tokens per LLM layer as runs: "576×2, 166×30" (means over samples, one decimal where not whole)."""
+    if not isinstance(counts, list) or not counts:
+        return ""
+    runs: list[list] = []
+    for value in counts:
+        if runs and runs[-1][0] == value:
+            runs[-1][1] += 1
+        else:
+            runs.append([value, 1])
+    return ", ".join(f"{value:.4g}×{length}" for value, length in runs)
 
 
 def readable_schedule(row: pd.Series) -> str:
-    """What a legend or caption calls a schedule: "random drop at 8-16-24, keep 50%/25%/12.5%", not its file label."""
-    method, layers, ratios = row["method"], row["layers"], tuple(row["ratios"])
-    keep = "/".join(_percent(r) for r in ratios)
-    if method == "vanilla":
-        name = "vanilla (all image tokens)"
-    elif method == "fastv":
-        name = f"FastV after layer {layers}, drop {_percent(1 - ratios[0])}" if ratios else "FastV"
-    elif method == "random":
-        name = f"random drop at {layers}, keep {keep}"
-    elif method == "pdrop" and not math.isnan(row["lam"]):
-        name = f"PDrop λ{round(row['lam'], 3):g} at {layers}"
-    else:
-        name = f"{method} at {layers}, keep {keep}"
-    default = "original" if method == "fastv" else "compact"
-    if row["positions"] and row["positions"] != default and method != "vanilla":
-        name += f" ({row['positions']} positions)"
-    return name
+    """What a legend or caption calls a schedule ("random drop at 8-16-24, keep 50%/25%/12.5%", not its label):
+    the method's own `describe`."""
+    return describe_row(row)
