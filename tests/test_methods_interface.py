@@ -138,9 +138,10 @@ def _one_of_each() -> list[PruningMethod]:
     from pdrop_eval.methods.dart import DART
     from pdrop_eval.methods.divprune import DivPrune
     from pdrop_eval.methods.downsample import Downsample
+    from pdrop_eval.methods.sparsevlm import SparseVLM
     from pdrop_eval.methods.visionzip import VisionZip
 
-    methods = [method for method, _ in OLD_LABELS] + [DivPrune(), Downsample(), VisionZip(), DART()]
+    methods = [method for method, _ in OLD_LABELS] + [DivPrune(), Downsample(), VisionZip(), DART(), SparseVLM()]
     assert {type(method).name for method in methods} == set(METHODS), "a registered method is missing here"
     return methods
 

@@ -101,6 +101,7 @@ class SampleTrace:
     image_tokens_per_layer: list[int] = field(default_factory=list)
     generated_tokens: int = 0
     vision_crops: int = 0
+    method_counts: dict[str, int] = field(default_factory=dict)  # sizes the method's overhead depends on
 
 
 @dataclass
@@ -309,6 +310,13 @@ def prefill(
     kept_per_stage: list[tuple[torch.Tensor, torch.Tensor]] = []
     rank_timer = SpanTimer(device)
     ranges = method.stage_ranges(parts.num_layers)
+    prepared = None
+    if len(ranges) > 1 and forced_keep is None:
+        with rank_timer.span():
+            prepared = method.prepare(inputs_embeds, valid, image_mask)
+        if prepared is not None:
+            for trace, sample_counts in zip(traces, prepared.sample_counts):
+                trace.method_counts = dict(sample_counts)
     for stage, (start, end) in enumerate(ranges):
         last_stage = stage == len(ranges) - 1
         padded = min(lengths) < valid.shape[1]
@@ -353,6 +361,7 @@ def prefill(
                     image_ordinal=image_ordinal,
                     original_image_counts=num_images_list,
                     sample_seeds=list(sample_seeds),
+                    prepared=None if prepared is None else prepared.state,
                 )
                 scores = method.score(boundary)
                 keep_images = _select_image_tokens(scores, image_mask, keep_counts, max(keep_list), max(image_counts))
