@@ -137,6 +137,16 @@ class PruningMethod:
         from tokens the layers will have changed. Only asked when the method has `stage_layers`. Default: nothing."""
         return None
 
+    def added_count(self, num_image_tokens: int, stage: int) -> int:
+        """Tokens `recycle` adds after `stage` for a sample that entered the LLM with `num_image_tokens`."""
+        return 0
+
+    def recycle(self, boundary: Boundary, scores: torch.Tensor, keep: torch.Tensor) -> list[torch.Tensor] | None:
+        """Per sample, tokens [M_b, d] to insert right after its kept image tokens at this boundary; they count as
+        image tokens in later layers (SparseVLM v1.5 merges deleted tokens into them). `scores` is what `score`
+        gave, `keep` the [B, L] image tokens kept. Default: nothing added."""
+        return None
+
     def score(self, boundary: Boundary) -> torch.Tensor:
         """[B, L] scores at a stage boundary; higher is kept. Only methods with `stage_layers` are asked."""
         raise NotImplementedError(f"{type(self).__name__} has stage layers but no score()")
