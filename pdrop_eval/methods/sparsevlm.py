@@ -1,38 +1,49 @@
-"""SparseVLM+ (Zhang et al., "SparseVLM+: Visual Token Sparsification with Improved Text-Visual Attention Pattern",
-2025): text raters rank image tokens by their attention inside the LLM, at three layers.
+"""SparseVLM (Zhang et al., ICML'25) and SparseVLM+ (Zhang et al., 2025): text raters rank image tokens by their
+attention inside the LLM, at three layers; v1.5 recycles deleted tokens into merged ones, 2.0 corrects the attention.
 
 Official code: Gumpest/SparseVLMs@26a5f48, llava/model/language_model/modelling_sparse_llama.py `LlamaModel.forward`
-(rater selection, the sparse layers, the RoPE bias) and llava/model/language_model/score.py (`sparse_token_dict`,
-`attn_postprocess_topk`, `select_attn_head_by_sum`). The repository's README presents SparseVLM+ (`USE_VERSION=2_0`,
-"Version 2.0", released 2025/12/11) as its newest release on the main branch, v1.5 living on its own `v1.5` branch;
-the code's environment default is still `1_0` (v1.5). We implement 2.0, the version the repository calls current.
+(rater selection, the sparse layers, the version switch, the RoPE bias, the merge), llava/model/language_model/
+score.py (`sparse_token_dict`, `attn_postprocess_topk`, `select_attn_head_by_sum`) and llava/model/language_model/
+utils.py `cluster_and_merge`. The repository's README presents SparseVLM+ (`USE_VERSION=2_0`, "Version 2.0",
+released 2025/12/11) as its newest release on the main branch, v1.5 having its own `v1.5` branch; the code's
+environment default is still `1_0` (v1.5). `version="2.0"` (the default) is the one the repository calls current;
+`version="1.5"` is the code's default switch.
 
 Exact semantics, per prompt whose image span is [s, s + N) followed by T text tokens:
 - raters, once, from the LLM's input embeddings E: M = E[image] @ E[text after image]ᵀ [N, T], softmax over the T
   text tokens, mean over the N image tokens → a [T] vector m; raters are the text tokens with m > mean(m) (strict);
 - at `pruning_loc` 2, 6, 15 (0-based layer indices) the layer runs in full on every token (its KV cache keeps them
-  all), then ITS OUTPUT is pruned: A = that layer's softmax attention (causal, at the current positions, per query
-  head), divided elementwise by the RoPE bias B[i, j] = (RoPE_i 1)·(RoPE_j 1)/√head_dim (the attention all-ones q
-  and k would get, SparseVLM+ §4.2); of A's rows at the raters and columns at the current image tokens, the `heads`
-  (14) query heads with the largest sum are kept (§4.3), averaged over those heads, then over the raters → one
-  score per image token; the top min(k_s, n_s − 1) image tokens by score stay (n_s: image tokens present, k_s: the
-  s-th entry of the keep list for RETAIN_TOKN; n_s = 0 keeps nothing and prunes nothing). No deleted token is
-  merged back in 2.0;
-- survivors keep their original positions (`positions="original"`, `batch_index_select(position_ids, …)`); every
-  decode step is at position L + t in every layer.
+  all), then ITS OUTPUT is pruned. A = that layer's softmax attention (causal, at the current positions, per query
+  head), rows at the raters, columns at the current image tokens. 2.0 divides A elementwise by the RoPE bias
+  B[i, j] = (RoPE_i 1)·(RoPE_j 1)/√head_dim (the attention all-ones q and k would get, SparseVLM+ §4.2) and keeps
+  the `heads` (14) query heads with the largest sum of A (§4.3); 1.5 keeps every head. The mean over those heads,
+  then over the raters, scores each image token; the top min(k_s, n_s − 1) stay (n_s: image tokens present, k_s:
+  the s-th entry of the keep list for RETAIN_TOKN; n_s = 0 keeps nothing and prunes nothing);
+- 1.5 only: of the D deleted image tokens, the int(0.3·D) + 1 with the highest scores (the layer's OUTPUT states, in
+  top-k order) are merged by density-peak clustering into C = int(that / 10) + 1 tokens, inserted right after the
+  kept image tokens and counted as image tokens by later layers (so n_{s+1} = kept + C). Clustering: distances
+  ‖x_i − x_j‖/√d; density ρ_i = exp(−mean of the squared distances to its C nearest, itself included); δ_i = the
+  distance to the nearest denser token (the largest distance for the densest); centers = top-C of ρ·δ, in that
+  order; each token joins its nearest center (first on ties), a center itself; a merged token is the sum of its
+  cluster over (size + 1e-6), as the official `index_add_` computes it;
+- positions: 2.0 keeps original positions (`batch_index_select(position_ids, …)`) and decodes at L + t in every
+  layer; 1.5 re-indexes the survivors 0..n−1 (`position_ids[:, :n]`) and decodes each layer at its own cache
+  length + t (`get_usable_length`). The engine's `positions="original"` / `"compact"` are exactly these.
 
-Keep lists (score.py, 2.0 column): RETAIN_TOKN 192 → (300, 200, 118), 128 → (238, 108, 60), 96 → (246, 54, 28),
-64 → (66, 34, 20). A budget maps to `retain_tokens`; `keep_counts` overrides the list (for other models or tests).
-With 576 image tokens and 32 layers, 192 gives 3·576 + 4·300 + 9·200 + 16·118 layer-tokens.
+Keep lists (score.py): RETAIN_TOKN 192 → 2.0 (300, 200, 118), 1.5 (300, 200, 110); 128 → (238, 108, 60),
+(303, 110, 36); 96 → (246, 54, 28), (238, 48, 26); 64 → (66, 34, 20), (66, 30, 17). A budget maps to
+`retain_tokens`; `keep_counts` overrides the list (for other models or tests). With 576 image tokens and 32
+layers, 2.0 at 192 runs 3·576 + 4·300 + 9·200 + 16·118 image-token layers.
 
-Where we differ, and why: the official code is batch-1-only (it takes batch 0's head sums and rater indices for
-every row, and `mask[0][indices]`); we choose per sample from its own span, so a batch of four equals four single
-runs. It computes the full L×L attention and bias matrices; we recompute only the rater rows (q for the raters, k
-for all tokens of that layer's input, counted in the overhead) and the bias only at rater × image entries — the
-same numbers. Its softmax runs in the model's dtype; ours in float32 cast back to it, as every ranking here does.
-There is no setting that keeps every token: even a keep list above n_s drops one image token per sparse layer
-(`min(k, n − 1)`). SparseVLM v1.5 (`USE_VERSION=1_0`: recycling deleted tokens by density-peak clustering, compact
-positions) is not implemented.
+Where we differ, and why: the official code is batch-1-only (batch 0's head sums and rater indices serve every row,
+`mask[0][indices]`, `relation_vis_text[0]`); we choose per sample from its own span, so a batch of four equals four
+single runs. It computes the full L×L attention and bias; we compute only the rater rows (q for the raters, k for
+all tokens of that layer's input, counted in the overhead) and the bias only at rater × image entries — the same
+numbers. Its softmax runs in the model's dtype; ours in float32 cast back to it, as every ranking here does. Its
+clustering adds uniform noise of 1e-6 to the densities "to ensure no tokens have the same density", which makes a
+run irreproducible and can reorder densities closer than 1e-6; we add none and break exact ties strictly by
+position (of two equally dense tokens the earlier in top-k order counts as denser), so runs repeat. There is no
+setting that keeps every token: even a keep list above n_s drops one image token per sparse layer (`min(k, n − 1)`).
 """
 
 from __future__ import annotations
@@ -50,11 +61,10 @@ if TYPE_CHECKING:
     from pdrop_eval.pyramid.engine import SampleTrace
     from pdrop_eval.pyramid.flops import ModelShape
 
-KEEP_LISTS: dict[int, tuple[int, ...]] = {
-    192: (300, 200, 118),
-    128: (238, 108, 60),
-    96: (246, 54, 28),
-    64: (66, 34, 20),
+VERSIONS = ("2.0", "1.5")
+KEEP_LISTS: dict[str, dict[int, tuple[int, ...]]] = {
+    "2.0": {192: (300, 200, 118), 128: (238, 108, 60), 96: (246, 54, 28), 64: (66, 34, 20)},
+    "1.5": {192: (300, 200, 110), 128: (303, 110, 36), 96: (238, 48, 26), 64: (66, 30, 17)},
 }
 
 
@@ -85,10 +95,11 @@ def rater_scores(
     position_embeddings: tuple[torch.Tensor, torch.Tensor],
     rater_columns: torch.Tensor,
     image_columns: torch.Tensor,
-    heads: int,
+    heads: int | None,
 ) -> torch.Tensor:
-    """SparseVLM+'s score of each image token in one unpadded prompt: `layer`'s attention from the raters, divided by
-    the RoPE bias, over the `heads` heads paying the image most, averaged over those heads and the raters.
+    """SparseVLM's score of each image token in one unpadded prompt: `layer`'s attention from the raters, averaged
+    over heads and raters. With `heads` (2.0) the attention is first divided by the RoPE bias and only the `heads`
+    heads paying the image most are averaged; None (1.5) averages every head of the plain attention.
 
     layer_input: [1, n, d] the layer's input; position_embeddings: (cos, sin) [1, n, hd]; columns index the n tokens.
     """
@@ -110,37 +121,69 @@ def rater_scores(
     logits = _scaled(query @ key.transpose(-1, -2), attention)  # [1, H, R, n]
     future = torch.arange(length, device=logits.device)[None, :] > rater_columns[:, None]
     probs = logits.masked_fill(future, float("-inf")).softmax(dim=-1, dtype=torch.float32).to(layer_input.dtype)
-    probs = probs[..., image_columns]  # [1, H, R, V]
-    ones = rope(layer_input.new_ones(1, 1, length, head_dim), cos, sin)[0, 0]  # RoPE applied to an all-ones vector
-    bias = ones[rater_columns] @ ones[image_columns].T / head_dim**0.5  # [R, V]
-    corrected = probs[0] / bias
-    chosen = corrected.sum(dim=(1, 2)).topk(heads).indices
-    return corrected[chosen].mean(dim=0).mean(dim=0)
+    relation = probs[0][..., image_columns]  # [H, R, V]
+    if heads is not None:
+        ones = rope(layer_input.new_ones(1, 1, length, head_dim), cos, sin)[0, 0]  # RoPE of an all-ones vector
+        relation = relation / (ones[rater_columns] @ ones[image_columns].T / head_dim**0.5)
+        relation = relation[relation.sum(dim=(1, 2)).topk(heads).indices]
+    return relation.mean(dim=0).mean(dim=0)
+
+
+def density_peak_merge(tokens: torch.Tensor, clusters: int) -> torch.Tensor:
+    """`cluster_and_merge` for one sample: [M, d] tokens → [clusters, d] merged ones, centers in top-score order.
+
+    Exact density ties go to the earlier token (the official code adds 1e-6 noise instead)."""
+    count, dim = tokens.shape
+    distance = (tokens[:, None] - tokens[None]).norm(dim=-1) / dim**0.5
+    nearest = distance.topk(clusters, dim=-1, largest=False).values
+    density = (-(nearest**2).mean(dim=-1)).exp()
+    order = torch.arange(count, device=tokens.device)
+    denser = (density[None, :] > density[:, None]) | (
+        (density[None, :] == density[:, None]) & (order[None, :] < order[:, None])
+    )  # denser[i, j]: token j is denser than token i
+    parent_distance = torch.where(denser, distance, distance.max()).amin(dim=-1)
+    centers = (parent_distance * density).topk(clusters).indices
+    assignment = distance[centers].argmin(dim=0)
+    assignment[centers] = torch.arange(clusters, device=tokens.device)
+    sizes = tokens.new_zeros(clusters).index_add_(0, assignment, tokens.new_ones(count)) + 1e-6
+    return tokens.new_zeros(clusters, dim).index_add_(0, assignment, tokens / sizes[assignment, None])
 
 
 @dataclass(frozen=True)
 class SparseVLM(PruningMethod):
-    """Settings named as the official code names them (`RETAIN_TOKN`, `pruning_loc`, the 14 priority heads)."""
+    """Settings named as the official code names them (`USE_VERSION`, `RETAIN_TOKN`, `pruning_loc`, the 14 priority
+    heads of 2.0). `positions` defaults to the version's own (2.0 original, 1.5 compact)."""
 
     name = "sparsevlm"
-    display_name = "SparseVLM+"
+    display_name = "SparseVLM"
     default_positions = "original"
 
-    positions: PositionMode = "original"
+    positions: PositionMode | None = None
+    version: str = "2.0"
     retain_tokens: int = 192
     keep_counts: tuple[int, ...] | None = None
     pruning_loc: tuple[int, ...] = (2, 6, 15)
     heads: int = 14
 
     def __post_init__(self) -> None:
+        if self.version not in VERSIONS:
+            raise PdropEvalError(
+                f"SparseVLM version={self.version!r} is unknown: use '2.0' (SparseVLM+, current) or '1.5'"
+            )
+        if self.positions is None:
+            object.__setattr__(self, "positions", self.version_positions)
         super().__post_init__()
+        if self.version == "1.5" and self.positions != "compact":
+            raise PdropEvalError(
+                "SparseVLM 1.5 inserts merged tokens, which have no original position: use positions='compact'"
+            )
         object.__setattr__(self, "pruning_loc", tuple(self.pruning_loc))
         if self.keep_counts is not None:
             object.__setattr__(self, "keep_counts", tuple(self.keep_counts))
-        elif self.retain_tokens not in KEEP_LISTS:
+        elif self.retain_tokens not in KEEP_LISTS[self.version]:
             raise PdropEvalError(
                 f"SparseVLM retain_tokens={self.retain_tokens!r} has no official keep list: use one of "
-                f"{', '.join(map(str, KEEP_LISTS))}, or give keep_counts"
+                f"{', '.join(map(str, KEEP_LISTS[self.version]))}, or give keep_counts"
             )
         for setting, values, least in (("pruning_loc", self.pruning_loc, 0), ("keep_counts", self.counts, 1)):
             if not values or any(isinstance(v, bool) or not isinstance(v, int) or v < least for v in values):
@@ -156,29 +199,45 @@ class SparseVLM(PruningMethod):
             raise PdropEvalError(f"SparseVLM heads={self.heads!r} must be a whole number >= 1 (official: 14)")
 
     @property
+    def version_positions(self) -> str:
+        return "original" if self.version == "2.0" else "compact"
+
+    @property
     def counts(self) -> tuple[int, ...]:
-        """The keep list in force: `keep_counts`, or the official one for `retain_tokens`."""
-        return self.keep_counts if self.keep_counts is not None else KEEP_LISTS[self.retain_tokens]
+        """The keep list in force: `keep_counts`, or the official one for `retain_tokens` and the version."""
+        return self.keep_counts if self.keep_counts is not None else KEEP_LISTS[self.version][self.retain_tokens]
 
     @property
     def label(self) -> str:
         budget = f"r{self.retain_tokens}" if self.keep_counts is None else "k" + "-".join(map(str, self.keep_counts))
         where = "" if self.pruning_loc == (2, 6, 15) else "_l" + "-".join(map(str, self.pruning_loc))
-        heads = "" if self.heads == 14 else f"_h{self.heads}"
-        suffix = "" if self.positions == self.default_positions else f"_{self.positions}"
-        return f"sparsevlm_v2_{budget}{where}{heads}{suffix}"
+        heads = "" if self.heads == 14 or self.version == "1.5" else f"_h{self.heads}"
+        suffix = "" if self.positions == self.version_positions else f"_{self.positions}"
+        version = "v2" if self.version == "2.0" else "v1.5"
+        return f"sparsevlm_{version}_{budget}{where}{heads}{suffix}"
 
     @property
     def stage_layers(self) -> tuple[int, ...]:
         """Pruning the output of 0-based layer l is a boundary after l + 1 layers."""
         return tuple(layer + 1 for layer in self.pruning_loc)
 
-    def keep_count(self, num_image_tokens: int, stage: int) -> int:
-        """`min(k_s, n_s − 1)` applied stage by stage from the N that entered the LLM (n_s = 0 prunes nothing)."""
-        present = num_image_tokens
+    def _stage_counts(self, num_image_tokens: int, stage: int) -> tuple[int, int]:
+        """(kept by score, added by merging) at `stage`, following the image count from the N that entered."""
+        present, kept, added = num_image_tokens, 0, 0
         for keep in self.counts[: stage + 1]:
-            present = min(keep, present - 1) if present > 0 else 0
-        return present
+            kept = min(keep, present - 1) if present > 0 else 0
+            deleted = present - kept if present > 0 else 0
+            added = (int(deleted * 0.3) + 1) // 10 + 1 if self.version == "1.5" and deleted > 0 else 0
+            present = kept + added
+        return kept, added
+
+    def keep_count(self, num_image_tokens: int, stage: int) -> int:
+        """`min(k_s, n_s − 1)`, n_s counting the merged tokens of earlier stages (n_s = 0 prunes nothing)."""
+        return self._stage_counts(num_image_tokens, stage)[0]
+
+    def added_count(self, num_image_tokens: int, stage: int) -> int:
+        """1.5's merged tokens: int(int(0.3·D + 1) / 10) + 1 for D deleted tokens; none in 2.0."""
+        return self._stage_counts(num_image_tokens, stage)[1]
 
     def prepare(self, inputs_embeds: torch.Tensor, valid: torch.Tensor, image_mask: torch.Tensor) -> Prepared:
         """Per sample, the raters as distances from the prompt's end: text after the image is never dropped, so the
@@ -207,33 +266,46 @@ class SparseVLM(PruningMethod):
     def score(self, boundary: Boundary) -> torch.Tensor:
         layer = boundary.layers[boundary.layer - 1]
         heads = layer.self_attn.q_proj.out_features // layer.self_attn.head_dim
-        if self.heads > heads:
+        if self.version == "2.0" and self.heads > heads:
             raise PdropEvalError(
                 f"SparseVLM heads={self.heads} exceeds the model's {heads} attention heads: lower heads"
             )
         scores = torch.zeros(boundary.valid.shape, dtype=torch.float32, device=boundary.valid.device)
         cos, sin = boundary.position_embeddings
         for row, from_end in enumerate(boundary.prepared):
-            valid = boundary.valid[row]
-            offset = int((~valid).sum())
+            offset = int((~boundary.valid[row]).sum())
             image = boundary.image_mask[row, offset:].nonzero().flatten()
             if image.numel() == 0:
                 continue
-            length = valid.shape[0] - offset
             relation = rater_scores(
                 layer,
                 boundary.last_input[row : row + 1, offset:],
                 (cos[row : row + 1, offset:], sin[row : row + 1, offset:]),
-                length - from_end,
+                boundary.valid.shape[1] - offset - from_end,
                 image,
-                self.heads,
+                self.heads if self.version == "2.0" else None,
             )
             scores[row, image + offset] = relation.float()
         return scores
 
+    def recycle(self, boundary: Boundary, scores: torch.Tensor, keep: torch.Tensor) -> list[torch.Tensor] | None:
+        """1.5: the best-scored 30% + 1 of each sample's deleted image tokens, merged from the layer's output."""
+        if self.version != "1.5":
+            return None
+        merged = []
+        for row in range(scores.shape[0]):
+            deleted = (boundary.image_mask[row] & ~keep[row]).nonzero().flatten()
+            if deleted.numel() == 0:
+                merged.append(boundary.hidden.new_zeros(0, boundary.hidden.shape[-1]))
+                continue
+            picked = deleted[scores[row, deleted].topk(int(deleted.numel() * 0.3) + 1).indices]
+            merged.append(density_peak_merge(boundary.hidden[row, picked], picked.numel() // 10 + 1))
+        return merged
+
     def overhead_flops(self, shape: ModelShape, trace: SampleTrace) -> int:
         """Rater affinities once (N·T·d), then at each sparse layer: q for the raters, k for every token, their
-        logits in every head, and the RoPE bias at rater × image entries."""
+        logits in every head, and (2.0) the RoPE bias at rater × image entries. 1.5's clustering is elementwise
+        work (distances as norms of differences), which the exact convention leaves out as FlopCounterMode does."""
         text = shape.text
         raters, after = trace.method_counts["raters"], trace.method_counts["text_after_image"]
         total = 2 * trace.image_tokens_per_layer[0] * after * text.hidden
@@ -242,15 +314,16 @@ class SparseVLM(PruningMethod):
             total += 2 * raters * text.hidden * text.heads * text.head_dim
             total += 2 * tokens * text.hidden * text.kv_heads * text.head_dim
             total += 2 * text.heads * raters * tokens * text.head_dim
-            total += 2 * raters * images * text.head_dim
+            if self.version == "2.0":
+                total += 2 * raters * images * text.head_dim
         return total
 
     def record(self) -> dict:
         settings = {
-            "version": "2.0",
+            "version": self.version,
             "retain_tokens": self.retain_tokens if self.keep_counts is None else None,
             "keep_counts": list(self.counts),
             "pruning_loc": list(self.pruning_loc),
-            "heads": self.heads,
+            "heads": self.heads if self.version == "2.0" else None,
         }
         return {**super().record(), **settings}
