@@ -14,7 +14,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCau
 
 from pdrop_eval.errors import PdropEvalError
 from pdrop_eval.methods import METHODS
-from pdrop_eval.methods.sparsevlm import SparseVLM
+from pdrop_eval.methods.sparsevlm import SparseVLM, density_peak_merge
 from pdrop_eval.models import build_batch, load_vlm
 from pdrop_eval.pyramid.engine import generate_from_embeds
 from pdrop_eval.pyramid.flops import ModelShape, image_tokens_per_layer, sample_flops
@@ -48,8 +48,8 @@ def _model(arch: str) -> torch.nn.Module:
     return model
 
 
-def _batch(model, lengths, offsets, seed=1):
-    """Left-padded prompts with an image span of IMAGE_TOKENS tokens at a per-sample offset."""
+def _batch(model, lengths, offsets, seed=1, image_tokens=IMAGE_TOKENS):
+    """Left-padded prompts with an image span of `image_tokens` tokens at a per-sample offset."""
     generator = torch.Generator().manual_seed(seed)
     width, batch = max(lengths), len(lengths)
     ids = torch.zeros(batch, width, dtype=torch.long)
@@ -59,7 +59,7 @@ def _batch(model, lengths, offsets, seed=1):
         start = width - length
         ids[row, start:] = torch.randint(3, 300, (length,), generator=generator)
         mask[row, start:] = 1
-        images[row, start + offset : start + offset + IMAGE_TOKENS] = True
+        images[row, start + offset : start + offset + image_tokens] = True
     with torch.no_grad():
         embeds = model.get_input_embeddings()(ids)
     return embeds, mask, images
@@ -79,34 +79,56 @@ class _Margin:
         return ranked[:count]
 
 
-def _naive_raters(embeds: torch.Tensor, start: int, margin: _Margin) -> list[int]:
+def _naive_raters(embeds: torch.Tensor, start: int, count: int, margin: _Margin) -> list[int]:
     """`LlamaModel.forward`'s text raters, in float64 loops: softmax over the text tokens, mean over image tokens."""
     vectors = embeds[0].double()
-    image, text = range(start, start + IMAGE_TOKENS), range(start + IMAGE_TOKENS, vectors.shape[0])
+    image, text = range(start, start + count), range(start + count, vectors.shape[0])
     affinity = [0.0] * len(text)
     for i in image:
         row = [float(vectors[i] @ vectors[t]) for t in text]
         top = max(row)
         exps = [math.exp(v - top) for v in row]
         for j, value in enumerate(exps):
-            affinity[j] += value / sum(exps) / IMAGE_TOKENS
+            affinity[j] += value / sum(exps) / count
     mean = sum(affinity) / len(affinity)
     margin.value = min(margin.value, min(abs(a - mean) for a in affinity) / max(affinity))
     return [j for j, value in enumerate(affinity) if value > mean]
 
 
-def _naive_sparsevlm(model, embeds, start, method):
-    """The official 2.0 prefill of one unpadded prompt: layers driven one at a time with the layers' own eager
-    attention weights (the official `attn_logits`); after each layer in `pruning_loc`, its output is pruned by the
-    rater scores computed in float64 loops (RoPE bias, head sums, means, top-k). Returns the raters, the kept
-    ordinals per sparse layer, the last-token logits and the smallest margin of any decision."""
+def _naive_merge(tokens: list[list[float]], clusters: int, margin: _Margin) -> list[list[float]]:
+    """`cluster_and_merge` in float64 loops, exact density ties going to the earlier token."""
+    count, dim = len(tokens), len(tokens[0])
+    distance = [[math.sqrt(sum((a - b) ** 2 for a, b in zip(x, y))) / math.sqrt(dim) for y in tokens] for x in tokens]
+    density = [math.exp(-sum(d**2 for d in sorted(row)[:clusters]) / clusters) for row in distance]
+    gaps = [abs(a - b) for i, a in enumerate(density) for b in density[i + 1 :] if a != b]
+    margin.value = min([margin.value] + [gap / max(density) for gap in gaps])
+    largest = max(max(row) for row in distance)
+    score = {}
+    for i in range(count):
+        denser = [j for j in range(count) if density[j] > density[i] or (density[j] == density[i] and j < i)]
+        score[i] = min((distance[i][j] for j in denser), default=largest) * density[i]
+    centers = margin.top(score, clusters) if clusters > 1 else [0]  # one cluster takes every token, whichever center
+    members = {c: [] for c in range(clusters)}
+    for i in range(count):
+        nearest = min(range(clusters), key=lambda c: (distance[centers[c]][i], c))
+        members[centers.index(i) if i in centers else nearest].append(i)
+    return [[sum(tokens[i][k] for i in members[c]) / (len(members[c]) + 1e-6) for k in range(dim)] for c in members]
+
+
+def _naive_sparsevlm(model, embeds, start, method, image_tokens=IMAGE_TOKENS):
+    """The official prefill of one unpadded prompt: layers driven one at a time with the layers' own eager attention
+    weights (the official `attn_logits`); after each layer in `pruning_loc`, its output is pruned by the rater scores
+    computed in float64 loops (2.0: RoPE bias and head sums; 1.5: every head, then the merge of the best 30% + 1
+    deleted tokens inserted after the kept ones and positions re-indexed). Returns the raters, the kept original
+    ordinals per sparse layer, the image tokens present after each, the last-token logits and the smallest margin of
+    any decision."""
     margin = _Margin()
-    raters = _naive_raters(embeds, start, margin)
-    text_after = embeds.shape[1] - start - IMAGE_TOKENS
+    raters = _naive_raters(embeds, start, image_tokens, margin)
+    text_after = embeds.shape[1] - start - image_tokens
     hidden, positions = embeds, torch.arange(embeds.shape[1])[None]
-    ordinals = list(range(IMAGE_TOKENS))
-    image_columns = list(range(start, start + IMAGE_TOKENS))
-    kept, stage = [], 0
+    ordinals = list(range(image_tokens))  # None for a merged token
+    image_columns = list(range(start, start + image_tokens))
+    kept, present, stage = [], [], 0
     for index, layer in enumerate(model.model.layers):
         length = hidden.shape[1]
         causal = torch.full((length, length), float("-inf")).triu(1)[None, None]
@@ -131,48 +153,87 @@ def _naive_sparsevlm(model, embeds, start, method):
         for i in rater_columns:
             a = rotated_ones(i)
             for j in image_columns:
-                b = rotated_ones(j)
-                bias = sum(x * y for x, y in zip(a, b)) / math.sqrt(head_dim)
+                bias = sum(x * y for x, y in zip(a, rotated_ones(j))) / math.sqrt(head_dim)
                 for h in range(heads):
-                    corrected[h, i, j] = float(weights[0, h, i, j]) / bias
-        sums = {h: sum(corrected[h, i, j] for i in rater_columns for j in image_columns) for h in range(heads)}
-        chosen_heads = margin.top(sums, method.heads)
+                    corrected[h, i, j] = float(weights[0, h, i, j]) / (bias if method.version == "2.0" else 1.0)
+        if method.version == "2.0":
+            sums = {h: sum(corrected[h, i, j] for i in rater_columns for j in image_columns) for h in range(heads)}
+            chosen_heads = margin.top(sums, method.heads)
+        else:
+            chosen_heads = list(range(heads))
         scores = {
             j: sum(corrected[h, i, j] for h in chosen_heads for i in rater_columns)
             / (len(chosen_heads) * len(rater_columns))
             for j in image_columns
         }
         keep = margin.top(scores, min(method.counts[stage], len(image_columns) - 1))
+        deleted = {j: scores[j] for j in image_columns if j not in keep}
         survivors = sorted(set(range(length)) - set(image_columns) | set(keep))
         ordinals = [o for o, column in zip(ordinals, image_columns) if column in keep]
-        kept.append(ordinals)
-        hidden, positions = hidden[:, survivors], positions[:, survivors]
-        image_columns = [survivors.index(column) for column in sorted(keep)]
+        new_hidden = hidden[:, survivors]
+        if method.version == "1.5" and deleted:
+            picked = margin.top(deleted, int(len(deleted) * 0.3) + 1)
+            tokens = [[float(v) for v in hidden[0, j].double()] for j in picked]
+            merged = torch.tensor(_naive_merge(tokens, len(picked) // 10 + 1, margin), dtype=hidden.dtype)[None]
+            cut = sum(1 for column in survivors if column <= max(image_columns))
+            new_hidden = torch.cat([new_hidden[:, :cut], merged, new_hidden[:, cut:]], dim=1)
+            image_columns = list(range(cut - len(keep), cut + merged.shape[1]))
+            ordinals += [None] * merged.shape[1]
+            positions = torch.arange(new_hidden.shape[1])[None]
+        else:
+            image_columns = [survivors.index(column) for column in sorted(keep)]
+            positions = positions[:, survivors] if method.positions == "original" else positions[:, : len(survivors)]
+        hidden = new_hidden
+        kept.append([o for o in ordinals if o is not None])
+        present.append(len(image_columns))
         stage += 1
     with torch.no_grad():
         logits = model.lm_head(model.model.norm(hidden[:, -1]))[0]
-    return raters, kept, logits, margin.value
+    return raters, kept, present, logits, margin.value
+
+
+V15 = SparseVLM(version="1.5", keep_counts=(20, 12, 6), pruning_loc=(1, 2, 4))
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
 @pytest.mark.parametrize(
-    "method",
-    [SMALL, SparseVLM(keep_counts=(20, 30, 3), pruning_loc=(0, 3, 4), heads=3)],
-    ids=lambda m: m.label,
+    ("method", "image_tokens", "seed"),
+    [
+        (SMALL, IMAGE_TOKENS, 1),
+        (SparseVLM(keep_counts=(20, 30, 3), pruning_loc=(0, 3, 4), heads=3), IMAGE_TOKENS, 1),
+        (V15, 64, 5),  # 44 deleted at the first sparse layer: 14 merged into 2 clusters (seed 5: no near-ties)
+        (SparseVLM(version="1.5", keep_counts=(16, 10, 5), pruning_loc=(0, 2, 3)), IMAGE_TOKENS, 6),
+    ],
+    ids=lambda m: getattr(m, "label", str(m)),
 )
-def test_choice_and_prefill_equal_naive_official_loop(arch, method):
+def test_choice_and_prefill_equal_naive_official_loop(arch, method, image_tokens, seed):
     model = _model(arch)
-    lengths, offsets = [44, 39], [3, 6]
-    embeds, mask, images = _batch(model, lengths, offsets)
+    lengths, offsets = [image_tokens + 20, image_tokens + 15], [3, 6]
+    embeds, mask, images = _batch(model, lengths, offsets, seed=seed, image_tokens=image_tokens)
     result = generate_from_embeds(model, embeds, mask, images, method, max_new_tokens=1, return_logits=True)
     for row, (length, offset) in enumerate(zip(lengths, offsets)):
-        raters, expected, logits, margin = _naive_sparsevlm(model, embeds[row : row + 1, -length:], offset, method)
+        one = embeds[row : row + 1, -length:]
+        raters, expected, present, logits, margin = _naive_sparsevlm(model, one, offset, method, image_tokens)
         assert margin > 1e-5, "test data has a near-tie that float32 could break either way"
         trace = result.generations[row].trace
-        assert trace.method_counts == {"raters": len(raters), "text_after_image": length - offset - IMAGE_TOKENS}
+        assert trace.method_counts == {"raters": len(raters), "text_after_image": length - offset - image_tokens}
         assert trace.kept_image_indices == expected
-        assert [len(k) for k in expected] == [method.keep_count(IMAGE_TOKENS, s) for s in range(3)]
+        assert present == [method.keep_count(image_tokens, s) + method.added_count(image_tokens, s) for s in range(3)]
+        assert trace.image_tokens_per_layer == image_tokens_per_layer(method, 6, image_tokens)
         torch.testing.assert_close(result.step_logits[row, 0], logits, atol=1e-5, rtol=1e-5)
+
+
+def test_density_peak_merge_equals_naive_loop_and_breaks_exact_ties_by_position():
+    generator = torch.Generator().manual_seed(3)
+    tokens = torch.randn(37, 16, generator=generator, dtype=torch.float64)
+    tokens[20] = tokens[5]  # an exact density tie between two tokens
+    margin = _Margin()
+    expected = _naive_merge(tokens.tolist(), 4, margin)
+    torch.testing.assert_close(density_peak_merge(tokens, 4), torch.tensor(expected, dtype=torch.float64))
+    assert margin.value > 1e-9
+    twins = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 0.0], [5.0, 5.0]], dtype=torch.float64)
+    merged = density_peak_merge(twins, 2)  # tokens 0 and 2 tie; 0, the earlier, is the denser and a center
+    torch.testing.assert_close(merged, torch.tensor(_naive_merge(twins.tolist(), 2, _Margin()), dtype=torch.float64))
 
 
 def test_keep_counts_follow_min_of_the_list_and_one_fewer_than_present():
