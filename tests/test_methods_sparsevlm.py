@@ -243,20 +243,24 @@ def test_keep_counts_follow_min_of_the_list_and_one_fewer_than_present():
     assert [method.keep_count(2, s) for s in range(3)] == [1, 0, 0]
     assert [SparseVLM(retain_tokens=r).keep_count(576, 2) for r in (192, 128, 96, 64)] == [118, 60, 28, 20]
     assert image_tokens_per_layer(SparseVLM(), 32, 576) == [576] * 3 + [300] * 4 + [200] * 9 + [118] * 16
+    v15 = SparseVLM(version="1.5")  # 276 deleted → 83 recycled → 9 merged; 109 → 33 → 4; 94 → 29 → 3
+    assert [(v15.keep_count(576, s), v15.added_count(576, s)) for s in range(3)] == [(300, 9), (200, 4), (110, 3)]
+    assert image_tokens_per_layer(v15, 32, 576) == [576] * 3 + [309] * 4 + [204] * 9 + [113] * 16
 
 
-def test_batch_of_four_equals_four_single_runs_on_the_lm():
+@pytest.mark.parametrize("method", [SMALL, V15], ids=lambda m: m.label)
+def test_batch_of_four_equals_four_single_runs_on_the_lm(method):
     model = _model("qwen2")
-    lengths, offsets = [44, 33, 38, 36], [3, 1, 6, 2]
-    embeds, mask, images = _batch(model, lengths, offsets)
-    batched = generate_from_embeds(model, embeds, mask, images, SMALL, max_new_tokens=5, return_logits=True)
+    lengths, offsets = [84, 73, 78, 76], [3, 1, 6, 2]
+    embeds, mask, images = _batch(model, lengths, offsets, image_tokens=64)
+    batched = generate_from_embeds(model, embeds, mask, images, method, max_new_tokens=5, return_logits=True)
     for row, length in enumerate(lengths):
         single = generate_from_embeds(
             model,
             embeds[row : row + 1, -length:],
             mask[row : row + 1, -length:],
             images[row : row + 1, -length:],
-            SMALL,
+            method,
             max_new_tokens=5,
             return_logits=True,
         )
@@ -288,12 +292,13 @@ def _noise_image(seed: int, size=(64, 48)) -> Image.Image:
     return Image.fromarray(pixels.to(torch.uint8).numpy())
 
 
-def test_batch_of_four_equals_four_single_runs_on_tiny_llava():
+@pytest.mark.parametrize("method", [SparseVLM(heads=2), SparseVLM(version="1.5")], ids=lambda m: m.label)
+def test_batch_of_four_equals_four_single_runs_on_tiny_llava(method):
+    """RETAIN_TOKN 192 on 576 image tokens: 2.0 keeps 300, 200, 118; 1.5 keeps 300, 200, 110 plus merged ones."""
     loaded = _tiny_llava("sdpa")
     prompts = ["What is it?", "How many squares are there?", "Is the circle red? Answer yes or no.", "Describe it."]
     images = [_noise_image(seed) for seed in range(4)]
     batch = build_batch(loaded, prompts, images)
-    method = SparseVLM(heads=2)  # RETAIN_TOKN 192: 300, 200, 118 of 576
     common = {"max_new_tokens": 4, "return_logits": True}
     batched = generate(
         loaded.model, batch.input_ids, batch.attention_mask, method, pixel_values=batch.pixel_values, **common
@@ -328,11 +333,12 @@ class _Counted(SparseVLM):
         return scores
 
 
-def test_overhead_and_exact_flops_equal_flop_counter():
+@pytest.mark.parametrize("settings", [{"retain_tokens": 64, "heads": 3}, {"version": "1.5", "retain_tokens": 128}])
+def test_overhead_and_exact_flops_equal_flop_counter(settings):
     loaded = _tiny_llava("eager")  # FlopCounterMode does not see CPU SDPA kernels; eager is plain matmuls
     shape = ModelShape.from_config(loaded.model.config)
     batch = build_batch(loaded, ["What is in the picture? Answer in one word."], [_noise_image(9)])
-    method = _Counted(retain_tokens=64, heads=3)
+    method = _Counted(**settings)
     _Counted.measured.clear()
     counter = FlopCounterMode(display=False)
     with counter:
@@ -356,6 +362,9 @@ def test_registered_with_a_budget_setting():
     assert [SparseVLM(retain_tokens=r).label for r in (192, 64)] == ["sparsevlm_v2_r192", "sparsevlm_v2_r64"]
     record = SparseVLM(retain_tokens=128).record()
     assert record["keep_counts"] == [238, 108, 60] and record["layers"] == [3, 7, 16] and record["version"] == "2.0"
+    v15 = SparseVLM(version="1.5", retain_tokens=128)
+    assert v15.label == "sparsevlm_v1.5_r128" and v15.positions == "compact"
+    assert v15.record()["keep_counts"] == [303, 110, 36] and v15.record()["positions"] == "compact"
 
 
 @pytest.mark.parametrize(
@@ -369,6 +378,9 @@ def test_registered_with_a_budget_setting():
         (lambda: SparseVLM(heads=0), "heads=0 must be a whole number >= 1"),
         (lambda: SparseVLM().validate_for_depth(16), "pruning_loc must be below 15"),
         (lambda: SparseVLM(positions="shifted"), "unknown position mode"),
+        (lambda: SparseVLM(version="1.0"), "version='1.0' is unknown: use '2.0' (SparseVLM+, current) or '1.5'"),
+        (lambda: SparseVLM(version="1.5", positions="original"), "use positions='compact'"),
+        (lambda: SparseVLM(version="1.5", retain_tokens=100), "use one of 192, 128, 96, 64"),
     ],
 )
 def test_invalid_settings_give_one_clear_line(make, message):
