@@ -245,6 +245,8 @@ def test_keep_counts_follow_min_of_the_list_and_one_fewer_than_present():
     assert image_tokens_per_layer(SparseVLM(), 32, 576) == [576] * 3 + [300] * 4 + [200] * 9 + [118] * 16
     v15 = SparseVLM(version="1.5")  # 276 deleted → 83 recycled → 9 merged; 109 → 33 → 4; 94 → 29 → 3
     assert [(v15.keep_count(576, s), v15.added_count(576, s)) for s in range(3)] == [(300, 9), (200, 4), (110, 3)]
+    edge = SparseVLM(version="1.5", keep_counts=(10, 5, 2), pruning_loc=(0, 1, 2))  # 30 deleted → 10 → 2 merged
+    assert [(edge.keep_count(40, s), edge.added_count(40, s)) for s in range(3)] == [(10, 2), (5, 1), (2, 1)]
     assert image_tokens_per_layer(v15, 32, 576) == [576] * 3 + [309] * 4 + [204] * 9 + [113] * 16
 
 
