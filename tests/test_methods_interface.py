@@ -138,9 +138,10 @@ def _one_of_each() -> list[PruningMethod]:
     from pdrop_eval.methods.dart import DART
     from pdrop_eval.methods.divprune import DivPrune
     from pdrop_eval.methods.downsample import Downsample
+    from pdrop_eval.methods.sparsevlm import SparseVLM
     from pdrop_eval.methods.visionzip import VisionZip
 
-    methods = [method for method, _ in OLD_LABELS] + [DivPrune(), Downsample(), VisionZip(), DART()]
+    methods = [method for method, _ in OLD_LABELS] + [DivPrune(), Downsample(), VisionZip(), DART(), SparseVLM()]
     assert {type(method).name for method in methods} == set(METHODS), "a registered method is missing here"
     return methods
 
@@ -154,3 +155,74 @@ def test_every_method_names_a_file_and_records_as_json():
         assert isinstance(record["layers"], list) and record["positions"] in ("compact", "original")
         labels.add(method.label)
     assert len(labels) == len(_one_of_each())
+
+
+@dataclasses.dataclass(frozen=True)
+class KeepEarliestAddMean(KeepEarliest):
+    """Keeps the first `keep` image tokens and adds the mean of the deleted ones right after them (`added` tokens
+    claimed, to check the engine refuses a count that differs)."""
+
+    positions: str = "compact"
+    claimed: int = 1
+
+    def added_count(self, num_image_tokens: int, stage: int) -> int:
+        return self.claimed
+
+    def recycle(self, boundary: Boundary, scores: torch.Tensor, keep: torch.Tensor) -> list[torch.Tensor]:
+        deleted = boundary.image_mask & ~keep
+        return [boundary.hidden[row, deleted[row]].mean(0, keepdim=True) for row in range(keep.shape[0])]
+
+
+def _manual_add_mean(model, embeds: torch.Tensor, start: int, count: int, keep: int) -> torch.Tensor:
+    """Layers 0-1 on the whole prompt, then [before the image, first `keep` image tokens, mean of the rest, text]
+    re-indexed 0..n-1 through layers 2-3; the last token's logits."""
+    hidden, layers = embeds, model.model.layers
+
+    def run(hidden, indices):
+        length = hidden.shape[1]
+        positions = torch.arange(length)[None]
+        causal = torch.full((length, length), float("-inf")).triu(1)[None, None]
+        for index in indices:
+            output = layers[index](
+                hidden,
+                attention_mask=causal,
+                position_ids=positions,
+                position_embeddings=model.model.rotary_emb(hidden, positions),
+            )
+            hidden = output[0] if isinstance(output, tuple) else output
+        return hidden
+
+    with torch.no_grad():
+        hidden = run(hidden, [0, 1])
+        merged = hidden[:, start + keep : start + count].mean(1, keepdim=True)
+        hidden = torch.cat([hidden[:, : start + keep], merged, hidden[:, start + count :]], dim=1)
+        hidden = run(hidden, [2, 3])
+        return model.lm_head(model.model.norm(hidden[:, -1]))[0]
+
+
+def test_tokens_a_method_adds_go_after_the_kept_image_tokens_and_count_as_image_tokens():
+    config = LlamaConfig(
+        vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4
+    )
+    config._attn_implementation = "eager"
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config).eval()
+    embeds = torch.randn(2, 20, 32)
+    mask = torch.ones(2, 20, dtype=torch.long)
+    mask[1, :4] = 0
+    images = torch.zeros(2, 20, dtype=torch.bool)
+    images[0, 3:15] = True
+    images[1, 6:14] = True
+    method = KeepEarliestAddMean(layer=2, keep=5)
+    result = generate_from_embeds(model, embeds, mask, images, method, max_new_tokens=2, return_logits=True)
+    for row, (offset, start, count, length) in enumerate([(0, 3, 12, 20), (4, 2, 8, 16)]):
+        trace = result.generations[row].trace
+        assert trace.kept_image_indices == [[0, 1, 2, 3, 4]]
+        assert trace.image_tokens_per_layer == [count, count, 6, 6]
+        assert trace.tokens_per_layer == [length, length, length - count + 6, length - count + 6]
+        expected = _manual_add_mean(model, embeds[row : row + 1, offset:], start, count, 5)
+        torch.testing.assert_close(result.step_logits[row, 0], expected, atol=1e-5, rtol=1e-5)
+    with pytest.raises(PdropEvalError, match="added \\[1, 1\\] tokens at stage 0, not its added_count"):
+        generate_from_embeds(model, embeds, mask, images, KeepEarliestAddMean(claimed=2), max_new_tokens=1)
+    with pytest.raises(PdropEvalError, match="use positions='compact'"):
+        generate_from_embeds(model, embeds, mask, images, KeepEarliestAddMean(positions="original"), max_new_tokens=1)

@@ -64,6 +64,19 @@ class Boundary:
     image_ordinal: torch.Tensor  # [B, L] long, each image token's index among its sample's original ones, -1 else
     original_image_counts: list[int]  # per sample, image tokens that entered the LLM
     sample_seeds: list[int]  # per sample, a seed that does not depend on the batch it lands in
+    prepared: object = None  # what the method's `prepare` returned (its `state`), None when it prepares nothing
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What a method reads once from the LLM's input, before layer 0 (SparseVLM's text raters).
+
+    `state` is handed back in every Boundary; `sample_counts[b]` are the sizes its FLOPs depend on (the number of
+    raters), stored on sample b's trace so `overhead_flops` can count them.
+    """
+
+    state: object
+    sample_counts: list[dict[str, int]]
 
 
 @dataclass(frozen=True)
@@ -130,6 +143,21 @@ class PruningMethod:
     def keep_count(self, num_image_tokens: int, stage: int) -> int:
         """Image tokens a sample keeps after `stage`, from the count that entered the LLM."""
         return num_image_tokens
+
+    def prepare(self, inputs_embeds: torch.Tensor, valid: torch.Tensor, image_mask: torch.Tensor) -> Prepared | None:
+        """Once per prefill, before layer 0, from the LLM's input [B, L, d] (left padded): what later boundaries need
+        from tokens the layers will have changed. Only asked when the method has `stage_layers`. Default: nothing."""
+        return None
+
+    def added_count(self, num_image_tokens: int, stage: int) -> int:
+        """Tokens `recycle` adds after `stage` for a sample that entered the LLM with `num_image_tokens`."""
+        return 0
+
+    def recycle(self, boundary: Boundary, scores: torch.Tensor, keep: torch.Tensor) -> list[torch.Tensor] | None:
+        """Per sample, tokens [M_b, d] to insert right after its kept image tokens at this boundary; they count as
+        image tokens in later layers (SparseVLM v1.5 merges deleted tokens into them). `scores` is what `score`
+        gave, `keep` the [B, L] image tokens kept. Default: nothing added."""
+        return None
 
     def score(self, boundary: Boundary) -> torch.Tensor:
         """[B, L] scores at a stage boundary; higher is kept. Only methods with `stage_layers` are asked."""

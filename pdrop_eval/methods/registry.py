@@ -13,11 +13,12 @@ from pdrop_eval.methods.downsample import Downsample
 from pdrop_eval.methods.fastv import FastV
 from pdrop_eval.methods.pdrop import PDrop
 from pdrop_eval.methods.random import RandomDrop
+from pdrop_eval.methods.sparsevlm import SparseVLM
 from pdrop_eval.methods.vanilla import Vanilla
 from pdrop_eval.methods.visionzip import VisionZip
 
 METHODS: dict[str, type[PruningMethod]] = {
-    cls.name: cls for cls in (Vanilla, PDrop, FastV, RandomDrop, DivPrune, Downsample, VisionZip, DART)
+    cls.name: cls for cls in (Vanilla, PDrop, FastV, RandomDrop, DivPrune, Downsample, VisionZip, DART, SparseVLM)
 }
 
 

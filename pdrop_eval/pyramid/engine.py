@@ -101,6 +101,7 @@ class SampleTrace:
     image_tokens_per_layer: list[int] = field(default_factory=list)
     generated_tokens: int = 0
     vision_crops: int = 0
+    method_counts: dict[str, int] = field(default_factory=dict)  # sizes the method's overhead depends on
 
 
 @dataclass
@@ -261,9 +262,47 @@ def _left_repack(keep: torch.Tensor, new_length: int) -> tuple[torch.Tensor, tor
     return source[:, :new_length], valid
 
 
+def _insert_after_images(
+    hidden: torch.Tensor,
+    keep: torch.Tensor,
+    image_mask: torch.Tensor,
+    image_ordinal: torch.Tensor,
+    added: list[torch.Tensor],
+    new_length: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`_left_repack` for a boundary where a method adds tokens: row b's `added[b]` go right after its last image
+    token (before the text that follows it) and count as image tokens with ordinal -1 (they entered no earlier
+    layer). Returns the repacked hidden states, valid mask, image mask and ordinals."""
+    batch, length, dim = hidden.shape
+    device = hidden.device
+    extra = max(1, max(t.shape[0] for t in added))
+    additions = hidden.new_zeros(batch, extra, dim)
+    for row, tokens in enumerate(added):
+        additions[row, : tokens.shape[0]] = tokens
+    added_valid = torch.arange(extra, device=device)[None, :] < _to_device([t.shape[0] for t in added], device)[:, None]
+    columns = torch.arange(length, device=device)
+    last_image = torch.where(image_mask, columns, -1).amax(-1)
+    stride = extra + 1  # original column c sorts at c·stride; additions at last_image·stride + 1 + j
+    keys = torch.cat(
+        [columns.expand(batch, length) * stride, last_image[:, None] * stride + 1 + torch.arange(extra, device=device)],
+        dim=1,
+    )
+    present = torch.cat([keep, added_valid], dim=1)
+    order = keys.masked_fill(~present, (length + 1) * stride).argsort(dim=-1)
+    padding = new_length - present.sum(-1)
+    slot = torch.arange(new_length, device=device)[None, :]
+    source = order.gather(1, (slot - padding[:, None]).clamp(min=0))
+    valid = slot >= padding[:, None]
+    hidden = torch.cat([hidden, additions], dim=1).gather(1, source[..., None].expand(-1, -1, dim))
+    image_mask = torch.cat([image_mask, added_valid], dim=1).gather(1, source) & valid
+    ordinal = torch.cat([image_ordinal, image_ordinal.new_full((batch, extra), -1)], dim=1).gather(1, source)
+    return hidden, valid, image_mask, torch.where(image_mask, ordinal, -1)
+
+
 def _kept_ordinals(image_ordinal: torch.Tensor, image_mask: torch.Tensor) -> list[list[int]]:
-    """Per row, the original ordinals of the image tokens still present, in sequence order."""
-    return [row[mask].tolist() for row, mask in zip(image_ordinal.cpu(), image_mask.cpu())]
+    """Per row, the original ordinals of the image tokens still present, in sequence order (tokens a method added
+    at a boundary have none and are left out)."""
+    return [row[mask & (row >= 0)].tolist() for row, mask in zip(image_ordinal.cpu(), image_mask.cpu())]
 
 
 @torch.no_grad()
@@ -309,6 +348,13 @@ def prefill(
     kept_per_stage: list[tuple[torch.Tensor, torch.Tensor]] = []
     rank_timer = SpanTimer(device)
     ranges = method.stage_ranges(parts.num_layers)
+    prepared = None
+    if len(ranges) > 1 and forced_keep is None:
+        with rank_timer.span():
+            prepared = method.prepare(inputs_embeds, valid, image_mask)
+        if prepared is not None:
+            for trace, sample_counts in zip(traces, prepared.sample_counts):
+                trace.method_counts = dict(sample_counts)
     for stage, (start, end) in enumerate(ranges):
         last_stage = stage == len(ranges) - 1
         padded = min(lengths) < valid.shape[1]
@@ -334,6 +380,7 @@ def prefill(
             break
 
         with rank_timer.span():
+            added = None
             if forced_keep is not None:
                 keep_images = _forced_selection(forced_keep, stage, image_ordinal, image_mask)
                 keep_list = keep_images.sum(-1).tolist()
@@ -353,16 +400,34 @@ def prefill(
                     image_ordinal=image_ordinal,
                     original_image_counts=num_images_list,
                     sample_seeds=list(sample_seeds),
+                    prepared=None if prepared is None else prepared.state,
                 )
                 scores = method.score(boundary)
                 keep_images = _select_image_tokens(scores, image_mask, keep_counts, max(keep_list), max(image_counts))
-            lengths = [length - count + kept for length, count, kept in zip(lengths, image_counts, keep_list)]
-            image_counts = keep_list
+                added = method.recycle(boundary, scores, keep_images)
+            added_list = [0] * batch if added is None else [int(tokens.shape[0]) for tokens in added]
+            if added is not None and added_list != [method.added_count(n, stage) for n in num_images_list]:
+                raise PdropEvalError(f"{method.label} added {added_list} tokens at stage {stage}, not its added_count")
+            if any(added_list) and method.positions != "compact":
+                raise PdropEvalError(
+                    f"{method.label} adds tokens at a layer boundary, which have no original position: use "
+                    "positions='compact'"
+                )
+            lengths = [
+                length - count + kept + extra
+                for length, count, kept, extra in zip(lengths, image_counts, keep_list, added_list)
+            ]
+            image_counts = [kept + extra for kept, extra in zip(keep_list, added_list)]
             keep = valid & (~image_mask | keep_images)
-            source, valid = _left_repack(keep, max(lengths))
-            hidden = hidden.gather(1, source[..., None].expand(-1, -1, hidden.shape[-1]))
-            image_mask = image_mask.gather(1, source) & valid
-            image_ordinal = torch.where(image_mask, image_ordinal.gather(1, source), -1)
+            if any(added_list):
+                hidden, valid, image_mask, image_ordinal = _insert_after_images(
+                    hidden, keep, image_mask, image_ordinal, added, max(lengths)
+                )
+            else:
+                source, valid = _left_repack(keep, max(lengths))
+                hidden = hidden.gather(1, source[..., None].expand(-1, -1, hidden.shape[-1]))
+                image_mask = image_mask.gather(1, source) & valid
+                image_ordinal = torch.where(image_mask, image_ordinal.gather(1, source), -1)
             if method.positions == "compact":
                 positions = _compact_positions(valid)
             else:

@@ -90,7 +90,9 @@ def image_tokens_per_layer(method: PruningMethod, num_layers: int, num_image_tok
     entering = method.kept_features(num_image_tokens)
     counts = []
     for stage, (start, end) in enumerate(method.stage_ranges(num_layers)):
-        kept = entering if stage == 0 else method.keep_count(entering, stage - 1)
+        kept = entering
+        if stage > 0:
+            kept = method.keep_count(entering, stage - 1) + method.added_count(entering, stage - 1)
         counts.extend([kept] * (end - start))
     return counts
 
