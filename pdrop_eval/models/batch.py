@@ -1,5 +1,5 @@
-"""Model inputs for a batch of (message, image) pairs, built the way LLaVA's evaluation builds them, and the
-inverse: generated ids back to the answer text.
+"""Model inputs for a batch of (message, image) pairs, built by the model's family the way its official evaluation
+builds them (pdrop_eval.families), and the inverse: generated ids back to the answer text.
 
 Prompts are left-padded so every row's last prompt token sits in the last column: that is where both HF
 `generate` and the PyramidDrop engine read the query and append new tokens.
@@ -15,10 +15,8 @@ import torch
 from PIL import Image
 
 from pdrop_eval.errors import PdropEvalError, SampleError
-from pdrop_eval.models.anyres import anyres_token_count
-from pdrop_eval.models.images import preprocess_anyres, preprocess_padded, to_rgb
 from pdrop_eval.models.loaded import LoadedVLM
-from pdrop_eval.models.prompts import IMAGE_PLACEHOLDER, format_prompt, tokenize_with_images
+from pdrop_eval.models.prompts import IMAGE_PLACEHOLDER
 
 
 @dataclass
@@ -45,19 +43,8 @@ class VLMBatch:
 
 
 def image_token_count(loaded: LoadedVLM, image: Image.Image) -> int:
-    """Image tokens the model produces for `image`: fixed for LLaVA-1.5, size-dependent for NeXT."""
-    if loaded.image_tokens_per_image is not None:
-        return loaded.image_tokens_per_image
-    config = loaded.model.config
-    width, height = image.size
-    return anyres_token_count(
-        height,
-        width,
-        tile_size=config.vision_config.image_size,
-        patch_size=config.vision_config.patch_size,
-        grid_pinpoints=config.image_grid_pinpoints,
-        keep_cls=config.vision_feature_select_strategy == "full",
-    )
+    """Image tokens the model produces for `image`, as its family counts them (fixed or size-dependent)."""
+    return loaded.family.image_token_count(loaded, image)
 
 
 def check_prompt(text: str, sample_id: object = None) -> None:
@@ -69,40 +56,25 @@ def check_prompt(text: str, sample_id: object = None) -> None:
 
 
 def build_batch(loaded: LoadedVLM, prompts: Sequence[str], images: Sequence[Image.Image]) -> VLMBatch:
-    """One image per prompt; each prompt is the bare user message, the template and `<image>\\n` are added here."""
+    """One image per prompt; each prompt is the bare user message, the family adds its template and image marker."""
     if len(prompts) != len(images):
         raise PdropEvalError(
             f"build_batch needs one image per prompt, got {len(prompts)} prompts, {len(images)} images"
         )
     if not prompts:
         raise PdropEvalError("build_batch needs at least one prompt")
-    images = [to_rgb(image) for image in images]
-    counts = [image_token_count(loaded, image) for image in images]
-    rows = []
-    for text, count in zip(prompts, counts):
-        check_prompt(text)
-        prompt = format_prompt(loaded.template, text)
-        rows.append(tokenize_with_images(loaded.tokenizer, prompt, loaded.image_token_id, [count]))
+    return loaded.family.build_batch(loaded, prompts, images)
 
+
+def left_padded(rows: Sequence[Sequence[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token rows as [B, L] ids and attention mask, LEFT padded so each row's last token is in the last column."""
     length = max(len(row) for row in rows)
-    input_ids = torch.full((len(rows), length), loaded.pad_token_id, dtype=torch.long)
+    input_ids = torch.full((len(rows), length), pad_token_id, dtype=torch.long)
     attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
     for index, row in enumerate(rows):
         input_ids[index, length - len(row) :] = torch.tensor(row, dtype=torch.long)
         attention_mask[index, length - len(row) :] = 1
-
-    if loaded.kind == "llava_next":
-        pixel_values, image_sizes = preprocess_anyres(images, loaded.image_processor)
-        image_sizes = image_sizes.to(loaded.device)
-    else:
-        pixel_values, image_sizes = preprocess_padded(images, loaded.image_processor), None
-    return VLMBatch(
-        input_ids=input_ids.to(loaded.device),
-        attention_mask=attention_mask.to(loaded.device),
-        pixel_values=pixel_values.to(device=loaded.device, dtype=loaded.dtype),
-        image_sizes=image_sizes,
-        image_token_counts=counts,
-    )
+    return input_ids, attention_mask
 
 
 def decode(loaded: LoadedVLM, token_ids: Sequence[int] | torch.Tensor) -> str:
