@@ -89,6 +89,17 @@ class ModelFamily:
         """Prompt embeddings with the image features in place of their placeholder tokens, and the image mask."""
         raise NotImplementedError
 
+    def prompt_positions(
+        self,
+        model: nn.Module,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        image_sizes: torch.Tensor | None,
+    ) -> torch.Tensor | None:
+        """The prompt's rotary positions where they need more than the mask (M-RoPE's image grids); None lets the
+        engine take the scheme's `prompt(valid)`."""
+        return None
+
     def model_shape(self, config: PretrainedConfig) -> ModelShape:
         """The FLOPs shapes (language model, vision tower, projector) of a config of this family."""
         raise NotImplementedError

@@ -14,6 +14,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from pdrop_eval.errors import PdropEvalError
+
 # rotate(attention, x, cos, sin) -> x rotated as `attention`'s own layer rotates it; x is [B, H, L, hd].
 RotaryFunction = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -73,3 +75,33 @@ class LinearPositions:
     def decode(self, start: torch.Tensor, step: int) -> torch.Tensor:
         """Positions ([B, 1]) of decode step `step` (0 = the first token fed back in)."""
         return (start + step)[:, None]
+
+
+class MultimodalPositions(LinearPositions):
+    """Qwen2.5-VL's M-RoPE: three position rows (temporal, height, width), [3, B, L].
+
+    The prompt's rows come from the model's own `get_rope_index` on the UNPRUNED prompt (the family's
+    `prompt_positions`); decoding continues every row from the largest prompt position + 1, which is HF's
+    "cache length + rope delta". `original` after a drop keeps each survivor's three rows. `compact` is not defined
+    for M-RoPE yet (renumbering 0..n-1 would erase the image's 2-D layout); it is refused rather than guessed.
+    The rotary rule is the architecture's own `apply_rotary_pos_emb`, which since transformers 5.17 takes cos/sin
+    already recomposed to [B, L, hd] by the rotary module.
+    """
+
+    def prompt(self, valid: torch.Tensor) -> torch.Tensor:
+        raise PdropEvalError("M-RoPE positions need the image grids: pass the family's prompt_positions to the engine")
+
+    def after_drop(self, positions: torch.Tensor, source: torch.Tensor, valid: torch.Tensor, mode: str) -> torch.Tensor:
+        if mode == "compact":
+            raise PdropEvalError(
+                "positions='compact' is not defined for M-RoPE (Qwen2.5-VL) yet: use positions='original'"
+            )
+        return positions.gather(-1, source[None].expand(positions.shape[0], -1, -1))
+
+    def decode_start(
+        self, positions: torch.Tensor, valid: torch.Tensor, prompt_lengths: torch.Tensor, mode: str
+    ) -> torch.Tensor:
+        return positions.masked_fill(~valid[None], -1).amax(dim=(0, 2)) + 1
+
+    def decode(self, start: torch.Tensor, step: int) -> torch.Tensor:
+        return (start + step)[None, :, None].expand(3, -1, 1)

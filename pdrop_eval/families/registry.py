@@ -9,8 +9,9 @@ from torch import nn
 from pdrop_eval.errors import PdropEvalError
 from pdrop_eval.families.base import ModelFamily
 from pdrop_eval.families.llava import LlavaFamily
+from pdrop_eval.families.qwen2_5_vl import Qwen25VLFamily
 
-FAMILIES: dict[str, ModelFamily] = {family.name: family for family in (LlavaFamily(),)}
+FAMILIES: dict[str, ModelFamily] = {family.name: family for family in (LlavaFamily(), Qwen25VLFamily())}
 
 
 def family_for_config(raw_config: dict, path: Path) -> ModelFamily:

@@ -8,7 +8,7 @@ Prompts are left-padded so every row's last prompt token sits in the last column
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -24,7 +24,10 @@ class VLMBatch:
     """Tensors for one forward/generate call, already on the model's device.
 
     input_ids / attention_mask: [B, L], left-padded, mask 1 = real token. pixel_values: [B, 3, H, W] (LLaVA-1.5) or
-    [B, tiles, 3, H, W] (NeXT, padded to the most tiles). image_sizes: [B, 2] (height, width) for NeXT, else None.
+    [B, tiles, 3, H, W] (NeXT, padded to the most tiles) or [patches, C·T·P·P] (Qwen2.5-VL, every image's patches
+    concatenated). image_sizes: the per-image geometry the family's tower takes: [B, 2] (height, width) for NeXT,
+    [B, 3] (t, h, w) patch grids for Qwen2.5-VL, else None; HF takes it as `image_sizes_keyword`. extra_inputs:
+    further keyword arguments the family's HF `generate` needs (Qwen2.5-VL: mm_token_type_ids).
     image_token_counts[b]: image tokens in row b (they form one contiguous run of `image_token_id`).
     """
 
@@ -33,13 +36,15 @@ class VLMBatch:
     pixel_values: torch.Tensor
     image_sizes: torch.Tensor | None
     image_token_counts: list[int]
+    image_sizes_keyword: str = "image_sizes"
+    extra_inputs: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def model_inputs(self) -> dict[str, Any]:
         """Keyword arguments for the HF model's `forward` / `generate`."""
         inputs = {"input_ids": self.input_ids, "attention_mask": self.attention_mask, "pixel_values": self.pixel_values}
         if self.image_sizes is not None:
-            inputs["image_sizes"] = self.image_sizes
-        return inputs
+            inputs[self.image_sizes_keyword] = self.image_sizes
+        return {**inputs, **self.extra_inputs}
 
 
 def image_token_count(loaded: LoadedVLM, image: Image.Image) -> int:

@@ -277,11 +277,14 @@ def prefill(
     sample_seeds: Sequence[int] | None = None,
     forced_keep: Sequence[Sequence[Sequence[int]]] | None = None,
     use_cache: bool = True,
+    position_ids: torch.Tensor | None = None,
 ) -> PrefillResult:
     """Runs the prompt through all layers, dropping image tokens at the method's stage boundaries.
 
     inputs_embeds: [B, L, d] LEFT padded; attention_mask: [B, L] (1 = real token); image_token_mask: [B, L].
     forced_keep[b][s] fixes the image-token ordinals sample b keeps after stage s instead of ranking.
+    position_ids: the prompt's positions where the family computes them from more than the mask (Qwen2.5-VL's
+    M-RoPE rows from the image grids); else the family scheme's `prompt(valid)`.
 
     Row lengths and image counts are tracked on the host (a drop's new counts follow from the keep counts), so the
     loop waits for the GPU only once, at the start; kept indices are copied to the host after the last stage.
@@ -296,7 +299,7 @@ def prefill(
     device = inputs_embeds.device
     batch = valid.shape[0]
     image_ordinal = torch.where(image_mask, image_mask.long().cumsum(-1) - 1, -1)
-    positions = parts.positions.prompt(valid)
+    positions = position_ids if position_ids is not None else parts.positions.prompt(valid)
     num_images_list = list(image_counts)
     prompt_lengths = valid.sum(-1)
     traces = [SampleTrace(num_image_tokens=n, prompt_tokens=p, method=method) for n, p in zip(num_images_list, lengths)]
@@ -438,6 +441,7 @@ def generate_from_embeds(
     stop: Callable[[int, list[int]], bool] | None = None,
     sample_seeds: Sequence[int] | None = None,
     return_logits: bool = False,
+    position_ids: torch.Tensor | None = None,
 ) -> BatchGeneration:
     """Greedy generation with image tokens dropped inside the LLM per `method`, for any HF decoder-only causal LM.
 
@@ -452,7 +456,15 @@ def generate_from_embeds(
     timings = Timings()
 
     with Stopwatch(device) as prefill_watch:
-        state = prefill(parts, inputs_embeds, attention_mask, image_token_mask, method, sample_seeds=sample_seeds)
+        state = prefill(
+            parts,
+            inputs_embeds,
+            attention_mask,
+            image_token_mask,
+            method,
+            sample_seeds=sample_seeds,
+            position_ids=position_ids,
+        )
     timings.prefill_s = prefill_watch.seconds
     timings.rank_s = state.rank_s
 

@@ -152,9 +152,10 @@ def generate(
     entering = [int(features.shape[0]) for features in reduced.features]
     if entering != tower_counts:
         input_ids, attention_mask = resize_image_spans(input_ids, attention_mask, placeholder, entering)
-    embeds, image_mask = embed_with_images(model, input_ids, reduced.features)
+    family = family_of(model)
+    embeds, image_mask = family.embed(model, input_ids, reduced.features)
     result = generate_from_embeds(
-        parts or DecoderParts.from_model(model, family_of(model).positions),
+        parts or DecoderParts.from_model(model, family.positions),
         embeds,
         attention_mask,
         image_mask,
@@ -165,6 +166,7 @@ def generate(
         stop=stop,
         sample_seeds=seeds,
         return_logits=return_logits,
+        position_ids=family.prompt_positions(model, input_ids, attention_mask, image_sizes),
     )
     result.timings.vision_s = vision_s
     result.timings.prefill_s += reduce_s  # choosing tokens before the LLM is part of prefill and rank
