@@ -95,3 +95,92 @@ def test_compact_positions_are_refused_for_mrope_and_original_drops_run():
     for generation, count in zip(result.generations, batch.image_token_counts):
         kept = [len(stage) for stage in generation.trace.kept_image_indices]
         assert kept == [method.keep_count(count, stage) for stage in range(3)]
+
+
+ORIGINAL_PDROP = DropSchedule.pyramid(0.5, positions="original")
+
+
+def _generate(loaded, batch, method, **options):
+    return generate(
+        loaded.model,
+        batch.input_ids,
+        batch.attention_mask,
+        method,
+        pixel_values=batch.pixel_values,
+        image_sizes=batch.image_sizes,
+        eos_token_ids=loaded.eos_token_ids,
+        pad_token_id=loaded.pad_token_id,
+        **options,
+    )
+
+
+def test_batch_of_four_sizes_equals_four_single_runs_with_drops():
+    loaded = _loaded()
+    images = _images()
+    batch = build_batch(loaded, PROMPTS, images)
+    assert len(set(batch.image_token_counts)) > 1
+    batched = _generate(loaded, batch, ORIGINAL_PDROP, max_new_tokens=5, return_logits=True)
+    for row in range(len(PROMPTS)):
+        single = _generate(
+            loaded,
+            build_batch(loaded, PROMPTS[row : row + 1], images[row : row + 1]),
+            ORIGINAL_PDROP,
+            max_new_tokens=5,
+            return_logits=True,
+        )
+        mine, theirs = single.generations[0], batched.generations[row]
+        assert mine.trace.kept_image_indices == theirs.trace.kept_image_indices
+        assert mine.token_ids == theirs.token_ids
+        scale = float(single.step_logits.abs().max())
+        torch.testing.assert_close(single.step_logits[0], batched.step_logits[row], atol=scale * 1e-5, rtol=0)
+
+
+def test_cached_decoding_equals_recomputation_with_drops():
+    """Each step recomputed from scratch (prompt + tokens so far, M-RoPE rows from `get_rope_index` on that longer
+    sequence, the same kept sets forced) gives the logits the cached decode gave: survivors keep their three rows
+    and decoding continues from the prompt's largest position + 1."""
+    from pdrop_eval.pyramid.engine import DecoderParts, prefill
+
+    loaded = _loaded()
+    family = loaded.family
+    batch = build_batch(loaded, PROMPTS[2:3], _images()[2:3])
+    result = _generate(loaded, batch, ORIGINAL_PDROP, max_new_tokens=4, return_logits=True)
+    generation = result.generations[0]
+    assert generation.trace.kept_image_indices[0] != list(range(len(generation.trace.kept_image_indices[0])))
+    features = family.encode_images(loaded.model, batch.pixel_values, batch.image_sizes)
+    ids = batch.input_ids
+    for step in range(len(generation.token_ids)):
+        if step:
+            ids = torch.cat([ids, torch.tensor([[generation.token_ids[step - 1]]])], dim=1)
+        mask = torch.ones_like(ids)
+        embeds, image_mask = family.embed(loaded.model, ids, features)
+        recomputed = prefill(
+            DecoderParts.from_model(loaded.model, family.positions),
+            embeds,
+            mask,
+            image_mask,
+            ORIGINAL_PDROP,
+            forced_keep=[generation.trace.kept_image_indices],
+            use_cache=False,
+            position_ids=family.prompt_positions(loaded.model, ids, mask, batch.image_sizes),
+        )
+        scale = float(result.step_logits.abs().max())
+        torch.testing.assert_close(recomputed.logits[0], result.step_logits[0, step], atol=scale * 1e-5, rtol=0)
+
+
+def test_ranking_equals_naive_eager_attention_under_mrope():
+    """The kept sets at the first boundary are the top image tokens of the last prompt token's head-averaged
+    attention in HF's own eager forward (M-RoPE applied by the model): PDrop reads layer 8 (the next layer), FastV
+    layer 2 (the one that just ran)."""
+    loaded = load_vlm("tiny-qwen2.5-vl", attn="eager")
+    batch = build_batch(loaded, PROMPTS, _images())
+    with torch.no_grad():
+        attentions = loaded.model(**batch.model_inputs(), output_attentions=True).attentions
+    image_tokens = (batch.input_ids == loaded.image_token_id) & batch.attention_mask.bool()
+    cases = [(ORIGINAL_PDROP, 8), (DropSchedule.fastv(k=3, r=0.5), 2)]
+    for method, layer in cases:
+        result = _generate(loaded, batch, method, max_new_tokens=1)
+        for row, generation in enumerate(result.generations):
+            weights = attentions[layer][row, :, -1, :].mean(0)[image_tokens[row]]
+            keep = method.keep_count(batch.image_token_counts[row], 0)
+            assert generation.trace.kept_image_indices[0] == sorted(weights.topk(keep).indices.tolist())
