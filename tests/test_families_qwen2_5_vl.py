@@ -84,17 +84,22 @@ def test_schedule_none_equals_hf_generate_on_a_mixed_size_batch():
     assert torch.allclose(result.step_logits, hf_logits, rtol=0, atol=float(scale) * 1e-5)
 
 
-def test_compact_positions_are_refused_for_mrope_and_original_drops_run():
-    loaded = _loaded()
-    batch = build_batch(loaded, PROMPTS[:2], _images()[:2])
-    inputs = {"pixel_values": batch.pixel_values, "image_sizes": batch.image_sizes, "max_new_tokens": 2}
-    with pytest.raises(PdropEvalError, match="compact.*not defined for M-RoPE"):
-        generate(loaded.model, batch.input_ids, batch.attention_mask, DropSchedule.pyramid(0.5), **inputs)
-    method = DropSchedule.pyramid(0.5, positions="original")
-    result = generate(loaded.model, batch.input_ids, batch.attention_mask, method, **inputs)
-    for generation, count in zip(result.generations, batch.image_token_counts):
-        kept = [len(stage) for stage in generation.trace.kept_image_indices]
-        assert kept == [method.keep_count(count, stage) for stage in range(3)]
+def test_mrope_positions_follow_a_drop():
+    """original: survivors keep their three rows, decoding continues at the prompt's largest position + 1;
+    compact: 0..n-1 on all three rows, decoding continues at n."""
+    scheme = Qwen25VLFamily.positions
+    positions = torch.tensor([[[0, 1, 2, 2, 2, 2, 5]], [[0, 1, 2, 2, 3, 3, 5]], [[0, 1, 2, 3, 2, 3, 5]]])  # [3, 1, 7]
+    source = torch.tensor([[0, 1, 3, 4, 6]])  # image tokens at columns 2 and 5 dropped
+    valid = torch.ones(1, 5, dtype=torch.bool)
+    original = scheme.after_drop(positions, source, valid, "original")
+    assert original[:, 0].tolist() == [[0, 1, 2, 2, 5], [0, 1, 2, 3, 5], [0, 1, 3, 2, 5]]
+    assert scheme.decode_start(original, valid, torch.tensor([7]), "original").tolist() == [6]
+    compact = scheme.after_drop(positions, source, valid, "compact")
+    assert compact[:, 0].tolist() == [[0, 1, 2, 3, 4]] * 3
+    assert scheme.decode_start(compact, valid, torch.tensor([7]), "compact").tolist() == [5]
+    assert scheme.decode(torch.tensor([5]), 2).tolist() == [[[7]], [[7]], [[7]]]
+    with pytest.raises(PdropEvalError, match="image grids"):
+        scheme.prompt(valid)
 
 
 ORIGINAL_PDROP = DropSchedule.pyramid(0.5, positions="original")
@@ -135,7 +140,8 @@ def test_batch_of_four_sizes_equals_four_single_runs_with_drops():
         torch.testing.assert_close(single.step_logits[0], batched.step_logits[row], atol=scale * 1e-5, rtol=0)
 
 
-def test_cached_decoding_equals_recomputation_with_drops():
+@pytest.mark.parametrize("positions", ["original", "compact"])
+def test_cached_decoding_equals_recomputation_with_drops(positions):
     """Each step recomputed from scratch (prompt + tokens so far, M-RoPE rows from `get_rope_index` on that longer
     sequence, the same kept sets forced) gives the logits the cached decode gave: survivors keep their three rows
     and decoding continues from the prompt's largest position + 1."""
@@ -143,8 +149,9 @@ def test_cached_decoding_equals_recomputation_with_drops():
 
     loaded = _loaded()
     family = loaded.family
+    method = DropSchedule.pyramid(0.5, positions=positions)
     batch = build_batch(loaded, PROMPTS[2:3], _images()[2:3])
-    result = _generate(loaded, batch, ORIGINAL_PDROP, max_new_tokens=4, return_logits=True)
+    result = _generate(loaded, batch, method, max_new_tokens=4, return_logits=True)
     generation = result.generations[0]
     assert generation.trace.kept_image_indices[0] != list(range(len(generation.trace.kept_image_indices[0])))
     features = family.encode_images(loaded.model, batch.pixel_values, batch.image_sizes)
@@ -159,7 +166,7 @@ def test_cached_decoding_equals_recomputation_with_drops():
             embeds,
             mask,
             image_mask,
-            ORIGINAL_PDROP,
+            method,
             forced_keep=[generation.trace.kept_image_indices],
             use_cache=False,
             position_ids=family.prompt_positions(loaded.model, ids, mask, batch.image_sizes),

@@ -81,9 +81,14 @@ class MultimodalPositions(LinearPositions):
     """Qwen2.5-VL's M-RoPE: three position rows (temporal, height, width), [3, B, L].
 
     The prompt's rows come from the model's own `get_rope_index` on the UNPRUNED prompt (the family's
-    `prompt_positions`); decoding continues every row from the largest prompt position + 1, which is HF's
-    "cache length + rope delta". `original` after a drop keeps each survivor's three rows. `compact` is not defined
-    for M-RoPE yet (renumbering 0..n-1 would erase the image's 2-D layout); it is refused rather than guessed.
+    `prompt_positions`). After a drop:
+    - `original` keeps each survivor's three rows, so the image keeps its 2-D layout and the text its distance from
+      it; decoding continues from the prompt's largest position + 1, which is HF's "cache length + rope delta".
+      This is the rule to prefer on M-RoPE: it is what the unpruned model saw for every surviving token.
+    - `compact` is the official PyramidDrop rule taken literally: position ids rebuilt 0..n-1 over the shortened
+      sequence (`torch.arange`), identical on the three rows, as HF gives a sequence it has no image grids for;
+      decoding continues from n. It erases the image's layout, which 1-D RoPE never had. Before the first drop
+      both modes are the prompt's own M-RoPE rows (unlike 1-D RoPE, where compact and original coincide there).
     The rotary rule is the architecture's own `apply_rotary_pos_emb`, which since transformers 5.17 takes cos/sin
     already recomposed to [B, L, hd] by the rotary module.
     """
@@ -93,14 +98,14 @@ class MultimodalPositions(LinearPositions):
 
     def after_drop(self, positions: torch.Tensor, source: torch.Tensor, valid: torch.Tensor, mode: str) -> torch.Tensor:
         if mode == "compact":
-            raise PdropEvalError(
-                "positions='compact' is not defined for M-RoPE (Qwen2.5-VL) yet: use positions='original'"
-            )
+            return compact_positions(valid)[None].expand(positions.shape[0], -1, -1)
         return positions.gather(-1, source[None].expand(positions.shape[0], -1, -1))
 
     def decode_start(
         self, positions: torch.Tensor, valid: torch.Tensor, prompt_lengths: torch.Tensor, mode: str
     ) -> torch.Tensor:
+        """The largest position present + 1 in both modes: before any drop that is HF's cache length + rope delta
+        (the modes differ only once a drop has renumbered), after a compact drop it is n."""
         return positions.masked_fill(~valid[None], -1).amax(dim=(0, 2)) + 1
 
     def decode(self, start: torch.Tensor, step: int) -> torch.Tensor:
