@@ -191,3 +191,14 @@ def test_ranking_equals_naive_eager_attention_under_mrope():
             weights = attentions[layer][row, :, -1, :].mean(0)[image_tokens[row]]
             keep = method.keep_count(batch.image_token_counts[row], 0)
             assert generation.trace.kept_image_indices[0] == sorted(weights.topk(keep).indices.tolist())
+
+
+def test_before_the_llm_methods_are_refused_in_one_line():
+    """Shortening the image span before the LLM would give `get_rope_index` a grid the span no longer fills."""
+    from pdrop_eval.methods.divprune import DivPrune
+
+    loaded = _loaded()
+    batch = build_batch(loaded, PROMPTS[2:3], _images()[2:3])
+    with pytest.raises(PdropEvalError, match="shorten the image before the LLM") as error:
+        _generate(loaded, batch, DivPrune(ratio=0.5), max_new_tokens=1)
+    assert "\n" not in str(error.value)

@@ -125,8 +125,19 @@ class Qwen25VLFamily(ModelFamily):
         attention_mask: torch.Tensor,
         image_sizes: torch.Tensor | None,
     ) -> torch.Tensor:
-        """[3, B, L] M-RoPE rows from the model's `get_rope_index` (padding gets 0, as there)."""
+        """[3, B, L] M-RoPE rows from the model's `get_rope_index` (padding gets 0, as there).
+
+        The rows must come from the unpruned prompt, so a prompt whose image span a before-the-LLM method shortened
+        is refused until its survivors' rows are gathered from the full grid (issue 12)."""
         image_tokens = (input_ids == int(model.config.image_token_id)) & attention_mask.bool()
+        if image_sizes is None:
+            raise PdropEvalError("Qwen2.5-VL positions need each image's patch grid: pass image_sizes to generate")
+        expected = (image_sizes.prod(-1) // self._merge(model) ** 2).tolist()
+        if image_tokens.sum(-1).tolist() != expected:
+            raise PdropEvalError(
+                "Qwen2.5-VL does not yet support methods that shorten the image before the LLM (its M-RoPE "
+                "positions must come from the full image grid): use a method that drops inside the LLM"
+            )
         positions, _ = model.model.get_rope_index(
             input_ids,
             mm_token_type_ids=image_tokens.int(),
