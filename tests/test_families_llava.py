@@ -18,6 +18,8 @@ from pdrop_eval.pyramid.flops import VisionShape, vision_flops
 from pdrop_eval.pyramid.schedule import DropSchedule
 from pdrop_eval.pyramid.vlm import generate
 
+pytestmark = pytest.mark.engine  # also run on the oldest supported transformers (make test-compat)
+
 PROMPTS = ["What color is the circle?", "How many squares are there?"]
 
 

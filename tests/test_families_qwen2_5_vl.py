@@ -15,6 +15,8 @@ from pdrop_eval.models import build_batch, image_token_count, load_vlm
 from pdrop_eval.pyramid.schedule import DropSchedule
 from pdrop_eval.pyramid.vlm import generate
 
+pytestmark = pytest.mark.engine  # also run on the oldest supported transformers (make test-compat)
+
 PROMPTS = ["What color is the circle?", "How many shapes are there?", "Describe the picture.", "Is it red?"]
 SIZES = [(64, 48), (40, 100), (120, 90), (56, 56)]  # (width, height): four different token grids
 
