@@ -18,7 +18,7 @@ from pdrop_eval.pyramid.vlm import generate
 pytestmark = pytest.mark.engine  # also run on the oldest supported transformers (make test-compat)
 
 PROMPTS = ["What color is the circle?", "How many shapes are there?", "Describe the picture.", "Is it red?"]
-SIZES = [(64, 48), (40, 100), (120, 90), (56, 56)]  # (width, height): four different token grids
+SIZES = [(64, 36), (40, 100), (120, 90), (56, 56)]  # (width, height): four different token grids
 
 
 @functools.cache
@@ -45,16 +45,21 @@ def test_tiny_qwen_is_a_real_model_directory_loaded_like_a_checkpoint():
     assert loaded.tokenizer.convert_tokens_to_ids("<|im_end|>") in loaded.eos_token_ids
 
 
-def test_dynamic_resolution_token_counts():
-    """120×90 px resizes to 112×84 (multiples of 28): 4×3 = 12 tokens; 64×48 is below min_pixels (4 tokens' worth)
-    and is scaled up to exactly 4; every count matches the batch's placeholder run."""
+def test_dynamic_resolution_token_counts_follow_the_evaluation_pixel_bounds():
+    """lmms-eval's bounds (256·28² to 1605632 px) on top of the checkpoint's own: 120×90 px is below the minimum,
+    scaled by sqrt(200704 / 10800) and rounded up to 532×392 px, 19×14 = 266 tokens; 56×56 px becomes 448×448,
+    exactly the 256-token floor; 3000×2000 px is above the maximum, scaled down and rounded down to 1540×1008,
+    55×36 = 1980 tokens. Every count matches the batch's placeholder run and the tower's features."""
     loaded = _loaded()
     images = _images()
-    assert image_token_count(loaded, images[2]) == 12
-    assert image_token_count(loaded, images[0]) == 4
+    assert image_token_count(loaded, images[2]) == 266
+    assert image_token_count(loaded, images[3]) == 256
+    assert image_token_count(loaded, Image.new("RGB", (3000, 2000))) == 1980
     batch = build_batch(loaded, PROMPTS, images)
     placeholders = ((batch.input_ids == loaded.image_token_id) & batch.attention_mask.bool()).sum(-1).tolist()
     assert placeholders == batch.image_token_counts == [image_token_count(loaded, image) for image in images]
+    features = loaded.family.encode_images(loaded.model, batch.pixel_values, batch.image_sizes)
+    assert [len(f) for f in features] == batch.image_token_counts
 
 
 def test_schedule_none_equals_hf_generate_on_a_mixed_size_batch():
@@ -138,8 +143,9 @@ def test_batch_of_four_sizes_equals_four_single_runs_with_drops():
         mine, theirs = single.generations[0], batched.generations[row]
         assert mine.trace.kept_image_indices == theirs.trace.kept_image_indices
         assert mine.token_ids == theirs.token_ids
+        # padding changes the length of every softmax and matmul reduction: fp32 reordering over 32 layers
         scale = float(single.step_logits.abs().max())
-        torch.testing.assert_close(single.step_logits[0], batched.step_logits[row], atol=scale * 1e-5, rtol=0)
+        torch.testing.assert_close(single.step_logits[0], batched.step_logits[row], atol=scale * 1e-4, rtol=0)
 
 
 @pytest.mark.parametrize("positions", ["original", "compact"])

@@ -6,8 +6,9 @@ An image is resized to multiples of 28 px within the image processor's min/max p
 three M-RoPE rows come from the model's own `get_rope_index` (transformers
 models/qwen2_5_vl/modeling_qwen2_5_vl.py:Qwen2_5_VLModel.get_rope_index), computed on the unpruned prompt.
 
-The prompt is Qwen2.5-VL's chat template with its default system message, image first (the
-Qwen/Qwen2.5-VL-*-Instruct chat_template): `<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n
+The prompt is what lmms-eval 0.7.3 builds (lmms_eval/models/simple/qwen2_5_vl.py:Qwen2_5_VL.generate_until: a
+system message "You are a helpful assistant.", then one user turn holding the image then the text, rendered by
+Qwen2.5-VL's chat template with the generation prompt): `<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n
 <|im_start|>user\\n<|vision_start|><|image_pad|>…<|vision_end|>{message}<|im_end|>\\n<|im_start|>assistant\\n`.
 """
 
@@ -36,6 +37,9 @@ from pdrop_eval.models.loaded import LoadedVLM
 from pdrop_eval.pyramid.flops import ModelShape
 
 TEMPLATE = "qwen2_vl_chat"
+# lmms-eval 0.7.3 lmms_eval/models/simple/qwen2_5_vl.py:Qwen2_5_VL.__init__ defaults, passed to the processor there.
+EVAL_MIN_PIXELS = 256 * 28 * 28
+EVAL_MAX_PIXELS = 1605632  # 2048 · 28 · 28
 _SYSTEM = "You are a helpful assistant."
 
 
@@ -60,7 +64,11 @@ class Qwen25VLFamily(ModelFamily):
         )
 
     def load_image_processor(self, path: Path, model_type: str) -> BaseImageProcessor:
-        return Qwen2VLImageProcessorPil.from_pretrained(path, local_files_only=True)
+        """The checkpoint's processor with the evaluation's pixel bounds, as lmms-eval loads it
+        (`AutoProcessor.from_pretrained(pretrained, max_pixels=..., min_pixels=...)`): 256 to 2048 image tokens."""
+        return Qwen2VLImageProcessorPil.from_pretrained(
+            path, local_files_only=True, min_pixels=EVAL_MIN_PIXELS, max_pixels=EVAL_MAX_PIXELS
+        )
 
     def default_template(self, config: PretrainedConfig) -> str:
         return TEMPLATE

@@ -2,9 +2,9 @@
 config) and loaded back through `load_vlm` like a downloaded Qwen/Qwen2.5-VL checkpoint.
 
 It keeps what matters to pruning on this family: M-RoPE with a real (temporal, height, width) section split,
-dynamic resolution with 2×2 patch merging (token counts vary with the image's size, bounded by small min/max
-pixels), GQA and q/k/v biases, window and full attention blocks in the tower, 32 decoder layers. The tokenizer is
-the tiny BPE of tiny_tokenizer.py plus Qwen's chat and vision special tokens; weights follow tiny.py's seeded
+dynamic resolution with 2×2 patch merging (token counts vary with the image's size, within the evaluation's
+min/max pixels that the family applies), GQA and q/k/v biases, window and full attention blocks in the tower, 32
+decoder layers. The tokenizer is the tiny BPE of tiny_tokenizer.py plus Qwen's chat and vision special tokens; weights follow tiny.py's seeded
 initialisation so every transformers release builds the same model.
 """
 
@@ -32,8 +32,6 @@ QWEN_SPECIAL_TOKENS = (
     "<|image_pad|>",
     "<|video_pad|>",
 )
-MIN_PIXELS = 28 * 28 * 4  # at least 4 image tokens
-MAX_PIXELS = 28 * 28 * 64  # at most 64 image tokens
 
 
 def build_tiny_qwen_tokenizer() -> PreTrainedTokenizerBase:
@@ -98,6 +96,6 @@ def write_tiny_qwen(out_dir: Path, init_weights, never_generate) -> None:
     )
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
-    Qwen2VLImageProcessorPil(min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS).save_pretrained(out_dir)
+    Qwen2VLImageProcessorPil().save_pretrained(out_dir)  # the family applies the evaluation's pixel bounds
     # What Qwen2_5_VLProcessor.save_pretrained writes (it cannot run here: its video processor needs torchvision).
     (out_dir / "processor_config.json").write_text(json.dumps({"processor_class": "Qwen2_5_VLProcessor"}, indent=2))
