@@ -10,7 +10,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from pdrop_eval.errors import PdropEvalError
-from pdrop_eval.families.qwen2_5_vl import Qwen25VLFamily
+from pdrop_eval.families.qwen2_5_vl import Qwen25VLFamily, chat_prompt
 from pdrop_eval.models import build_batch, image_token_count, load_vlm
 from pdrop_eval.pyramid.schedule import DropSchedule
 from pdrop_eval.pyramid.vlm import generate
@@ -210,3 +210,18 @@ def test_before_the_llm_methods_are_refused_in_one_line():
     with pytest.raises(PdropEvalError, match="shorten the image before the LLM") as error:
         _generate(loaded, batch, DivPrune(ratio=0.5), max_new_tokens=1)
     assert "\n" not in str(error.value)
+
+
+def test_prompt_is_the_lmms_eval_chat_prompt():
+    """lmms-eval 0.7.3 (models/simple/qwen2_5_vl.py) sends [system "You are a helpful assistant.", user [image,
+    text]] through Qwen2.5-VL's chat template with the generation prompt; the template renders an image as
+    <|vision_start|><|image_pad|><|vision_end|> and the processor expands the pad to the image's token count."""
+    expected = (
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+        "<|vision_start|><|image_pad|><|image_pad|><|vision_end|>What is it?<|im_end|>\n<|im_start|>assistant\n"
+    )
+    assert chat_prompt("What is it?", 2) == expected
+    loaded = _loaded()
+    batch = build_batch(loaded, ["What is it?"], _images()[3:])
+    text = loaded.tokenizer.decode(batch.input_ids[0])
+    assert text == chat_prompt("What is it?", batch.image_token_counts[0])
