@@ -44,7 +44,7 @@ from pdrop_eval.metrics import ScoredRecord, get_metric
 from pdrop_eval.model_geometry import read_model_geometry
 from pdrop_eval.models import LoadedVLM, build_batch, decode, image_token_count, load_vlm
 from pdrop_eval.models.batch import check_prompt
-from pdrop_eval.models.images import expand_to_square, to_rgb
+from pdrop_eval.models.images import to_rgb
 from pdrop_eval.plan import RunPlan, method_classes, schedule_record
 from pdrop_eval.progress import TaskProgress, is_terminal, quiet_loading_bars
 from pdrop_eval.pyramid.engine import DecoderParts
@@ -340,8 +340,8 @@ class TaskEvaluator:
         self.loaded = loaded
         self.schedules = schedules
         self.world = world
-        self.parts = DecoderParts.from_model(loaded.model)
-        self.shape = ModelShape.from_config(loaded.model.config)
+        self.parts = DecoderParts.from_model(loaded.model, loaded.family.positions)
+        self.shape = loaded.family.model_shape(loaded.model.config)
 
     def run(self, data: TaskData) -> None:
         task, run_dir = data.task, self.plan.run_dir
@@ -570,20 +570,20 @@ def _file_hashes(source: ResolvedSource) -> dict[str, str]:
 
 
 def _save_sample_images(plan: RunPlan, loaded: LoadedVLM, data: TaskData) -> None:
-    """The first few images as the model saw them (padded square at the tower's size), for kept-token maps."""
-    if loaded.pad_color is None:
-        return
-    size = loaded.model.config.vision_config.image_size
+    """The first few images as the model saw them (LLaVA-1.5: the padded square at the tower's size), for kept-token
+    maps; nothing for families whose tokens have no single view (LLaVA-NeXT's tiles)."""
     folder = plan.run_dir / "samples" / data.task.name
-    folder.mkdir(parents=True, exist_ok=True)
     for sample in data.samples[:SAMPLE_IMAGES_PER_TASK]:
         try:
             image = sample.load_image()
         except SampleError:
             continue  # recorded as a failed sample; it has no kept-token map to draw
-        square = expand_to_square(to_rgb(image), loaded.pad_color).resize((size, size))
+        view = loaded.family.model_view(loaded, image)
+        if view is None:
+            return
+        folder.mkdir(parents=True, exist_ok=True)
         with atomic_path(folder / f"{_safe_name(sample.id)}.png") as temporary:
-            square.save(temporary, format="PNG")
+            view.save(temporary, format="PNG")
 
 
 def _safe_name(sample_id: object) -> str:
@@ -591,11 +591,7 @@ def _safe_name(sample_id: object) -> str:
 
 
 def _model_info(plan: RunPlan, loaded: LoadedVLM, dtype: str, device: torch.device) -> dict[str, Any]:
-    vision = loaded.model.config.vision_config
-    grid = None
-    if loaded.image_tokens_per_image is not None:
-        side = vision.image_size // vision.patch_size
-        grid = [side, side] if side * side == loaded.image_tokens_per_image else None
+    grid = loaded.family.image_grid(loaded)
     return {
         "name": plan.model,
         "path": str(loaded.path),
@@ -604,7 +600,7 @@ def _model_info(plan: RunPlan, loaded: LoadedVLM, dtype: str, device: torch.devi
         "attn": plan.attn,
         "device": str(device),
         "num_layers": DecoderParts.from_model(loaded.model).num_layers,
-        "image_grid": grid,
+        "image_grid": list(grid) if grid else None,
     }
 
 

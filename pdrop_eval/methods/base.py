@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from pdrop_eval.errors import PdropEvalError
+from pdrop_eval.families.positions import RotaryFunction
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -59,6 +60,7 @@ class Boundary:
     hidden: torch.Tensor  # [B, L, d] output of layer `layer - 1`, the input of layer `layer`
     last_input: torch.Tensor  # [B, L, d] input of layer `layer - 1`, the layer that just ran
     position_embeddings: tuple[torch.Tensor, torch.Tensor]  # (cos, sin) of the current positions
+    rotary: RotaryFunction  # the model family's rotary rule, so a score rotates q/k as the layer will
     valid: torch.Tensor  # [B, L] bool, False for padding
     image_mask: torch.Tensor  # [B, L] bool, image tokens still present
     image_ordinal: torch.Tensor  # [B, L] long, each image token's index among its sample's original ones, -1 else

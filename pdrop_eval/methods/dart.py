@@ -137,7 +137,7 @@ class DART(PruningMethod):
     def score(self, boundary: Boundary) -> torch.Tensor:
         """1 for the tokens DART keeps, 0 elsewhere: the engine's top-`keep_count` then keeps exactly them."""
         layer = boundary.layers[boundary.layer - 1]
-        keys = rotated_keys(layer, boundary.last_input, boundary.position_embeddings)
+        keys = rotated_keys(layer, boundary.last_input, boundary.position_embeddings, boundary.rotary)
         groups = getattr(layer.self_attn, "num_key_value_groups", 1)
         keys = keys.repeat_interleave(groups, dim=1)  # repeat_kv: each key head once per query head it serves
         key_norms = torch.norm(keys.permute(0, 2, 1, 3).flatten(2), p=1, dim=-1)  # [B, L]

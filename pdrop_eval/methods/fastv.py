@@ -102,4 +102,6 @@ class FastV(StagedDrop):
 
     def score(self, boundary: Boundary) -> torch.Tensor:
         ranking_layer = boundary.layers[boundary.layer - 1]
-        return last_query_attention(ranking_layer, boundary.last_input, boundary.position_embeddings, boundary.valid)
+        return last_query_attention(
+            ranking_layer, boundary.last_input, boundary.position_embeddings, boundary.valid, boundary.rotary
+        )

@@ -101,7 +101,9 @@ class PDrop(StagedDrop):
 
     def score(self, boundary: Boundary) -> torch.Tensor:
         ranking_layer = boundary.layers[boundary.layer]
-        return last_query_attention(ranking_layer, boundary.hidden, boundary.position_embeddings, boundary.valid)
+        return last_query_attention(
+            ranking_layer, boundary.hidden, boundary.position_embeddings, boundary.valid, boundary.rotary
+        )
 
     def record(self) -> dict:
         return {**super().record(), "lam": self.lam}

@@ -54,8 +54,9 @@ from typing import TYPE_CHECKING
 import torch
 
 from pdrop_eval.errors import PdropEvalError
+from pdrop_eval.families.positions import RotaryFunction, module_rotary
 from pdrop_eval.methods.base import Boundary, PositionMode, Prepared, PruningMethod
-from pdrop_eval.pyramid.ranking import _model_rope, _scaled
+from pdrop_eval.pyramid.ranking import _scaled
 
 if TYPE_CHECKING:
     from pdrop_eval.methods.budgets import ModelGeometry, SweepSettings
@@ -98,6 +99,7 @@ def rater_scores(
     rater_columns: torch.Tensor,
     image_columns: torch.Tensor,
     heads: int | None,
+    rotary: RotaryFunction = module_rotary,
 ) -> torch.Tensor:
     """SparseVLM's score of each image token in one unpadded prompt: `layer`'s attention from the raters, averaged
     over heads and raters. With `heads` (2.0) the attention is first divided by the RoPE bias and only the `heads`
@@ -116,16 +118,15 @@ def rater_scores(
     if getattr(attention, "k_norm", None) is not None:
         key = attention.k_norm(key)
     cos, sin = position_embeddings
-    rope = _model_rope(attention)
-    query = rope(query.transpose(1, 2), cos[:, rater_columns], sin[:, rater_columns])  # [1, H, R, hd]
-    key = rope(key.transpose(1, 2), cos, sin)  # [1, Hkv, n, hd]
+    query = rotary(attention, query.transpose(1, 2), cos[:, rater_columns], sin[:, rater_columns])  # [1, H, R, hd]
+    key = rotary(attention, key.transpose(1, 2), cos, sin)  # [1, Hkv, n, hd]
     key = key.repeat_interleave(query.shape[1] // key.shape[1], dim=1)  # repeat_kv
     logits = _scaled(query @ key.transpose(-1, -2), attention)  # [1, H, R, n]
     future = torch.arange(length, device=logits.device)[None, :] > rater_columns[:, None]
     probs = logits.masked_fill(future, float("-inf")).softmax(dim=-1, dtype=torch.float32).to(layer_input.dtype)
     relation = probs[0][..., image_columns]  # [H, R, V]
     if heads is not None:
-        ones = rope(layer_input.new_ones(1, 1, length, head_dim), cos, sin)[0, 0]  # RoPE of an all-ones vector
+        ones = rotary(attention, layer_input.new_ones(1, 1, length, head_dim), cos, sin)[0, 0]  # RoPE of ones
         relation = relation / (ones[rater_columns] @ ones[image_columns].T / head_dim**0.5)
         relation = relation[relation.sum(dim=(1, 2)).topk(heads).indices]
     return relation.mean(dim=0).mean(dim=0)
@@ -305,6 +306,7 @@ class SparseVLM(PruningMethod):
                 boundary.valid.shape[1] - offset - from_end,
                 image,
                 self.heads if self.version == "2.0" else None,
+                boundary.rotary,
             )
             scores[row, image + offset] = relation.float()
         return scores

@@ -1,5 +1,5 @@
-"""Model inputs for a batch of (message, image) pairs, built the way LLaVA's evaluation builds them, and the
-inverse: generated ids back to the answer text.
+"""Model inputs for a batch of (message, image) pairs, built by the model's family the way its official evaluation
+builds them (pdrop_eval.families), and the inverse: generated ids back to the answer text.
 
 Prompts are left-padded so every row's last prompt token sits in the last column: that is where both HF
 `generate` and the PyramidDrop engine read the query and append new tokens.
@@ -8,17 +8,15 @@ Prompts are left-padded so every row's last prompt token sits in the last column
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from PIL import Image
 
 from pdrop_eval.errors import PdropEvalError, SampleError
-from pdrop_eval.models.anyres import anyres_token_count
-from pdrop_eval.models.images import preprocess_anyres, preprocess_padded, to_rgb
 from pdrop_eval.models.loaded import LoadedVLM
-from pdrop_eval.models.prompts import IMAGE_PLACEHOLDER, format_prompt, tokenize_with_images
+from pdrop_eval.models.prompts import IMAGE_PLACEHOLDER
 
 
 @dataclass
@@ -26,7 +24,10 @@ class VLMBatch:
     """Tensors for one forward/generate call, already on the model's device.
 
     input_ids / attention_mask: [B, L], left-padded, mask 1 = real token. pixel_values: [B, 3, H, W] (LLaVA-1.5) or
-    [B, tiles, 3, H, W] (NeXT, padded to the most tiles). image_sizes: [B, 2] (height, width) for NeXT, else None.
+    [B, tiles, 3, H, W] (NeXT, padded to the most tiles) or [patches, C·T·P·P] (Qwen2.5-VL, every image's patches
+    concatenated). image_sizes: the per-image geometry the family's tower takes: [B, 2] (height, width) for NeXT,
+    [B, 3] (t, h, w) patch grids for Qwen2.5-VL, else None; HF takes it as `image_sizes_keyword`. extra_inputs:
+    further keyword arguments the family's HF `generate` needs (Qwen2.5-VL: mm_token_type_ids).
     image_token_counts[b]: image tokens in row b (they form one contiguous run of `image_token_id`).
     """
 
@@ -35,29 +36,20 @@ class VLMBatch:
     pixel_values: torch.Tensor
     image_sizes: torch.Tensor | None
     image_token_counts: list[int]
+    image_sizes_keyword: str = "image_sizes"
+    extra_inputs: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def model_inputs(self) -> dict[str, Any]:
         """Keyword arguments for the HF model's `forward` / `generate`."""
         inputs = {"input_ids": self.input_ids, "attention_mask": self.attention_mask, "pixel_values": self.pixel_values}
         if self.image_sizes is not None:
-            inputs["image_sizes"] = self.image_sizes
-        return inputs
+            inputs[self.image_sizes_keyword] = self.image_sizes
+        return {**inputs, **self.extra_inputs}
 
 
 def image_token_count(loaded: LoadedVLM, image: Image.Image) -> int:
-    """Image tokens the model produces for `image`: fixed for LLaVA-1.5, size-dependent for NeXT."""
-    if loaded.image_tokens_per_image is not None:
-        return loaded.image_tokens_per_image
-    config = loaded.model.config
-    width, height = image.size
-    return anyres_token_count(
-        height,
-        width,
-        tile_size=config.vision_config.image_size,
-        patch_size=config.vision_config.patch_size,
-        grid_pinpoints=config.image_grid_pinpoints,
-        keep_cls=config.vision_feature_select_strategy == "full",
-    )
+    """Image tokens the model produces for `image`, as its family counts them (fixed or size-dependent)."""
+    return loaded.family.image_token_count(loaded, image)
 
 
 def check_prompt(text: str, sample_id: object = None) -> None:
@@ -69,40 +61,25 @@ def check_prompt(text: str, sample_id: object = None) -> None:
 
 
 def build_batch(loaded: LoadedVLM, prompts: Sequence[str], images: Sequence[Image.Image]) -> VLMBatch:
-    """One image per prompt; each prompt is the bare user message, the template and `<image>\\n` are added here."""
+    """One image per prompt; each prompt is the bare user message, the family adds its template and image marker."""
     if len(prompts) != len(images):
         raise PdropEvalError(
             f"build_batch needs one image per prompt, got {len(prompts)} prompts, {len(images)} images"
         )
     if not prompts:
         raise PdropEvalError("build_batch needs at least one prompt")
-    images = [to_rgb(image) for image in images]
-    counts = [image_token_count(loaded, image) for image in images]
-    rows = []
-    for text, count in zip(prompts, counts):
-        check_prompt(text)
-        prompt = format_prompt(loaded.template, text)
-        rows.append(tokenize_with_images(loaded.tokenizer, prompt, loaded.image_token_id, [count]))
+    return loaded.family.build_batch(loaded, prompts, images)
 
+
+def left_padded(rows: Sequence[Sequence[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token rows as [B, L] ids and attention mask, LEFT padded so each row's last token is in the last column."""
     length = max(len(row) for row in rows)
-    input_ids = torch.full((len(rows), length), loaded.pad_token_id, dtype=torch.long)
+    input_ids = torch.full((len(rows), length), pad_token_id, dtype=torch.long)
     attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
     for index, row in enumerate(rows):
         input_ids[index, length - len(row) :] = torch.tensor(row, dtype=torch.long)
         attention_mask[index, length - len(row) :] = 1
-
-    if loaded.kind == "llava_next":
-        pixel_values, image_sizes = preprocess_anyres(images, loaded.image_processor)
-        image_sizes = image_sizes.to(loaded.device)
-    else:
-        pixel_values, image_sizes = preprocess_padded(images, loaded.image_processor), None
-    return VLMBatch(
-        input_ids=input_ids.to(loaded.device),
-        attention_mask=attention_mask.to(loaded.device),
-        pixel_values=pixel_values.to(device=loaded.device, dtype=loaded.dtype),
-        image_sizes=image_sizes,
-        image_token_counts=counts,
-    )
+    return input_ids, attention_mask
 
 
 def decode(loaded: LoadedVLM, token_ids: Sequence[int] | torch.Tensor) -> str:

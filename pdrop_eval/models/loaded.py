@@ -4,17 +4,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING
 
 import torch
 from transformers import BaseImageProcessor, PreTrainedModel, PreTrainedTokenizerBase
 
-VLMKind = Literal["llava", "llava_next"]
+if TYPE_CHECKING:
+    from pdrop_eval.families.base import ModelFamily
 
 
 @dataclass
 class LoadedVLM:
-    """A loaded LLaVA-style model and its preprocessing facts.
+    """A loaded VLM, its family (which builds its inputs and numbers its tokens) and its preprocessing facts.
+
+    `kind` is the checkpoint's HF model_type ("llava", "llava_next", ...), which the family may branch on.
 
     `image_tokens_per_image` is fixed for LLaVA-1.5 (576 at 336 px / patch 14) and None for LLaVA-NeXT, whose
     count depends on each image's size (see `anyres.anyres_token_count`). `pad_color` is the square-padding colour
@@ -24,7 +27,8 @@ class LoadedVLM:
     model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
     image_processor: BaseImageProcessor
-    kind: VLMKind
+    family: ModelFamily
+    kind: str
     image_token_id: int
     image_tokens_per_image: int | None
     pad_color: tuple[int, ...] | None

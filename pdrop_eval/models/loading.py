@@ -1,7 +1,8 @@
-"""`load_vlm`: one call from a name or path to a ready-to-run LLaVA / LLaVA-NeXT model, offline and safely.
+"""`load_vlm`: one call from a name or path to a ready-to-run VLM of a registered family, offline and safely.
 
 Only safetensors weights and no remote code are loaded, so evaluating a downloaded checkpoint cannot execute
-code from it. Checkpoints in the original LLaVA repository format are converted to HF format on the way in.
+code from it. The family (pdrop_eval.families) is chosen from config.json; it may convert another checkpoint
+format first (LLaVA's original repository format).
 """
 
 from __future__ import annotations
@@ -12,20 +13,10 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from transformers import (
-    CLIPImageProcessorPil,
-    LlavaForConditionalGeneration,
-    LlavaNextForConditionalGeneration,
-    LlavaNextImageProcessorPil,
-    PretrainedConfig,
-)
 
 from pdrop_eval.errors import PdropEvalError
-from pdrop_eval.models.converted_cache import hf_format_dir
-from pdrop_eval.models.images import mean_color
-from pdrop_eval.models.loaded import LoadedVLM, VLMKind
+from pdrop_eval.models.loaded import LoadedVLM
 from pdrop_eval.models.locate import model_dir
-from pdrop_eval.models.original import is_original_llava_config
 from pdrop_eval.models.tokenizer_files import load_tokenizer
 
 DTYPES: dict[str, torch.dtype | str] = {
@@ -35,8 +26,6 @@ DTYPES: dict[str, torch.dtype | str] = {
     "auto": "auto",
 }
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
-_MODEL_CLASSES = {"llava": LlavaForConditionalGeneration, "llava_next": LlavaNextForConditionalGeneration}
-_IMAGE_PROCESSORS = {"llava": CLIPImageProcessorPil, "llava_next": LlavaNextImageProcessorPil}
 
 
 def load_vlm(
@@ -47,26 +36,28 @@ def load_vlm(
     template: str | None = None,
     vision_tower: str | None = None,
 ) -> LoadedVLM:
-    """Load a LLaVA-1.5 or LLaVA-NeXT model (HF or original LLaVA format) with its tokenizer and image processor.
+    """Load a model of a registered family (LLaVA-1.5 or LLaVA-NeXT, HF or original LLaVA format) with its tokenizer
+    and image processor.
 
     `template` overrides the prompt template chosen from the language model; `vision_tower` names the CLIP
     checkpoint (path or cached HF id) an original-format checkpoint needs, when its config's name is not local.
     """
+    from pdrop_eval.families.registry import family_for_config  # here: the families import pdrop_eval.models
+
     torch_dtype = _parse_dtype(dtype)
     _check_attn(attn, device, torch_dtype)
     path = model_dir(name_or_path)
     raw_config = _read_config(path)
-    if is_original_llava_config(raw_config):
-        path = hf_format_dir(path, raw_config, vision_tower)
-        raw_config = _read_config(path)
-    kind = _kind(raw_config, path)
+    family = family_for_config(raw_config, path)
+    converted = family.hf_format_dir(path, raw_config, vision_tower)
+    if converted != path:
+        path, raw_config = converted, _read_config(converted)
+    kind = raw_config["model_type"]
 
     try:
-        model = _MODEL_CLASSES[kind].from_pretrained(
-            path, dtype=torch_dtype, attn_implementation=attn, local_files_only=True, use_safetensors=True
-        )
+        model = family.load_model(path, kind, torch_dtype, attn)
         tokenizer = load_tokenizer(path)
-        image_processor = _IMAGE_PROCESSORS[kind].from_pretrained(path, local_files_only=True)
+        image_processor = family.load_image_processor(path, kind)
     except (OSError, ValueError, SafetensorError) as error:
         # SafetensorError: a truncated or damaged weights file (an interrupted download or copy).
         raise PdropEvalError(f"could not load the model in {path}: {error}. {_weights_hint(path)}") from error
@@ -78,11 +69,12 @@ def load_vlm(
         model=model,
         tokenizer=tokenizer,
         image_processor=image_processor,
+        family=family,
         kind=kind,
         image_token_id=int(config.image_token_id),
-        image_tokens_per_image=_fixed_image_tokens(config) if kind == "llava" else None,
-        pad_color=mean_color(image_processor.image_mean) if kind == "llava" else None,
-        template=template or _default_template(config),
+        image_tokens_per_image=family.fixed_image_tokens(kind, config),
+        pad_color=family.pad_color(kind, image_processor),
+        template=template or family.default_template(config),
         name=name_or_path,
         path=path,
         dtype=model.dtype,
@@ -129,27 +121,6 @@ def _read_config(path: Path) -> dict:
         raise PdropEvalError(
             f"{config_file} is not valid JSON ({error}): the download is incomplete or corrupt"
         ) from error
-
-
-def _kind(raw_config: dict, path: Path) -> VLMKind:
-    model_type = raw_config.get("model_type")
-    if model_type not in _MODEL_CLASSES:
-        raise PdropEvalError(
-            f"{path} holds a {model_type!r} model; supported: LLaVA-1.5 ('llava', LlavaForConditionalGeneration) and "
-            "LLaVA-NeXT ('llava_next', LlavaNextForConditionalGeneration) in HF format, or original LLaVA checkpoints"
-        )
-    return model_type
-
-
-def _fixed_image_tokens(config: PretrainedConfig) -> int:
-    """Patches per image, plus the CLS token when the "full" feature strategy keeps it (576 for LLaVA-1.5)."""
-    vision = config.vision_config
-    patches = (vision.image_size // vision.patch_size) ** 2
-    return patches + (1 if config.vision_feature_select_strategy == "full" else 0)
-
-
-def _default_template(config: PretrainedConfig) -> str:
-    return "mistral_instruct" if config.text_config.model_type == "mistral" else "vicuna_v1"
 
 
 def _eos_token_ids(tokenizer, model) -> tuple[int, ...]:

@@ -38,6 +38,7 @@ from transformers import (
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 from pdrop_eval.models.cache import build_once, cache_root
+from pdrop_eval.models.tiny_qwen import write_tiny_qwen
 from pdrop_eval.models.tiny_tokenizer import IMAGE_TOKEN, build_tiny_tokenizer
 
 TINY_VERSION = 3
@@ -72,6 +73,8 @@ TINY_MODELS: dict[str, TinySpec] = {
         num_kv_heads=4,
         grid_pinpoints=((112, 224), (224, 112), (224, 224), (112, 336), (336, 112)),
     ),
+    # dynamic resolution: no fixed image size (tiny_qwen.py bounds it by min/max pixels)
+    "tiny-qwen2.5-vl": TinySpec(kind="qwen2_5_vl", backbone="qwen2_5_vl", image_size=0, num_kv_heads=2),
 }
 
 
@@ -88,6 +91,9 @@ def tiny_model_dir(name: str) -> Path:
 def write_tiny_model(name: str, out_dir: Path) -> None:
     """Write config, safetensors weights, tokenizer, processor configs and generation config to `out_dir`."""
     spec = TINY_MODELS[name]
+    if spec.kind == "qwen2_5_vl":
+        write_tiny_qwen(out_dir, _init_weights, _never_generate)
+        return
     tokenizer = build_tiny_tokenizer()
     config = _model_config(spec, tokenizer)
     model_class = LlavaNextForConditionalGeneration if spec.kind == "llava_next" else LlavaForConditionalGeneration

@@ -22,6 +22,7 @@ from torch import nn
 from transformers import DynamicCache
 
 from pdrop_eval.errors import PdropEvalError
+from pdrop_eval.families.positions import LinearPositions
 from pdrop_eval.methods.base import Boundary, PruningMethod
 from pdrop_eval.methods.vanilla import Vanilla
 from pdrop_eval.pyramid.timing import SpanTimer, Stopwatch
@@ -31,7 +32,7 @@ SUPPORTED_ATTENTION = ("sdpa", "eager", "flash_attention_2")
 
 @dataclass
 class DecoderParts:
-    """The pieces of a causal LM the staged loop calls, found once per model."""
+    """The pieces of a causal LM the staged loop calls, found once per model, and its family's position scheme."""
 
     embed_tokens: nn.Module
     layers: nn.ModuleList
@@ -41,10 +42,12 @@ class DecoderParts:
     config: object
     attn_implementation: str
     cache_keyword: str
+    positions: LinearPositions = field(default_factory=LinearPositions)
 
     @classmethod
-    def from_model(cls, model: nn.Module) -> DecoderParts:
-        """Accepts a VLM (`model.model.language_model`) or a causal LM (`model.model`)."""
+    def from_model(cls, model: nn.Module, positions: LinearPositions | None = None) -> DecoderParts:
+        """Accepts a VLM (`model.model.language_model`) or a causal LM (`model.model`); `positions` is the model
+        family's position scheme (1-D positions when not given)."""
         inner = getattr(model, "model", None)
         decoder = getattr(inner, "language_model", None) or inner
         if decoder is None or not hasattr(decoder, "layers"):
@@ -76,6 +79,7 @@ class DecoderParts:
             config=config,
             attn_implementation=attn,
             cache_keyword=cache_keyword,
+            positions=positions or LinearPositions(),
         )
 
     @property
@@ -173,10 +177,6 @@ def build_attention_mask(
             ~allowed, torch.finfo(dtype).min
         )
     return allowed
-
-
-def _compact_positions(valid: torch.Tensor) -> torch.Tensor:
-    return (valid.long().cumsum(-1) - 1).clamp(min=0)
 
 
 def _run_layers(
@@ -316,11 +316,14 @@ def prefill(
     sample_seeds: Sequence[int] | None = None,
     forced_keep: Sequence[Sequence[Sequence[int]]] | None = None,
     use_cache: bool = True,
+    position_ids: torch.Tensor | None = None,
 ) -> PrefillResult:
     """Runs the prompt through all layers, dropping image tokens at the method's stage boundaries.
 
     inputs_embeds: [B, L, d] LEFT padded; attention_mask: [B, L] (1 = real token); image_token_mask: [B, L].
     forced_keep[b][s] fixes the image-token ordinals sample b keeps after stage s instead of ranking.
+    position_ids: the prompt's positions where the family computes them from more than the mask (Qwen2.5-VL's
+    M-RoPE rows from the image grids); else the family scheme's `prompt(valid)`.
 
     Row lengths and image counts are tracked on the host (a drop's new counts follow from the keep counts), so the
     loop waits for the GPU only once, at the start; kept indices are copied to the host after the last stage.
@@ -335,7 +338,7 @@ def prefill(
     device = inputs_embeds.device
     batch = valid.shape[0]
     image_ordinal = torch.where(image_mask, image_mask.long().cumsum(-1) - 1, -1)
-    positions = _compact_positions(valid)
+    positions = position_ids if position_ids is not None else parts.positions.prompt(valid)
     num_images_list = list(image_counts)
     prompt_lengths = valid.sum(-1)
     traces = [SampleTrace(num_image_tokens=n, prompt_tokens=p, method=method) for n, p in zip(num_images_list, lengths)]
@@ -374,7 +377,7 @@ def prefill(
         for trace, length, count in zip(traces, lengths, image_counts):
             trace.tokens_per_layer.extend([length] * (end - start))
             trace.image_tokens_per_layer.extend([count] * (end - start))
-        next_position = valid.sum(-1) if method.positions == "compact" else prompt_lengths.clone()
+        next_position = parts.positions.decode_start(positions, valid, prompt_lengths, method.positions)
         stages.append(_Stage(start, end, valid, next_position, padded))
         if last_stage:
             break
@@ -395,6 +398,7 @@ def prefill(
                     hidden=hidden,
                     last_input=last_input,
                     position_embeddings=position_embeddings,
+                    rotary=parts.positions.rotary,
                     valid=valid,
                     image_mask=image_mask,
                     image_ordinal=image_ordinal,
@@ -420,18 +424,17 @@ def prefill(
             image_counts = [kept + extra for kept, extra in zip(keep_list, added_list)]
             keep = valid & (~image_mask | keep_images)
             if any(added_list):
+                # Recycled tokens are new: only `compact` positions (enforced above) give them a place.
                 hidden, valid, image_mask, image_ordinal = _insert_after_images(
                     hidden, keep, image_mask, image_ordinal, added, max(lengths)
                 )
+                positions = parts.positions.after_drop(positions, None, valid, "compact")
             else:
                 source, valid = _left_repack(keep, max(lengths))
                 hidden = hidden.gather(1, source[..., None].expand(-1, -1, hidden.shape[-1]))
                 image_mask = image_mask.gather(1, source) & valid
                 image_ordinal = torch.where(image_mask, image_ordinal.gather(1, source), -1)
-            if method.positions == "compact":
-                positions = _compact_positions(valid)
-            else:
-                positions = positions.gather(1, source)
+                positions = parts.positions.after_drop(positions, source, valid, method.positions)
             kept_per_stage.append((image_ordinal, image_mask))
 
     logits = parts.lm_head(parts.norm(hidden[:, -1:]))[:, 0]
@@ -447,7 +450,7 @@ def _decode_step(parts: DecoderParts, tokens: torch.Tensor, state: PrefillResult
     hidden = parts.embed_tokens(tokens[:, None])
     for stage in state.stages:
         stage.key_valid = torch.cat([stage.key_valid, stage.key_valid.new_ones(stage.key_valid.shape[0], 1)], dim=1)
-        positions = (stage.next_position + step)[:, None]
+        positions = parts.positions.decode(stage.next_position, step)
         mask = build_attention_mask(stage.key_valid, 1, parts.attn_implementation, hidden.dtype, stage.padded)
         position_embeddings = parts.rotary_emb(hidden, positions)
         hidden, _ = _run_layers(
@@ -505,6 +508,7 @@ def generate_from_embeds(
     stop: Callable[[int, list[int]], bool] | None = None,
     sample_seeds: Sequence[int] | None = None,
     return_logits: bool = False,
+    position_ids: torch.Tensor | None = None,
 ) -> BatchGeneration:
     """Greedy generation with image tokens dropped inside the LLM per `method`, for any HF decoder-only causal LM.
 
@@ -519,7 +523,15 @@ def generate_from_embeds(
     timings = Timings()
 
     with Stopwatch(device) as prefill_watch:
-        state = prefill(parts, inputs_embeds, attention_mask, image_token_mask, method, sample_seeds=sample_seeds)
+        state = prefill(
+            parts,
+            inputs_embeds,
+            attention_mask,
+            image_token_mask,
+            method,
+            sample_seeds=sample_seeds,
+            position_ids=position_ids,
+        )
     timings.prefill_s = prefill_watch.seconds
     timings.rank_s = state.rank_s
 

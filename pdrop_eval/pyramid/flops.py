@@ -42,11 +42,16 @@ class VisionShape:
     patch_size: int
     channels: int = 3
     heads: int = 1
+    cls_token: bool = True  # CLIP runs on a CLS token besides the patches; SigLIP does not
+
+    @property
+    def patches(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
 
     @property
     def tokens(self) -> int:
-        """Patches plus the CLS token the tower runs on."""
-        return (self.image_size // self.patch_size) ** 2 + 1
+        """Patches plus the CLS token, where the tower has one: what every tower layer runs on."""
+        return self.patches + (1 if self.cls_token else 0)
 
 
 @dataclass(frozen=True)
@@ -57,7 +62,8 @@ class ModelShape:
 
     @classmethod
     def from_config(cls, config) -> ModelShape:
-        """From a LLaVA / LLaVA-NeXT config (text_config + vision_config) or a bare decoder config."""
+        """From a LLaVA / LLaVA-NeXT config (text_config + CLIP vision_config) or a bare decoder config; a model
+        family with another tower builds its shape in its own `model_shape`."""
         text_config = getattr(config, "text_config", None) or config
         heads = text_config.num_attention_heads
         text = TextShape(
@@ -131,8 +137,7 @@ def vision_flops(
     """The CLIP tower over each crop (every layer runs) plus the two-layer projector over each crop's patches
     (LLaVA-NeXT projects every crop before it unpads and packs them), or over `projected_tokens` where a method
     chose tokens inside the tower (VisionZip)."""
-    n, d = vision.tokens, vision.hidden
-    patches = n - 1
+    n, d, patches = vision.tokens, vision.hidden, vision.patches
     embed = 2 * patches * vision.channels * vision.patch_size**2 * d
     layer = 2 * n * d * d * 4 + 2 * 2 * n * n * d + 2 * 2 * n * d * vision.ffn
     projected = num_crops * patches if projected_tokens is None else projected_tokens

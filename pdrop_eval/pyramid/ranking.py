@@ -8,35 +8,12 @@ q for one token per sample instead of the whole sequence as the official code do
 from __future__ import annotations
 
 import math
-import sys
 import zlib
 
 import torch
 from torch import nn
 
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
-def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Llama-style rotary embedding; x is [B, H, L, hd], cos/sin are [B, L, hd]."""
-    return x * cos.unsqueeze(1) + _rotate_half(x) * sin.unsqueeze(1)
-
-
-def _model_rope(attention: nn.Module):
-    """The architecture's own `apply_rotary_pos_emb` where its modeling module has one, so the ranking rotates
-    q and k exactly as the layer itself will. That function rotates a (q, k) pair; the partner we hand it is a
-    single head of the same tensor, so the unused half of its work stays small."""
-    apply = getattr(sys.modules.get(type(attention).__module__), "apply_rotary_pos_emb", None)
-    if apply is None:
-        return _rope
-
-    def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        return apply(x, x[:, :1], cos, sin)[0]
-
-    return rope
+from pdrop_eval.families.positions import RotaryFunction, module_rotary
 
 
 def last_query_attention(
@@ -44,11 +21,13 @@ def last_query_attention(
     hidden_states: torch.Tensor,
     position_embeddings: tuple[torch.Tensor, torch.Tensor],
     key_valid: torch.Tensor,
+    rotary: RotaryFunction = module_rotary,
 ) -> torch.Tensor:
     """Head-averaged softmax attention of the last token over all keys, as `layer` would compute it.
 
     hidden_states: [B, L, d], the layer's input (left padded, so the last column is every sample's last prompt
-    token). key_valid: [B, L] bool, False for padding. Returns [B, L] in the model's dtype; padding gets 0.
+    token). key_valid: [B, L] bool, False for padding. `rotary` is the model family's rotary rule
+    (`Boundary.rotary`). Returns [B, L] in the model's dtype; padding gets 0.
 
     Rounding follows the official code (PyramidDrop `pdrop_rank_drop`, FastV's eager attention): logits in the
     model's dtype divided by sqrt(head_dim), softmax in float32 cast back to the model's dtype, then the mean over
@@ -69,9 +48,8 @@ def last_query_attention(
     query, key = query.transpose(1, 2), key.transpose(1, 2)  # [B, H, 1, hd], [B, Hkv, L, hd]
 
     cos, sin = position_embeddings
-    rope = _model_rope(attention)
-    query = rope(query, cos[:, -1:], sin[:, -1:])
-    key = rope(key, cos, sin)
+    query = rotary(attention, query, cos[:, -1:], sin[:, -1:])
+    key = rotary(attention, key, cos, sin)
 
     heads, kv_heads = query.shape[1], key.shape[1]
     query = query.reshape(batch, kv_heads, heads // kv_heads, head_dim)  # group query heads by kv head
@@ -106,7 +84,10 @@ def random_scores(
 
 
 def rotated_keys(
-    layer: nn.Module, hidden_states: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor]
+    layer: nn.Module,
+    hidden_states: torch.Tensor,
+    position_embeddings: tuple[torch.Tensor, torch.Tensor],
+    rotary: RotaryFunction = module_rotary,
 ) -> torch.Tensor:
     """The keys `layer` computes from its input `hidden_states` [B, L, d]: input norm, k_proj (and k_norm where the
     architecture has one), RoPE at the given positions; [B, kv_heads, L, head_dim] in the model's dtype."""
@@ -116,4 +97,4 @@ def rotated_keys(
     if getattr(attention, "k_norm", None) is not None:
         key = attention.k_norm(key)
     cos, sin = position_embeddings
-    return _model_rope(attention)(key.transpose(1, 2), cos, sin)
+    return rotary(attention, key.transpose(1, 2), cos, sin)

@@ -1,5 +1,5 @@
-"""Pruned generation for LLaVA-style models: vision tower + projector once, the method's before-the-LLM reduction,
-then the staged layer loop.
+"""Pruned generation for VLMs of a registered family: vision tower + projector once (the family's), the method's
+before-the-LLM reduction, then the staged layer loop with the family's positions.
 
 Image features are a separate step (`encode_images`) so a sweep can encode each image once and reuse the features
 for every method that leaves the tower alone.
@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from pdrop_eval.errors import PdropEvalError
+from pdrop_eval.families.registry import family_of
 from pdrop_eval.methods.base import PruningMethod
 from pdrop_eval.methods.vanilla import Vanilla
 from pdrop_eval.pyramid.engine import BatchGeneration, DecoderParts, generate_from_embeds
@@ -30,49 +31,21 @@ def image_token_id(model: nn.Module) -> int:
 def encode_images(
     model: nn.Module, pixel_values: torch.Tensor, image_sizes: torch.Tensor | None = None
 ) -> list[torch.Tensor]:
-    """Projected features per image ([N_i, d] each; N_i varies with LLaVA-NeXT's anyres tiles)."""
-    config = model.config
-    kwargs = {
-        "pixel_values": pixel_values,
-        "vision_feature_layer": config.vision_feature_layer,
-        "vision_feature_select_strategy": config.vision_feature_select_strategy,
-    }
-    if image_sizes is not None:
-        kwargs["image_sizes"] = image_sizes
-    output = model.model.get_image_features(**kwargs)
-    features = getattr(output, "pooler_output", output)
-    if isinstance(features, torch.Tensor) and features.dim() == 2:
-        return [features]
-    return list(features)
+    """Projected features per image ([N_i, d] each; N_i varies with LLaVA-NeXT's anyres tiles), by the model's
+    family."""
+    return family_of(model).encode_images(model, pixel_values, image_sizes)
 
 
 def count_crops(model: nn.Module, image_sizes: torch.Tensor | None, batch: int) -> list[int]:
-    """Vision-tower passes per image: one for LLaVA-1.5; the base view plus anyres tiles for LLaVA-NeXT."""
-    if image_sizes is None:
-        return [1] * batch
-    from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
-
-    config = model.config
-    return [
-        int(image_size_to_num_patches(size, config.image_grid_pinpoints, config.vision_config.image_size))
-        for size in image_sizes.tolist()
-    ]
+    """Vision-tower passes per image (one for LLaVA-1.5; the base view plus anyres tiles for LLaVA-NeXT)."""
+    return family_of(model).count_crops(model, image_sizes, batch)
 
 
 def embed_with_images(
     model: nn.Module, input_ids: torch.Tensor, image_features: Sequence[torch.Tensor]
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Prompt embeddings with each image's features written over its placeholder tokens, and the image mask."""
-    image_mask = input_ids == image_token_id(model)
-    embeds = model.get_input_embeddings()(input_ids)
-    features = torch.cat(list(image_features), dim=0).to(embeds.device, embeds.dtype)
-    placeholders = int(image_mask.sum())
-    if placeholders != features.shape[0]:
-        raise PdropEvalError(
-            f"the prompts hold {placeholders} image placeholder tokens but the images give {features.shape[0]} "
-            "features: build inputs with pdrop_eval.models (one <image> per prompt, expanded to the image's count)"
-        )
-    return embeds.masked_scatter(image_mask[..., None], features), image_mask
+    """Prompt embeddings with each image's features in place of its placeholder tokens, and the image mask."""
+    return family_of(model).embed(model, input_ids, image_features)
 
 
 def resize_image_spans(
@@ -179,9 +152,10 @@ def generate(
     entering = [int(features.shape[0]) for features in reduced.features]
     if entering != tower_counts:
         input_ids, attention_mask = resize_image_spans(input_ids, attention_mask, placeholder, entering)
-    embeds, image_mask = embed_with_images(model, input_ids, reduced.features)
+    family = family_of(model)
+    embeds, image_mask = family.embed(model, input_ids, reduced.features)
     result = generate_from_embeds(
-        parts or DecoderParts.from_model(model),
+        parts or DecoderParts.from_model(model, family.positions),
         embeds,
         attention_mask,
         image_mask,
@@ -192,6 +166,7 @@ def generate(
         stop=stop,
         sample_seeds=seeds,
         return_logits=return_logits,
+        position_ids=family.prompt_positions(model, input_ids, attention_mask, image_sizes),
     )
     result.timings.vision_s = vision_s
     result.timings.prefill_s += reduce_s  # choosing tokens before the LLM is part of prefill and rank

@@ -1,0 +1,227 @@
+"""Qwen2.5-VL as a model family: the tiny random checkpoint loads through `load_vlm` like a real one, dynamic
+resolution gives (H/28)·(W/28) tokens, and the engine with no drop (M-RoPE prompt positions from the model's own
+`get_rope_index`, decode positions continuing from the largest + 1) equals HF `generate`."""
+
+import functools
+import json
+
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from pdrop_eval.errors import PdropEvalError
+from pdrop_eval.families.qwen2_5_vl import Qwen25VLFamily, chat_prompt
+from pdrop_eval.models import build_batch, image_token_count, load_vlm
+from pdrop_eval.pyramid.schedule import DropSchedule
+from pdrop_eval.pyramid.vlm import generate
+
+pytestmark = pytest.mark.engine  # also run on the oldest supported transformers (make test-compat)
+
+PROMPTS = ["What color is the circle?", "How many shapes are there?", "Describe the picture.", "Is it red?"]
+SIZES = [(64, 36), (40, 100), (120, 90), (56, 56)]  # (width, height): four different token grids
+
+
+@functools.cache
+def _loaded():
+    return load_vlm("tiny-qwen2.5-vl")
+
+
+def _images():
+    images = []
+    for index, size in enumerate(SIZES):
+        image = Image.new("RGB", size, (40 * index, 200 - 30 * index, 90))
+        ImageDraw.Draw(image).ellipse((3, 3, size[0] // 2, size[1] // 2), fill=(255, 50 * index, 0))
+        images.append(image)
+    return images
+
+
+def test_tiny_qwen_is_a_real_model_directory_loaded_like_a_checkpoint():
+    loaded = _loaded()
+    assert isinstance(loaded.family, Qwen25VLFamily) and loaded.kind == "qwen2_5_vl"
+    files = {path.name for path in loaded.path.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "preprocessor_config.json"} <= files
+    assert json.loads((loaded.path / "config.json").read_text())["model_type"] == "qwen2_5_vl"
+    assert loaded.image_token_id == loaded.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    assert loaded.tokenizer.convert_tokens_to_ids("<|im_end|>") in loaded.eos_token_ids
+
+
+def test_dynamic_resolution_token_counts_follow_the_evaluation_pixel_bounds():
+    """lmms-eval's bounds (256·28² to 1605632 px) on top of the checkpoint's own: 120×90 px is below the minimum,
+    scaled by sqrt(200704 / 10800) and rounded up to 532×392 px, 19×14 = 266 tokens; 56×56 px becomes 448×448,
+    exactly the 256-token floor; 3000×2000 px is above the maximum, scaled down and rounded down to 1540×1008,
+    55×36 = 1980 tokens. Every count matches the batch's placeholder run and the tower's features."""
+    loaded = _loaded()
+    images = _images()
+    assert image_token_count(loaded, images[2]) == 266
+    assert image_token_count(loaded, images[3]) == 256
+    assert image_token_count(loaded, Image.new("RGB", (3000, 2000))) == 1980
+    batch = build_batch(loaded, PROMPTS, images)
+    placeholders = ((batch.input_ids == loaded.image_token_id) & batch.attention_mask.bool()).sum(-1).tolist()
+    assert placeholders == batch.image_token_counts == [image_token_count(loaded, image) for image in images]
+    features = loaded.family.encode_images(loaded.model, batch.pixel_values, batch.image_sizes)
+    assert [len(f) for f in features] == batch.image_token_counts
+
+
+def test_schedule_none_equals_hf_generate_on_a_mixed_size_batch():
+    """Rows have different rope deltas (max M-RoPE position + 1 − length), so a decode position rule of 'cache
+    length' or positions taken from the mask instead of the image grids changes the logits."""
+    loaded = _loaded()
+    batch = build_batch(loaded, PROMPTS, _images())
+    reference = loaded.model.generate(
+        **batch.model_inputs(), max_new_tokens=8, do_sample=False, output_scores=True, return_dict_in_generate=True
+    )
+    result = generate(
+        loaded.model,
+        batch.input_ids,
+        batch.attention_mask,
+        DropSchedule.none(),
+        pixel_values=batch.pixel_values,
+        image_sizes=batch.image_sizes,
+        max_new_tokens=8,
+        eos_token_ids=loaded.eos_token_ids,
+        pad_token_id=loaded.pad_token_id,
+        return_logits=True,
+    )
+    prompt_length = batch.input_ids.shape[1]
+    for row, generation in enumerate(result.generations):
+        expected = reference.sequences[row, prompt_length:].tolist()
+        assert generation.token_ids == expected[: len(generation.token_ids)]
+    hf_logits = torch.stack(reference.scores, dim=1)[:, : result.step_logits.shape[1]]
+    scale = hf_logits.abs().max()
+    assert torch.allclose(result.step_logits, hf_logits, rtol=0, atol=float(scale) * 1e-5)
+
+
+def test_mrope_positions_follow_a_drop():
+    """original: survivors keep their three rows, decoding continues at the prompt's largest position + 1;
+    compact: 0..n-1 on all three rows, decoding continues at n."""
+    scheme = Qwen25VLFamily.positions
+    positions = torch.tensor([[[0, 1, 2, 2, 2, 2, 5]], [[0, 1, 2, 2, 3, 3, 5]], [[0, 1, 2, 3, 2, 3, 5]]])  # [3, 1, 7]
+    source = torch.tensor([[0, 1, 3, 4, 6]])  # image tokens at columns 2 and 5 dropped
+    valid = torch.ones(1, 5, dtype=torch.bool)
+    original = scheme.after_drop(positions, source, valid, "original")
+    assert original[:, 0].tolist() == [[0, 1, 2, 2, 5], [0, 1, 2, 3, 5], [0, 1, 3, 2, 5]]
+    assert scheme.decode_start(original, valid, torch.tensor([7]), "original").tolist() == [6]
+    compact = scheme.after_drop(positions, source, valid, "compact")
+    assert compact[:, 0].tolist() == [[0, 1, 2, 3, 4]] * 3
+    assert scheme.decode_start(compact, valid, torch.tensor([7]), "compact").tolist() == [5]
+    assert scheme.decode(torch.tensor([5]), 2).tolist() == [[[7]], [[7]], [[7]]]
+    with pytest.raises(PdropEvalError, match="image grids"):
+        scheme.prompt(valid)
+
+
+ORIGINAL_PDROP = DropSchedule.pyramid(0.5, positions="original")
+
+
+def _generate(loaded, batch, method, **options):
+    return generate(
+        loaded.model,
+        batch.input_ids,
+        batch.attention_mask,
+        method,
+        pixel_values=batch.pixel_values,
+        image_sizes=batch.image_sizes,
+        eos_token_ids=loaded.eos_token_ids,
+        pad_token_id=loaded.pad_token_id,
+        **options,
+    )
+
+
+def test_batch_of_four_sizes_equals_four_single_runs_with_drops():
+    loaded = _loaded()
+    images = _images()
+    batch = build_batch(loaded, PROMPTS, images)
+    assert len(set(batch.image_token_counts)) > 1
+    batched = _generate(loaded, batch, ORIGINAL_PDROP, max_new_tokens=5, return_logits=True)
+    for row in range(len(PROMPTS)):
+        single = _generate(
+            loaded,
+            build_batch(loaded, PROMPTS[row : row + 1], images[row : row + 1]),
+            ORIGINAL_PDROP,
+            max_new_tokens=5,
+            return_logits=True,
+        )
+        mine, theirs = single.generations[0], batched.generations[row]
+        assert mine.trace.kept_image_indices == theirs.trace.kept_image_indices
+        assert mine.token_ids == theirs.token_ids
+        # padding changes the length of every softmax and matmul reduction: fp32 reordering over 32 layers
+        scale = float(single.step_logits.abs().max())
+        torch.testing.assert_close(single.step_logits[0], batched.step_logits[row], atol=scale * 1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("positions", ["original", "compact"])
+def test_cached_decoding_equals_recomputation_with_drops(positions):
+    """Each step recomputed from scratch (prompt + tokens so far, M-RoPE rows from `get_rope_index` on that longer
+    sequence, the same kept sets forced) gives the logits the cached decode gave: survivors keep their three rows
+    and decoding continues from the prompt's largest position + 1."""
+    from pdrop_eval.pyramid.engine import DecoderParts, prefill
+
+    loaded = _loaded()
+    family = loaded.family
+    method = DropSchedule.pyramid(0.5, positions=positions)
+    batch = build_batch(loaded, PROMPTS[2:3], _images()[2:3])
+    result = _generate(loaded, batch, method, max_new_tokens=4, return_logits=True)
+    generation = result.generations[0]
+    assert generation.trace.kept_image_indices[0] != list(range(len(generation.trace.kept_image_indices[0])))
+    features = family.encode_images(loaded.model, batch.pixel_values, batch.image_sizes)
+    ids = batch.input_ids
+    for step in range(len(generation.token_ids)):
+        if step:
+            ids = torch.cat([ids, torch.tensor([[generation.token_ids[step - 1]]])], dim=1)
+        mask = torch.ones_like(ids)
+        embeds, image_mask = family.embed(loaded.model, ids, features)
+        recomputed = prefill(
+            DecoderParts.from_model(loaded.model, family.positions),
+            embeds,
+            mask,
+            image_mask,
+            method,
+            forced_keep=[generation.trace.kept_image_indices],
+            use_cache=False,
+            position_ids=family.prompt_positions(loaded.model, ids, mask, batch.image_sizes),
+        )
+        scale = float(result.step_logits.abs().max())
+        torch.testing.assert_close(recomputed.logits[0], result.step_logits[0, step], atol=scale * 1e-5, rtol=0)
+
+
+def test_ranking_equals_naive_eager_attention_under_mrope():
+    """The kept sets at the first boundary are the top image tokens of the last prompt token's head-averaged
+    attention in HF's own eager forward (M-RoPE applied by the model): PDrop reads layer 8 (the next layer), FastV
+    layer 2 (the one that just ran)."""
+    loaded = load_vlm("tiny-qwen2.5-vl", attn="eager")
+    batch = build_batch(loaded, PROMPTS, _images())
+    with torch.no_grad():
+        attentions = loaded.model(**batch.model_inputs(), output_attentions=True).attentions
+    image_tokens = (batch.input_ids == loaded.image_token_id) & batch.attention_mask.bool()
+    cases = [(ORIGINAL_PDROP, 8), (DropSchedule.fastv(k=3, r=0.5), 2)]
+    for method, layer in cases:
+        result = _generate(loaded, batch, method, max_new_tokens=1)
+        for row, generation in enumerate(result.generations):
+            weights = attentions[layer][row, :, -1, :].mean(0)[image_tokens[row]]
+            keep = method.keep_count(batch.image_token_counts[row], 0)
+            assert generation.trace.kept_image_indices[0] == sorted(weights.topk(keep).indices.tolist())
+
+
+def test_before_the_llm_methods_are_refused_in_one_line():
+    """Shortening the image span before the LLM would give `get_rope_index` a grid the span no longer fills."""
+    from pdrop_eval.methods.divprune import DivPrune
+
+    loaded = _loaded()
+    batch = build_batch(loaded, PROMPTS[2:3], _images()[2:3])
+    with pytest.raises(PdropEvalError, match="shorten the image before the LLM") as error:
+        _generate(loaded, batch, DivPrune(ratio=0.5), max_new_tokens=1)
+    assert "\n" not in str(error.value)
+
+
+def test_prompt_is_the_lmms_eval_chat_prompt():
+    """lmms-eval 0.7.3 (models/simple/qwen2_5_vl.py) sends [system "You are a helpful assistant.", user [image,
+    text]] through Qwen2.5-VL's chat template with the generation prompt; the template renders an image as
+    <|vision_start|><|image_pad|><|vision_end|> and the processor expands the pad to the image's token count."""
+    expected = (
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+        "<|vision_start|><|image_pad|><|image_pad|><|vision_end|>What is it?<|im_end|>\n<|im_start|>assistant\n"
+    )
+    assert chat_prompt("What is it?", 2) == expected
+    loaded = _loaded()
+    batch = build_batch(loaded, ["What is it?"], _images()[3:])
+    text = loaded.tokenizer.decode(batch.input_ids[0])
+    assert text == chat_prompt("What is it?", batch.image_token_counts[0])
