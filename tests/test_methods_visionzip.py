@@ -225,7 +225,8 @@ def test_keeping_every_token_is_the_unpruned_prompt_plus_cls(method):
     """No VisionZip setting drops nothing (CLS always enters the LLM); keeping every token must equal the unpruned
     model given the projected CLS + all patches of the feature layer, token for token (the plain run is the
     reference, the float64 model on the same pixels its exact twin). Checked by mutation against the dominant patches
-    taken one position off (patch p read at position p, not p + 1 after CLS)."""
+    taken one position off (patch p read at position p, not p + 1 after CLS; caught by dominant=577) and contextual
+    tokens missing their target's own feature (caught by contextual=576)."""
     loaded = _loaded()
     batch = build_batch(loaded, PROMPTS[:2], _images()[:2])
     model = loaded.model
