@@ -28,7 +28,13 @@ on every CPU, and approx only absorbs that a test writes the expected value as a
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 import torch
+
+from pdrop_eval.methods.base import Boundary, PruningMethod, ReducedFeatures
+from pdrop_eval.pyramid.engine import Generation
 
 FP32_EPS = torch.finfo(torch.float32).eps  # 2**-23 ~ 1.19e-7: the spacing of fp32 numbers in [1, 2)
 ORDER_MARGIN = 2.0
@@ -52,3 +58,68 @@ def assert_fp32_close(actual: torch.Tensor, expected: torch.Tensor, exact: torch
 def fp32_differs(first: torch.Tensor, second: torch.Tensor, exact_first: torch.Tensor) -> bool:
     """True when two computations differ by more than fp32 rounding could explain: they compute different things."""
     return (first.double() - second.double()).abs().max().item() > fp32_tolerance(first, exact_first)
+
+
+@dataclass(frozen=True)
+class ForcedChoice(PruningMethod):
+    """`method` with the integer choices of one fp32 run fixed, for that run's float64 twin through the whole
+    `generate` path (decoding included; `prefill(forced_keep=...)` has no decoding).
+
+    The twin must compute the same function as the fp32 run, on the same kept tokens: run anew in float64, a method
+    may break a near-tie the other way, and the two would no longer differ by rounding alone. Kept tower features
+    (DivPrune) are gathered as listed; kept image tokens inside the LLM (DART, PDrop, FastV) score 1 and all others 0,
+    so the engine's top-`keep_count` keeps exactly them. Methods without integer choices (downsample) run as they are.
+    Tower-reading methods (VisionZip) choose inside their own encoder and are forced by their own tests.
+    """
+
+    name = "forced"
+    display_name = "forced"
+
+    method: PruningMethod | None = None
+    feature_indices: tuple[tuple[int, ...], ...] | None = None  # per image, the tower features that entered the LLM
+    image_indices: tuple[tuple[tuple[int, ...], ...], ...] = ()  # per sample, per stage, the image ordinals kept
+
+    @classmethod
+    def of(cls, method: PruningMethod, generations: Sequence[Generation]) -> ForcedChoice:
+        """The choices `method` made for each sample of an fp32 run (the twin's batch holds the same samples)."""
+        if method.reads_tower:
+            raise ValueError(f"{method.label} chooses inside the vision tower: force its choices in its own test")
+        traces = [generation.trace for generation in generations]
+        features = None
+        if traces[0].kept_feature_indices is not None:
+            features = tuple(tuple(trace.kept_feature_indices) for trace in traces)
+        images = tuple(tuple(tuple(kept) for kept in trace.kept_image_indices) for trace in traces)
+        return cls(positions=method.positions, method=method, feature_indices=features, image_indices=images)
+
+    @property
+    def label(self) -> str:
+        return f"forced_{self.method.label}"
+
+    @property
+    def drops(self) -> bool:
+        return self.method.drops
+
+    @property
+    def stage_layers(self) -> tuple[int, ...]:
+        return self.method.stage_layers
+
+    def kept_features(self, num_features: int) -> int:
+        return self.method.kept_features(num_features)
+
+    def reduce_features(self, features: list[torch.Tensor]) -> ReducedFeatures:
+        if self.feature_indices is None:
+            return self.method.reduce_features(features)
+        kept = [image[list(indices)] for image, indices in zip(features, self.feature_indices, strict=True)]
+        return ReducedFeatures(features=kept, kept_indices=[list(indices) for indices in self.feature_indices])
+
+    def keep_count(self, num_image_tokens: int, stage: int) -> int:
+        """The method's own count (the engine asks per sample without saying which): tests assert the twin's traces
+        list exactly the forced sets, which also catches a forced set of another size."""
+        return self.method.keep_count(num_image_tokens, stage)
+
+    def score(self, boundary: Boundary) -> torch.Tensor:
+        scores = torch.zeros(boundary.valid.shape, dtype=torch.float32, device=boundary.valid.device)
+        for row, per_stage in enumerate(self.image_indices):
+            forced = torch.tensor(per_stage[boundary.stage], dtype=torch.long, device=scores.device)
+            scores[row] = (torch.isin(boundary.image_ordinal[row], forced) & boundary.image_mask[row]).float()
+        return scores

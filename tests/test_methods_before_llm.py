@@ -19,6 +19,7 @@ from pdrop_eval.pyramid.engine import SampleTrace
 from pdrop_eval.pyramid.flops import ModelShape, image_tokens_per_layer, sample_flops
 from pdrop_eval.pyramid.schedule import DropSchedule
 from pdrop_eval.pyramid.vlm import encode_images, generate, resize_image_spans
+from tests.numerics import ForcedChoice, assert_fp32_close
 
 pytestmark = pytest.mark.engine
 
@@ -29,12 +30,31 @@ PROMPTS = [
     "Describe the picture in a few words, please.",
 ]
 METHODS = [DivPrune(ratio=1 / 9), Downsample(grid=8)]
-FP32_RELATIVE = 1e-5  # fp32 reordering of sums over a few hundred terms stays far below this, relative to magnitude
 
 
 @functools.cache
-def _loaded(name: str = "tiny-llava", attn: str = "sdpa"):
-    return load_vlm(name, attn=attn)
+def _loaded(name: str = "tiny-llava", attn: str = "sdpa", dtype: torch.dtype = torch.float32):
+    """float64 loads the same weights, cast exactly: the exact twin each fp32 comparison takes its tolerance from."""
+    return load_vlm(name, attn=attn, dtype=dtype)
+
+
+def _exact_twin(name: str, method, batch, fp32_run, **options):
+    """`fp32_run` (the method on `batch`) once more in float64 with the same kept features and kept tokens forced
+    (tests.numerics.ForcedChoice), the twin its tolerance comes from; asserts it generated the same tokens."""
+    loaded = _loaded(name, dtype=torch.float64)
+    twin = generate(
+        loaded.model,
+        batch.input_ids,
+        batch.attention_mask,
+        ForcedChoice.of(method, fp32_run.generations),
+        pixel_values=batch.pixel_values.double(),
+        image_sizes=batch.image_sizes,
+        **options,
+    )
+    for ours, exact in zip(fp32_run.generations, twin.generations, strict=True):
+        assert exact.trace.kept_feature_indices == ours.trace.kept_feature_indices
+        assert exact.token_ids == ours.token_ids
+    return twin
 
 
 def _images():
@@ -75,16 +95,16 @@ def _naive_divprune(features: torch.Tensor, keep: int) -> tuple[list[int], float
     return sorted(picked), smallest_gap
 
 
-def _naive_pool(features: torch.Tensor, grid: int) -> torch.Tensor:
-    """Adaptive average pooling of the row-major S×S grid with explicit loops: cell (i, j) is the mean over rows
-    floor(i·S/G) .. ceil((i+1)·S/G)-1 and the same columns."""
+def _naive_pool(features: torch.Tensor, grid: int, dtype: torch.dtype) -> torch.Tensor:
+    """Adaptive average pooling of the row-major S×S grid with explicit loops in `dtype`: cell (i, j) is the mean
+    over rows floor(i·S/G) .. ceil((i+1)·S/G)-1 and the same columns."""
     side = math.isqrt(features.shape[0])
     cells = []
     for i in range(grid):
         rows = range(math.floor(i * side / grid), math.ceil((i + 1) * side / grid))
         for j in range(grid):
             columns = range(math.floor(j * side / grid), math.ceil((j + 1) * side / grid))
-            members = [features[r * side + c].double() for r in rows for c in columns]
+            members = [features[r * side + c].to(dtype) for r in rows for c in columns]
             cells.append(sum(members) / len(members))
     return torch.stack(cells)
 
@@ -110,11 +130,12 @@ def test_divprune_keeps_round_half_even_of_ratio_times_n():
 
 @pytest.mark.parametrize(("side", "grid"), [(24, 8), (24, 14), (24, 11), (7, 3), (5, 5)])
 def test_downsample_equals_naive_pooling(side, grid):
+    """The naive loops run in fp32 (the reference) and float64 (its exact twin, for the tolerance). Checked by
+    mutation against pooling the transposed (column-major) grid."""
     features = torch.randn(side * side, 6, generator=torch.Generator().manual_seed(side + grid))
     (pooled,) = Downsample(grid=grid).reduce_features([features]).features
-    expected = _naive_pool(features, grid)
     assert pooled.shape == (grid * grid, 6)
-    torch.testing.assert_close(pooled.double(), expected, rtol=FP32_RELATIVE, atol=FP32_RELATIVE)
+    assert_fp32_close(pooled, _naive_pool(features, grid, torch.float32), _naive_pool(features, grid, torch.float64))
 
 
 def test_budgets_map_to_the_nearest_square_grid():
@@ -136,8 +157,12 @@ def test_resized_span_equals_a_prompt_built_with_that_many_placeholders():
 
 @pytest.mark.parametrize("method", METHODS, ids=lambda m: m.label)
 def test_generation_equals_vanilla_on_a_prompt_built_with_the_kept_features(method):
-    """What the method feeds the LLM is exactly a prompt with K placeholders and the K reduced features."""
+    """What the method feeds the LLM is exactly a prompt with K placeholders and the K reduced features.
+
+    The plain run is the reference; the float64 model on the same features is its exact twin. Checked by mutation
+    against the shortened image span placed one token later (after the first text token that follows it)."""
     loaded = _loaded()
+    model64 = _loaded(dtype=torch.float64).model
     batch = build_batch(loaded, PROMPTS[:2], _images()[:2])
     features = encode_images(loaded.model, batch.pixel_values)
     pruned = generate(
@@ -155,17 +180,20 @@ def test_generation_equals_vanilla_on_a_prompt_built_with_the_kept_features(meth
             loaded.tokenizer, format_prompt(loaded.template, text), loaded.image_token_id, [reduced[row].shape[0]]
         )
         ids = torch.tensor([ids])
-        plain = generate(
-            loaded.model,
-            ids,
-            torch.ones_like(ids),
-            DropSchedule.none(),
-            image_features=[reduced[row]],
-            max_new_tokens=4,
-            return_logits=True,
+        plain, exact = (
+            generate(
+                model,
+                ids,
+                torch.ones_like(ids),
+                DropSchedule.none(),
+                image_features=[reduced[row].to(model.dtype)],
+                max_new_tokens=4,
+                return_logits=True,
+            )
+            for model in (loaded.model, model64)
         )
-        assert plain.generations[0].token_ids == pruned.generations[row].token_ids
-        torch.testing.assert_close(plain.step_logits[0], pruned.step_logits[row], atol=1e-4, rtol=1e-4)
+        assert plain.generations[0].token_ids == pruned.generations[row].token_ids == exact.generations[0].token_ids
+        assert_fp32_close(pruned.step_logits[row], plain.step_logits[0], exact.step_logits[0])
         trace = pruned.generations[row].trace
         assert trace.num_image_tokens == 576
         assert trace.image_tokens_per_layer == [reduced[row].shape[0]] * 32
@@ -173,6 +201,8 @@ def test_generation_equals_vanilla_on_a_prompt_built_with_the_kept_features(meth
 
 @pytest.mark.parametrize("method", METHODS, ids=lambda m: m.label)
 def test_batch_of_four_equals_four_single_runs(method):
+    """Each single run is the reference, its float64 twin (same kept features) gives the tolerance. Checked by
+    mutation against the re-padded rows' padding marked as real tokens after the image span is shortened."""
     loaded = _loaded()
     images = _images()
     batch = build_batch(loaded, PROMPTS, images)
@@ -197,11 +227,12 @@ def test_batch_of_four_equals_four_single_runs(method):
             max_new_tokens=5,
             return_logits=True,
         )
+        exact = _exact_twin("tiny-llava", method, single_batch, single, max_new_tokens=5, return_logits=True)
         mine, theirs = single.generations[0], batched.generations[row]
         assert mine.trace.kept_feature_indices == theirs.trace.kept_feature_indices
         assert mine.trace.tokens_per_layer == theirs.trace.tokens_per_layer
         assert mine.token_ids == theirs.token_ids
-        torch.testing.assert_close(single.step_logits[0], batched.step_logits[row], atol=1e-4, rtol=1e-4)
+        assert_fp32_close(batched.step_logits[row], single.step_logits[0], exact.step_logits[0])
     kept = batched.generations[0].trace.kept_feature_indices
     assert (kept is not None) == isinstance(method, DivPrune)
     if kept is not None:
@@ -210,13 +241,28 @@ def test_batch_of_four_equals_four_single_runs(method):
 
 @pytest.mark.parametrize("method", [DivPrune(ratio=1.0), Downsample(grid=24)], ids=lambda m: m.label)
 def test_keep_everything_equals_the_unpruned_model(method):
-    loaded = _loaded()
+    """The unpruned run is the reference, the float64 model its exact twin. Checked by mutation against DivPrune's
+    kept features gathered in pick order instead of ascending original order, and the downsample grid transposed."""
+    loaded, loaded64 = _loaded(), _loaded(dtype=torch.float64)
     batch = build_batch(loaded, PROMPTS[:3], _images()[:3])
-    common = {"pixel_values": batch.pixel_values, "max_new_tokens": 6, "return_logits": True}
-    unpruned = generate(loaded.model, batch.input_ids, batch.attention_mask, DropSchedule.none(), **common)
-    kept_all = generate(loaded.model, batch.input_ids, batch.attention_mask, method, **common)
-    assert [g.token_ids for g in kept_all.generations] == [g.token_ids for g in unpruned.generations]
-    torch.testing.assert_close(kept_all.step_logits, unpruned.step_logits, atol=1e-5, rtol=0)
+    common = {"max_new_tokens": 6, "return_logits": True}
+    unpruned, exact = (
+        generate(
+            runner.model,
+            batch.input_ids,
+            batch.attention_mask,
+            DropSchedule.none(),
+            pixel_values=batch.pixel_values.to(runner.model.dtype),
+            **common,
+        )
+        for runner in (loaded, loaded64)
+    )
+    kept_all = generate(
+        loaded.model, batch.input_ids, batch.attention_mask, method, pixel_values=batch.pixel_values, **common
+    )
+    tokens = [g.token_ids for g in kept_all.generations]
+    assert tokens == [g.token_ids for g in unpruned.generations] == [g.token_ids for g in exact.generations]
+    assert_fp32_close(kept_all.step_logits, unpruned.step_logits, exact.step_logits)
     assert [g.trace.tokens_per_layer for g in kept_all.generations] == [
         g.trace.tokens_per_layer for g in unpruned.generations
     ]
@@ -296,7 +342,9 @@ def test_divprune_overhead_equals_flop_counter_exactly():
 
 def test_divprune_on_llava_next_selects_per_image_from_its_own_token_count():
     """Anyres images give each sample its own N (newline tokens included, as the official code prunes them too);
-    each keeps round(ratio · N_i) of its own, the same in a batch of four as alone."""
+    each keeps round(ratio · N_i) of its own, the same in a batch of four as alone (each single run is the
+    reference, its float64 twin with the same kept features gives the tolerance). Checked by mutation against the
+    re-padded rows' padding marked as real tokens after the image span is shortened."""
     loaded = _loaded("tiny-llava-next")
     images = _images()
     batch = build_batch(loaded, PROMPTS, images)
@@ -324,9 +372,10 @@ def test_divprune_on_llava_next_selects_per_image_from_its_own_token_count():
             image_sizes=one.image_sizes,
             **common,
         )
+        exact = _exact_twin("tiny-llava-next", method, one, single, **common)
         mine, theirs = single.generations[0], batched.generations[row]
         assert theirs.trace.num_image_tokens == count
         assert len(theirs.trace.kept_feature_indices) == round(0.3 * count)
         assert mine.trace.kept_feature_indices == theirs.trace.kept_feature_indices
         assert mine.token_ids == theirs.token_ids
-        torch.testing.assert_close(single.step_logits[0], batched.step_logits[row], atol=1e-4, rtol=1e-4)
+        assert_fp32_close(batched.step_logits[row], single.step_logits[0], exact.step_logits[0])

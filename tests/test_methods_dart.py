@@ -16,13 +16,15 @@ from pdrop_eval.models import build_batch, load_vlm
 from pdrop_eval.pyramid.engine import generate_from_embeds
 from pdrop_eval.pyramid.flops import ModelShape, image_tokens_per_layer, sample_flops
 from pdrop_eval.pyramid.vlm import generate
+from tests.numerics import ForcedChoice, assert_fp32_close, fp32_differs
 
 pytestmark = pytest.mark.engine
 
 IMAGE_TOKENS = 24
 
 
-def _model(arch: str) -> torch.nn.Module:
+def _model(arch: str, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """A random model; float64 gives the same weights (drawn in fp32, cast exactly) as the exact reference."""
     common = {
         "vocab_size": 300,
         "hidden_size": 64,
@@ -41,7 +43,25 @@ def _model(arch: str) -> torch.nn.Module:
     with torch.no_grad():
         for param in model.parameters():
             param.normal_(0.0, 0.1)
-    return model
+    return model.to(dtype)
+
+
+def _exact_lm_twin(arch, method, embeds, mask, images, fp32_run, max_new_tokens):
+    """`fp32_run` (the method on these prompts) once more on the float64 model with DART's kept tokens forced
+    (tests.numerics.ForcedChoice), the twin its tolerance comes from; asserts it kept and generated the same."""
+    twin = generate_from_embeds(
+        _model(arch, torch.float64),
+        embeds.double(),
+        mask,
+        images,
+        ForcedChoice.of(method, fp32_run.generations),
+        max_new_tokens=max_new_tokens,
+        return_logits=True,
+    )
+    for ours, exact in zip(fp32_run.generations, twin.generations, strict=True):
+        assert exact.trace.kept_image_indices == ours.trace.kept_image_indices
+        assert exact.token_ids == ours.token_ids
+    return twin
 
 
 def _batch(model, lengths, offsets, seed=1):
@@ -138,8 +158,10 @@ def test_choice_equals_naive_official_loop(arch, method):
 
 
 def test_survivors_keep_positions_and_decode_at_prompt_length():
-    """The same kept set forced through PDrop's machinery with original positions gives the same logits: DART's
-    positions are FastV's (gaps kept, decode at L + t in every layer)."""
+    """DART keeps its survivors' original positions (FastV's: gaps kept, decode at L + t in every layer), so the
+    same kept set with compact positions gives other logits, by more than fp32 rounding can explain (the tolerance
+    comes from the float64 twin of the DART run, its kept set forced). Checked by mutation against positions
+    re-numbered compactly whatever the method's position mode."""
     model = _model("llama")
     embeds, mask, images = _batch(model, [40], [4])
     method = DART(layer=2, max_num_trunction=8)
@@ -155,10 +177,13 @@ def test_survivors_keep_positions_and_decode_at_prompt_length():
         return_logits=True,
     )
     assert dart.generations[0].trace.kept_image_indices == compact.generations[0].trace.kept_image_indices
-    assert not torch.allclose(dart.step_logits, compact.step_logits, atol=1e-4)
+    exact = _exact_lm_twin("llama", method, embeds, mask, images, dart, max_new_tokens=4)
+    assert fp32_differs(dart.step_logits, compact.step_logits, exact.step_logits)
 
 
 def test_batch_of_four_equals_four_single_runs_on_the_lm():
+    """Each single run is the reference, its float64 twin (same kept set) gives the tolerance. Checked by mutation
+    against decode positions counted from the padded width instead of each prompt's own length."""
     model = _model("qwen2")
     lengths, offsets = [44, 31, 38, 35], [3, 1, 6, 2]
     embeds, mask, images = _batch(model, lengths, offsets)
@@ -174,15 +199,25 @@ def test_batch_of_four_equals_four_single_runs_on_the_lm():
             max_new_tokens=5,
             return_logits=True,
         )
+        exact = _exact_lm_twin(
+            "qwen2",
+            method,
+            embeds[row : row + 1, -length:],
+            mask[row : row + 1, -length:],
+            images[row : row + 1, -length:],
+            single,
+            max_new_tokens=5,
+        )
         mine, theirs = single.generations[0], batched.generations[row]
         assert mine.trace.kept_image_indices == theirs.trace.kept_image_indices
         assert mine.token_ids == theirs.token_ids
-        torch.testing.assert_close(single.step_logits[0], batched.step_logits[row], atol=1e-5, rtol=0)
+        assert_fp32_close(batched.step_logits[row], single.step_logits[0], exact.step_logits[0])
 
 
 @functools.cache
-def _tiny_llava(attn: str):
-    return load_vlm("tiny-llava", attn=attn)
+def _tiny_llava(attn: str, dtype: torch.dtype = torch.float32):
+    """float64 loads the same weights, cast exactly: the exact twin each fp32 comparison takes its tolerance from."""
+    return load_vlm("tiny-llava", attn=attn, dtype=dtype)
 
 
 def _noise_image(seed: int, size=(64, 48)) -> Image.Image:
@@ -191,6 +226,8 @@ def _noise_image(seed: int, size=(64, 48)) -> Image.Image:
 
 
 def test_batch_of_four_equals_four_single_runs_on_tiny_llava():
+    """Each single run is the reference, its float64 twin (same kept set) gives the tolerance. Checked by mutation
+    against decode steps that attend to the padding of shorter prompts."""
     loaded = _tiny_llava("sdpa")
     prompts = ["What is it?", "How many squares are there?", "Is the circle red? Answer yes or no.", "Describe it."]
     images = [_noise_image(seed) for seed in range(4)]
@@ -205,12 +242,20 @@ def test_batch_of_four_equals_four_single_runs_on_tiny_llava():
         single = generate(
             loaded.model, one.input_ids, one.attention_mask, method, pixel_values=one.pixel_values, **common
         )
-        mine, theirs = single.generations[0], batched.generations[row]
+        exact = generate(
+            _tiny_llava("sdpa", torch.float64).model,
+            one.input_ids,
+            one.attention_mask,
+            ForcedChoice.of(method, single.generations),
+            pixel_values=one.pixel_values.double(),
+            **common,
+        )
+        mine, theirs, twin = single.generations[0], batched.generations[row], exact.generations[0]
         assert [len(k) for k in theirs.trace.kept_image_indices] == [132]
         assert theirs.trace.image_tokens_per_layer == [576, 576] + [132] * 30
-        assert mine.trace.kept_image_indices == theirs.trace.kept_image_indices
-        assert mine.token_ids == theirs.token_ids
-        torch.testing.assert_close(single.step_logits[0], batched.step_logits[row], atol=1e-4, rtol=1e-4)
+        assert mine.trace.kept_image_indices == theirs.trace.kept_image_indices == twin.trace.kept_image_indices
+        assert mine.token_ids == theirs.token_ids == twin.token_ids
+        assert_fp32_close(batched.step_logits[row], single.step_logits[0], exact.step_logits[0])
 
 
 def test_exact_flops_equal_flop_counter():
