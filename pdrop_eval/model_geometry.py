@@ -34,8 +34,10 @@ def read_model_geometry(name_or_path: str) -> ModelGeometry | None:
     except (OSError, ValueError, KeyError, TypeError):
         return None
     layers = int(config.text_config.num_hidden_layers)
+    heads = int(config.text_config.num_attention_heads)
     if config.model_type == "llava_next":
-        return ModelGeometry(num_layers=layers, image_tokens=None, anyres=True)
+        return ModelGeometry(num_layers=layers, image_tokens=None, anyres=True, num_heads=heads)
     vision = config.vision_config
     patches = (vision.image_size // vision.patch_size) ** 2
-    return ModelGeometry(layers, patches + (1 if config.vision_feature_select_strategy == "full" else 0))
+    full = 1 if config.vision_feature_select_strategy == "full" else 0
+    return ModelGeometry(layers, patches + full, num_heads=heads)

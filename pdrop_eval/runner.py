@@ -759,7 +759,8 @@ def _budget_choices_after_loading(plan: RunPlan, loaded: LoadedVLM, tasks: list[
     count = loaded.image_tokens_per_image
     if count is None:
         count = image_token_count(loaded, to_rgb(_first_image(tasks)))
-    geometry = ModelGeometry(depth, count, anyres=loaded.kind == "llava_next")
+    heads = int(loaded.model.config.text_config.num_attention_heads)
+    geometry = ModelGeometry(depth, count, anyres=loaded.kind == "llava_next", num_heads=heads)
     return resolve_budgets(method_classes(plan.budget_methods, "--methods"), plan.budgets, geometry, plan.sweep)
 
 

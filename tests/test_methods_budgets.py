@@ -219,6 +219,7 @@ def _error(stderr: str) -> str:
         (["--methods", "dart", "--budget", "600"], "more than the 576 image tokens"),
         (["--methods", "pdrop", "--budget", "64"], "cannot be reached with --layers 8,16,24"),
         (["--model", "tiny-llava-next", "--methods", "visionzip", "--budget", "160"], "not LLaVA-NeXT's anyres"),
+        (["--methods", "sparsevlm", "--budget", "64"], "this model has 4"),
     ],
 )
 def test_bad_method_or_budget_is_one_line_before_the_model_loads(tmp_path, monkeypatch, capsys, extra, message):

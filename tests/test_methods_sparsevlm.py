@@ -425,3 +425,6 @@ def test_budgets_map_to_the_official_keep_lists_and_other_budgets_are_one_line()
         SparseVLM.for_budget(100, llava, SweepSettings())
     with pytest.raises(PdropEvalError, match="576 image tokens"):
         SparseVLM.check_model(ModelGeometry(num_layers=32, image_tokens=None, anyres=True))
+    SparseVLM.check_model(ModelGeometry(num_layers=32, image_tokens=576, num_heads=32))
+    with pytest.raises(PdropEvalError, match="the 14 attention heads .* this model has 4"):
+        SparseVLM.check_model(ModelGeometry(num_layers=32, image_tokens=576, num_heads=4))

@@ -24,6 +24,7 @@ class ModelGeometry:
     num_layers: int
     image_tokens: int | None
     anyres: bool = False
+    num_heads: int | None = None  # attention heads of the language model, where a method picks among them
 
 
 @dataclass(frozen=True)

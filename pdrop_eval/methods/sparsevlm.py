@@ -203,6 +203,13 @@ class SparseVLM(PruningMethod):
 
     @classmethod
     def check_model(cls, geometry: ModelGeometry) -> None:
+        default_heads = cls.__dataclass_fields__["heads"].default
+        if geometry.num_heads is not None and geometry.num_heads < default_heads:
+            raise PdropEvalError(
+                f"SparseVLM+ averages the {default_heads} attention heads that look at the image most, and this model "
+                f"has {geometry.num_heads}: drop sparsevlm from --methods for this model, or run it with fewer heads "
+                "from Python"
+            )
         if geometry.anyres or (geometry.image_tokens is not None and geometry.image_tokens != OFFICIAL_IMAGE_TOKENS):
             raise PdropEvalError(
                 f"SparseVLM's official keep lists are for LLaVA-1.5's {OFFICIAL_IMAGE_TOKENS} image tokens: drop "
