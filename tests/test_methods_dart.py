@@ -8,7 +8,6 @@ import pytest
 import torch
 from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
-from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 from pdrop_eval.errors import PdropEvalError
 from pdrop_eval.methods.dart import DART
@@ -17,40 +16,18 @@ from pdrop_eval.pyramid.engine import generate_from_embeds
 from pdrop_eval.pyramid.flops import ModelShape, image_tokens_per_layer, sample_flops
 from pdrop_eval.pyramid.vlm import generate
 from tests.numerics import ForcedChoice, assert_fp32_close, fp32_differs
+from tests.random_lm import random_lm
 
 pytestmark = pytest.mark.engine
 
 IMAGE_TOKENS = 24
 
 
-def _model(arch: str, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
-    """A random model; float64 gives the same weights (drawn in fp32, cast exactly) as the exact reference."""
-    common = {
-        "vocab_size": 300,
-        "hidden_size": 64,
-        "intermediate_size": 128,
-        "num_hidden_layers": 6,
-        "num_attention_heads": 4,
-        "max_position_embeddings": 1024,
-    }
-    if arch == "llama":
-        config, cls = LlamaConfig(num_key_value_heads=4, **common), LlamaForCausalLM
-    else:
-        config, cls = Qwen2Config(num_key_value_heads=2, **common), Qwen2ForCausalLM
-    config._attn_implementation = "eager"
-    torch.manual_seed(0)
-    model = cls(config).eval()
-    with torch.no_grad():
-        for param in model.parameters():
-            param.normal_(0.0, 0.1)
-    return model.to(dtype)
-
-
 def _exact_lm_twin(arch, method, embeds, mask, images, fp32_run, max_new_tokens):
     """`fp32_run` (the method on these prompts) once more on the float64 model with DART's kept tokens forced
     (tests.numerics.ForcedChoice), the twin its tolerance comes from; asserts it kept and generated the same."""
     twin = generate_from_embeds(
-        _model(arch, torch.float64),
+        random_lm(arch, torch.float64),
         embeds.double(),
         mask,
         images,
@@ -145,7 +122,7 @@ def _naive_dart(model, embeds, start, method):
     ids=lambda m: m.label,
 )
 def test_choice_equals_naive_official_loop(arch, method):
-    model = _model(arch)
+    model = random_lm(arch)
     lengths, offsets = [44, 37], [3, 6]
     embeds, mask, images = _batch(model, lengths, offsets)
     result = generate_from_embeds(model, embeds, mask, images, method, max_new_tokens=1)
@@ -162,7 +139,7 @@ def test_survivors_keep_positions_and_decode_at_prompt_length():
     same kept set with compact positions gives other logits, by more than fp32 rounding can explain (the tolerance
     comes from the float64 twin of the DART run, its kept set forced). Checked by mutation against positions
     re-numbered compactly whatever the method's position mode."""
-    model = _model("llama")
+    model = random_lm("llama")
     embeds, mask, images = _batch(model, [40], [4])
     method = DART(layer=2, max_num_trunction=8)
     assert method.positions == "original" and method.label == "dart_k2_t8"
@@ -184,7 +161,7 @@ def test_survivors_keep_positions_and_decode_at_prompt_length():
 def test_batch_of_four_equals_four_single_runs_on_the_lm():
     """Each single run is the reference, its float64 twin (same kept set) gives the tolerance. Checked by mutation
     against decode positions counted from the padded width instead of each prompt's own length."""
-    model = _model("qwen2")
+    model = random_lm("qwen2")
     lengths, offsets = [44, 31, 38, 35], [3, 1, 6, 2]
     embeds, mask, images = _batch(model, lengths, offsets)
     method = DART(layer=2, max_num_trunction=8)
@@ -299,7 +276,7 @@ def test_invalid_settings_give_one_clear_line(make, message):
 
 
 def test_too_few_text_tokens_after_the_image_is_one_line():
-    model = _model("llama")
+    model = random_lm("llama")
     embeds, mask, images = _batch(model, [30], [4])  # 2 tokens after the image, 4 text pivots wanted
     with pytest.raises(PdropEvalError, match="text pivots after the image"):
         generate_from_embeds(model, embeds, mask, images, DART(layer=2, max_num_trunction=8), max_new_tokens=1)

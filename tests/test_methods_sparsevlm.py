@@ -10,7 +10,6 @@ import pytest
 import torch
 from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
-from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 from pdrop_eval.errors import PdropEvalError
 from pdrop_eval.methods import METHODS
@@ -19,33 +18,12 @@ from pdrop_eval.models import build_batch, load_vlm
 from pdrop_eval.pyramid.engine import generate_from_embeds
 from pdrop_eval.pyramid.flops import ModelShape, image_tokens_per_layer, sample_flops
 from pdrop_eval.pyramid.vlm import generate
+from tests.random_lm import random_lm
 
 pytestmark = pytest.mark.engine
 
 IMAGE_TOKENS = 24
 SMALL = SparseVLM(keep_counts=(16, 10, 5), pruning_loc=(1, 2, 4), heads=2)
-
-
-def _model(arch: str) -> torch.nn.Module:
-    common = {
-        "vocab_size": 300,
-        "hidden_size": 64,
-        "intermediate_size": 128,
-        "num_hidden_layers": 6,
-        "num_attention_heads": 4,
-        "max_position_embeddings": 1024,
-    }
-    if arch == "llama":
-        config, cls = LlamaConfig(num_key_value_heads=4, **common), LlamaForCausalLM
-    else:
-        config, cls = Qwen2Config(num_key_value_heads=2, **common), Qwen2ForCausalLM
-    config._attn_implementation = "eager"
-    torch.manual_seed(0)
-    model = cls(config).eval()
-    with torch.no_grad():
-        for param in model.parameters():
-            param.normal_(0.0, 0.1)
-    return model
 
 
 def _batch(model, lengths, offsets, seed=1, image_tokens=IMAGE_TOKENS):
@@ -207,7 +185,7 @@ V15 = SparseVLM(version="1.5", keep_counts=(20, 12, 6), pruning_loc=(1, 2, 4))
     ids=lambda m: getattr(m, "label", str(m)),
 )
 def test_choice_and_prefill_equal_naive_official_loop(arch, method, image_tokens, seed):
-    model = _model(arch)
+    model = random_lm(arch)
     lengths, offsets = [image_tokens + 20, image_tokens + 15], [3, 6]
     embeds, mask, images = _batch(model, lengths, offsets, seed=seed, image_tokens=image_tokens)
     result = generate_from_embeds(model, embeds, mask, images, method, max_new_tokens=1, return_logits=True)
@@ -252,7 +230,7 @@ def test_keep_counts_follow_min_of_the_list_and_one_fewer_than_present():
 
 @pytest.mark.parametrize("method", [SMALL, V15], ids=lambda m: m.label)
 def test_batch_of_four_equals_four_single_runs_on_the_lm(method):
-    model = _model("qwen2")
+    model = random_lm("qwen2")
     lengths, offsets = [84, 73, 78, 76], [3, 1, 6, 2]
     embeds, mask, images = _batch(model, lengths, offsets, image_tokens=64)
     batched = generate_from_embeds(model, embeds, mask, images, method, max_new_tokens=5, return_logits=True)
@@ -274,7 +252,7 @@ def test_batch_of_four_equals_four_single_runs_on_the_lm(method):
 
 
 def test_survivors_keep_positions_and_compact_positions_differ():
-    model = _model("llama")
+    model = random_lm("llama")
     embeds, mask, images = _batch(model, [40], [4])
     original = generate_from_embeds(model, embeds, mask, images, SMALL, max_new_tokens=4, return_logits=True)
     compact_method = SparseVLM(keep_counts=(16, 10, 5), pruning_loc=(1, 2, 4), heads=2, positions="compact")
@@ -400,14 +378,14 @@ def test_invalid_settings_give_one_clear_line(make, message):
     ],
 )
 def test_inputs_it_cannot_handle_are_one_line(method, lengths, offsets, message):
-    model = _model("llama")
+    model = random_lm("llama")
     embeds, mask, images = _batch(model, lengths, offsets)
     with pytest.raises(PdropEvalError, match=message):
         generate_from_embeds(model, embeds, mask, images, method, max_new_tokens=1)
 
 
 def test_split_image_is_one_line():
-    model = _model("llama")
+    model = random_lm("llama")
     embeds, mask, images = _batch(model, [40], [4])
     images[0, 10] = False
     with pytest.raises(PdropEvalError, match="one contiguous span"):
