@@ -1,7 +1,7 @@
 """The model's depth and image-token count read from its config.json, so a budget that a method cannot reach is
 refused before gigabytes of weights load.
 
-Only HF-format LLaVA / LLaVA-NeXT configs are read; an original-format checkpoint (converted on load) or a config
+Only HF-format LLaVA / LLaVA-NeXT / LLaVA-OneVision configs are read; an original-format checkpoint (converted on load) or a config
 transformers cannot parse gives None, and budgets are then checked right after loading instead.
 """
 
@@ -12,7 +12,7 @@ import json
 from pdrop_eval.errors import PdropEvalError
 from pdrop_eval.methods.budgets import ModelGeometry
 
-_KINDS = ("llava", "llava_next")
+_KINDS = ("llava", "llava_next", "llava_onevision")
 
 
 def read_model_geometry(name_or_path: str) -> ModelGeometry | None:
@@ -37,6 +37,8 @@ def read_model_geometry(name_or_path: str) -> ModelGeometry | None:
     heads = int(config.text_config.num_attention_heads)
     if config.model_type == "llava_next":
         return ModelGeometry(num_layers=layers, image_tokens=None, anyres=True, num_heads=heads)
+    if config.model_type == "llava_onevision":  # SigLIP tiles: no CLS token, counts vary with the image
+        return ModelGeometry(num_layers=layers, image_tokens=None, anyres=True, num_heads=heads, cls_token=False)
     vision = config.vision_config
     patches = (vision.image_size // vision.patch_size) ** 2
     full = 1 if config.vision_feature_select_strategy == "full" else 0

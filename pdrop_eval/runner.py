@@ -760,7 +760,10 @@ def _budget_choices_after_loading(plan: RunPlan, loaded: LoadedVLM, tasks: list[
     if count is None:
         count = image_token_count(loaded, to_rgb(_first_image(tasks)))
     heads = int(loaded.model.config.text_config.num_attention_heads)
-    geometry = ModelGeometry(depth, count, anyres=loaded.kind == "llava_next", num_heads=heads)
+    family = loaded.family
+    geometry = ModelGeometry(
+        depth, count, anyres=loaded.kind in family.anyres_kinds, num_heads=heads, cls_token=family.vision_cls_token
+    )
     return resolve_budgets(method_classes(plan.budget_methods, "--methods"), plan.budgets, geometry, plan.sweep)
 
 

@@ -37,6 +37,8 @@ class ModelFamily:
     model_types: ClassVar[tuple[str, ...]]  # HF `config.json` model_type values this family loads
     description: ClassVar[str]  # how the "unsupported model" error lists it
     positions: ClassVar[LinearPositions] = LinearPositions()
+    anyres_kinds: ClassVar[tuple[str, ...]] = ()  # model_types whose images are tiled (methods needing one grid refuse)
+    vision_cls_token: ClassVar[bool] = True  # whether the tower has a CLS token (CLS-attention rankers need one)
 
     def claims(self, raw_config: dict) -> bool:
         """Whether a model directory's raw `config.json` is one of this family's checkpoints."""

@@ -48,6 +48,7 @@ class LlavaFamily(ModelFamily):
         "LLaVA-1.5 ('llava', LlavaForConditionalGeneration) and LLaVA-NeXT ('llava_next', "
         "LlavaNextForConditionalGeneration) in HF format, or original LLaVA checkpoints"
     )
+    anyres_kinds = ("llava_next",)
 
     def claims(self, raw_config: dict) -> bool:
         return super().claims(raw_config) or is_original_llava_config(raw_config)

@@ -9,9 +9,12 @@ from torch import nn
 from pdrop_eval.errors import PdropEvalError
 from pdrop_eval.families.base import ModelFamily
 from pdrop_eval.families.llava import LlavaFamily
+from pdrop_eval.families.llava_onevision import LlavaOnevisionFamily
 from pdrop_eval.families.qwen2_5_vl import Qwen25VLFamily
 
-FAMILIES: dict[str, ModelFamily] = {family.name: family for family in (LlavaFamily(), Qwen25VLFamily())}
+FAMILIES: dict[str, ModelFamily] = {
+    family.name: family for family in (LlavaFamily(), Qwen25VLFamily(), LlavaOnevisionFamily())
+}
 
 
 def family_for_config(raw_config: dict, path: Path) -> ModelFamily:

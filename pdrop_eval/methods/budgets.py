@@ -25,6 +25,7 @@ class ModelGeometry:
     image_tokens: int | None
     anyres: bool = False
     num_heads: int | None = None  # attention heads of the language model, where a method picks among them
+    cls_token: bool = True  # the vision tower has a CLS token (SigLIP, in LLaVA-OneVision, has none)
 
 
 @dataclass(frozen=True)

@@ -68,7 +68,8 @@ class Downsample(PruningMethod):
     def check_model(cls, geometry: ModelGeometry) -> None:
         if geometry.anyres:
             raise PdropEvalError(
-                "downsample pools one square feature grid per image, but this model is LLaVA-NeXT (anyres tiles): "
+                "downsample pools one square feature grid per image, but this model tiles its images (LLaVA-NeXT, "
+                "LLaVA-OneVision anyres): "
                 "drop downsample from --methods for it"
             )
 

@@ -141,6 +141,11 @@ class VisionZip(PruningMethod):
 
     @classmethod
     def check_model(cls, geometry: ModelGeometry) -> None:
+        if not geometry.cls_token:
+            raise PdropEvalError(
+                "VisionZip ranks patches by the vision tower's CLS attention, and this model's tower (SigLIP, "
+                "LLaVA-OneVision) has no CLS token: drop visionzip from --methods for this model"
+            )
         if geometry.anyres:
             raise PdropEvalError(
                 "VisionZip is implemented for LLaVA-1.5-style models (one 24×24 crop per image), not LLaVA-NeXT's "
@@ -174,8 +179,8 @@ class VisionZip(PruningMethod):
     ) -> ReducedFeatures:
         if image_sizes is not None:
             raise PdropEvalError(
-                "VisionZip is implemented for LLaVA-1.5-style models (one 24×24 crop per image); LLaVA-NeXT's "
-                "anyres crops are not supported yet"
+                "VisionZip is implemented for LLaVA-1.5-style models (one 24×24 CLIP crop per image); LLaVA-NeXT's "
+                "anyres crops and LLaVA-OneVision's SigLIP tiles (no CLS token) are not supported"
             )
         config = model.config
         view = read_tower_layer(model.model.vision_tower, pixel_values, config.vision_feature_layer)

@@ -38,6 +38,7 @@ from transformers import (
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 from pdrop_eval.models.cache import build_once, cache_root
+from pdrop_eval.models.tiny_onevision import write_tiny_onevision
 from pdrop_eval.models.tiny_qwen import write_tiny_qwen
 from pdrop_eval.models.tiny_tokenizer import IMAGE_TOKEN, build_tiny_tokenizer
 
@@ -75,6 +76,8 @@ TINY_MODELS: dict[str, TinySpec] = {
     ),
     # dynamic resolution: no fixed image size (tiny_qwen.py bounds it by min/max pixels)
     "tiny-qwen2.5-vl": TinySpec(kind="qwen2_5_vl", backbone="qwen2_5_vl", image_size=0, num_kv_heads=2),
+    # SigLIP 56 px tiles, anyres_max_9 over 1-4 tiles a side, Qwen2 decoder (tiny_onevision.py)
+    "tiny-llava-onevision": TinySpec(kind="llava_onevision", backbone="qwen2", image_size=56, num_kv_heads=2),
 }
 
 
@@ -93,6 +96,9 @@ def write_tiny_model(name: str, out_dir: Path) -> None:
     spec = TINY_MODELS[name]
     if spec.kind == "qwen2_5_vl":
         write_tiny_qwen(out_dir, _init_weights, _never_generate)
+        return
+    if spec.kind == "llava_onevision":
+        write_tiny_onevision(out_dir, _init_weights, _never_generate)
         return
     tokenizer = build_tiny_tokenizer()
     config = _model_config(spec, tokenizer)
