@@ -6,7 +6,7 @@ cost or to time a model of their size.
 
 from __future__ import annotations
 
-from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaNextConfig
+from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaNextConfig, LlavaOnevisionConfig
 
 from pdrop_eval.errors import PdropEvalError
 
@@ -76,15 +76,54 @@ def _llava_next(text: dict, vision: dict) -> LlavaNextConfig:
     )
 
 
+# llava-hf/llava-onevision-qwen2-7b-ov-hf as transformers' conversion script builds it
+# (models/llava_onevision/convert_llava_onevision_weights_to_hf.py): SigLIP so400m at 384/14 with its last layer
+# dropped and no head, Qwen2-7B-Instruct with its vocabulary grown by <image>, <video> and padded to 64; the
+# config's default anyres_max_9 pinpoints (1 to 6 tiles of 384 a side).
+_SIGLIP_SO400M_OV = {
+    "hidden_size": 1152,
+    "intermediate_size": 4304,
+    "num_hidden_layers": 26,
+    "num_attention_heads": 16,
+    "image_size": 384,
+    "patch_size": 14,
+    "vision_use_head": False,
+}
+_QWEN2_7B_OV = {
+    "hidden_size": 3584,
+    "intermediate_size": 18944,
+    "num_hidden_layers": 28,
+    "num_attention_heads": 28,
+    "num_key_value_heads": 4,
+    "vocab_size": 152128,
+    "max_position_embeddings": 32768,
+    "rms_norm_eps": 1e-6,
+    "rope_theta": 1000000.0,
+}
+
+
+def _llava_onevision(text: dict, vision: dict) -> LlavaOnevisionConfig:
+    return LlavaOnevisionConfig(
+        vision_config={"model_type": "siglip_vision_model", **vision},
+        text_config={"model_type": "qwen2", **text},
+        image_token_index=151646,
+        video_token_index=151647,
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="full",
+        vision_aspect_ratio="anyres_max_9",
+    )
+
+
 PRESETS = {
     "llava-1.5-7b": lambda: _llava(_VICUNA_7B, _CLIP_L_336),
     "llava-1.5-13b": lambda: _llava(_VICUNA_13B, _CLIP_L_336),
     "llava-next-vicuna-7b": lambda: _llava_next(_VICUNA_7B, _CLIP_L_336),
     "cpu-small": lambda: _llava(_CPU_SMALL_TEXT, _CPU_SMALL_VISION),
+    "llava-onevision-7b": lambda: _llava_onevision(_QWEN2_7B_OV, _SIGLIP_SO400M_OV),
 }
 
 
-def preset_config(name: str) -> LlavaConfig | LlavaNextConfig:
+def preset_config(name: str) -> LlavaConfig | LlavaNextConfig | LlavaOnevisionConfig:
     if name not in PRESETS:
         raise PdropEvalError(f"unknown shape preset {name!r}: choose one of {', '.join(PRESETS)}")
     return PRESETS[name]()

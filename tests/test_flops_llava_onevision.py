@@ -1,0 +1,56 @@
+"""LLaVA-OneVision FLOPs: the exact count equals torch's FlopCounterMode on the tiny model (SigLIP tiles without a
+CLS row, the projector over every crop, Qwen2), and the 7B preset has the llava-hf checkpoint's shapes.
+
+Not engine-marked, like tests/test_flops.py: on transformers 5.17 the rotary module computes its angles with a
+matmul (inv_freq @ positions, 2 · head_dim/2 FLOPs per position per call), which FlopCounterMode counts and our
+convention leaves out with the rest of RoPE's elementwise work; from 5.24 it is elementwise and the counts agree
+to the FLOP.
+"""
+
+from PIL import Image
+from torch.utils.flop_counter import FlopCounterMode
+from transformers.models.llava_onevision.modeling_llava_onevision import image_size_to_num_patches
+
+from pdrop_eval.families.llava_onevision import LlavaOnevisionFamily
+from pdrop_eval.models import build_batch, load_vlm
+from pdrop_eval.models.presets import preset_config
+from pdrop_eval.pyramid.flops import sample_flops, vision_flops
+from pdrop_eval.pyramid.schedule import DropSchedule
+from pdrop_eval.pyramid.vlm import generate
+
+
+def test_exact_flops_equal_flop_counter_on_siglip_tiles():
+    """SigLIP runs every layer on the 16 patches of each crop (a CLS row would add 2·(L·per-layer(17) −
+    per-layer(16)) per crop), the projector maps every crop's patches, newlines cost nothing, then Qwen2."""
+    loaded = load_vlm("tiny-llava-onevision", attn="eager")  # FlopCounterMode does not see CPU SDPA kernels
+    shape = loaded.family.model_shape(loaded.model.config)
+    assert not shape.vision.cls_token and shape.vision.tokens == 16
+    for image in (Image.new("RGB", (60, 40), (200, 30, 90)), Image.new("RGB", (300, 300), (20, 90, 30))):
+        batch = build_batch(loaded, ["What is in the picture?"], [image])
+        counter = FlopCounterMode(display=False)
+        with counter:
+            result = generate(
+                loaded.model,
+                batch.input_ids,
+                batch.attention_mask,
+                DropSchedule.pyramid(0.5),
+                pixel_values=batch.pixel_values,
+                image_sizes=batch.image_sizes,
+                max_new_tokens=3,
+            )
+        trace = result.generations[0].trace
+        assert trace.vision_crops > 1 and trace.num_image_tokens == batch.image_token_counts[0]
+        assert sample_flops(shape, trace).exact == counter.get_total_flops()
+
+
+def test_onevision_7b_preset_is_llava_hf_checkpoint_shape():
+    """llava-onevision-qwen2-7b-ov-hf: SigLIP so400m without its last layer (26 of 27) at 384/14 → 729 patches
+    per crop, no CLS; Qwen2-7B with 4 KV heads; a 640 × 480 image takes the 2 × 2 pinpoint (5 crops)."""
+    config = preset_config("llava-onevision-7b")
+    shape = LlavaOnevisionFamily().model_shape(config)
+    assert (shape.text.hidden, shape.text.ffn, shape.text.layers, shape.text.kv_heads) == (3584, 18944, 28, 4)
+    assert shape.vision.tokens == shape.vision.patches == 729 and shape.vision.layers == 26
+    assert image_size_to_num_patches((480, 640), config.image_grid_pinpoints, 384) == 5
+    d, m, n = 1152, 4304, 729
+    tower = 2 * n * 3 * 14 * 14 * d + 26 * (8 * n * d * d + 4 * n * n * d + 4 * n * d * m)
+    assert vision_flops(shape.vision, 3584, 5) == 5 * tower + 2 * 5 * n * (d * 3584 + 3584 * 3584)
