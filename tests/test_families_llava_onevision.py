@@ -127,8 +127,9 @@ def test_prompt_is_lmms_evals_qwen_1_5_conversation():
 
 
 def test_schedule_none_equals_hf_generate_on_a_mixed_tile_batch():
-    """Catches (checked by mutation) the newline tokens left out of the packed features and decode positions that
-    do not advance: HF's own forward packs and positions this left-padded batch of four tile layouts."""
+    """HF's own forward packs and positions this left-padded batch of four tile layouts. Catches (checked by
+    mutation) the tower read at LLaVA's feature layer −2 instead of OneVision's −1, newline tokens left out of the
+    count, and decode positions one off."""
     loaded = _loaded()
     batch = build_batch(loaded, PROMPTS, _images())
     reference, exact = (
@@ -152,8 +153,9 @@ def test_schedule_none_equals_hf_generate_on_a_mixed_tile_batch():
 
 
 def test_batch_of_four_tile_layouts_equals_four_single_runs_with_drops():
-    """Catches (checked by mutation) one image's tiles read into another row's features and a mask that lets a
-    row see padding: each row, with its own token count and crops, equals its batch-1 run."""
+    """Each row, with its own token count and crops, equals its batch-1 run. Catches (checked by mutation) one
+    image's tiles paired with another row's prompt (the pixel rows rolled across the batch), and a count without
+    newlines or a crop count of 1."""
     loaded = _loaded()
     images = _images()
     batch = build_batch(loaded, PROMPTS, images)
@@ -209,7 +211,8 @@ def test_cached_decoding_equals_recomputation_with_drops(positions):
 def test_ranking_equals_naive_eager_attention():
     """The kept sets at the first boundary are the top image tokens (newlines included) of the last prompt token's
     head-averaged attention in HF's own eager forward, positions counted over each row's real tokens: PDrop reads
-    layer 8 (the next layer), FastV layer 2 (the one that just ran)."""
+    layer 8 (the next layer), FastV layer 2 (the one that just ran). Catches (checked by mutation) the tower read at
+    feature layer −2 and newline tokens left out."""
     loaded = _loaded(attn="eager")
     batch = build_batch(loaded, PROMPTS, _images())
     positions = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)

@@ -20,8 +20,9 @@ from pdrop_eval.pyramid.vlm import generate
 
 
 def test_exact_flops_equal_flop_counter_on_siglip_tiles():
-    """SigLIP runs every layer on the 16 patches of each crop (a CLS row would add 2·(L·per-layer(17) −
-    per-layer(16)) per crop), the projector maps every crop's patches, newlines cost nothing, then Qwen2."""
+    """SigLIP runs every layer on the 16 patches of each crop, the projector maps every crop's patches, the
+    newline vectors cost nothing, then Qwen2. Catches (checked by mutation) a CLS row counted in the tower and a
+    single tower pass per image."""
     loaded = load_vlm("tiny-llava-onevision", attn="eager")  # FlopCounterMode does not see CPU SDPA kernels
     shape = loaded.family.model_shape(loaded.model.config)
     assert not shape.vision.cls_token and shape.vision.tokens == 16
