@@ -741,11 +741,15 @@ def format_table(results: list[dict[str, Any]]) -> str:
 def _budget_choices_before_loading(plan: RunPlan) -> list[BudgetChoice] | None:
     """Each --methods × --budget setting from the model's config.json alone, so a method that cannot run on the
     model or reach a budget costs seconds, not a model load; None where the image-token count needs the loaded
-    model (LLaVA-NeXT counts the first image's tiles) or the config cannot be read before loading."""
+    model (LLaVA-NeXT counts the first image's tiles) or the config cannot be read before loading. The flags' own
+    schedules (--baselines, --lambda) are checked against the model here too."""
+    geometry = read_model_geometry(plan.model)
+    if geometry is not None:
+        for cls in dict.fromkeys(type(schedule) for schedule in plan.schedules):
+            cls.check_model(geometry)
     if not plan.budget_methods:
         return None
     classes = method_classes(plan.budget_methods, "--methods")
-    geometry = read_model_geometry(plan.model)
     if geometry is None:
         return None
     for cls in classes:

@@ -229,19 +229,20 @@ def test_ranking_equals_naive_eager_attention():
 
 def test_cls_rankers_are_refused_before_the_model_loads(tmp_path, monkeypatch, capsys):
     """VisionZip ranks by the tower's CLS attention, which SigLIP does not have; downsample needs one square grid.
-    Both are one error line from config.json alone."""
+    Both are one error line from config.json alone, asked for by budget or as a baseline."""
     from pdrop_eval import runner
 
     def no_loading(*args, **kwargs):
         raise AssertionError("the model was loaded before the refusal")
 
     monkeypatch.setattr(runner, "load_vlm", no_loading)
-    common = ["--model", NAME, "--tasks", "shapes", "--budget", "64", "--output-dir", str(tmp_path), "--no-report"]
-    for method, reason in (("visionzip", "no CLS token"), ("downsample", "tiles its images")):
-        assert cli.main([*common, "--methods", method]) == 2
-        err = capsys.readouterr().err
-        errors = [line for line in err.splitlines() if line.startswith("error:")]
-        assert len(errors) == 1 and reason in errors[0] and "Traceback" not in err
+    common = ["--model", NAME, "--tasks", "shapes", "--output-dir", str(tmp_path), "--no-report"]
+    for method, reason in (("visionzip", "has no CLS token"), ("downsample", "tiles its images")):
+        for flags in (["--methods", method, "--budget", "64"], ["--baselines", method]):
+            assert cli.main([*common, *flags]) == 2
+            err = capsys.readouterr().err
+            errors = [line for line in err.splitlines() if line.startswith("error:")]
+            assert len(errors) == 1 and reason in errors[0] and "Traceback" not in err
 
 
 def test_runner_scores_gqa_and_mmstar_on_onevision(tmp_path, monkeypatch):

@@ -69,8 +69,7 @@ class Downsample(PruningMethod):
         if geometry.anyres:
             raise PdropEvalError(
                 "downsample pools one square feature grid per image, but this model tiles its images (LLaVA-NeXT, "
-                "LLaVA-OneVision anyres): "
-                "drop downsample from --methods for it"
+                "LLaVA-OneVision anyres): leave downsample out of --methods and --baselines for it"
             )
 
     @classmethod

@@ -144,7 +144,7 @@ class VisionZip(PruningMethod):
         if not geometry.cls_token:
             raise PdropEvalError(
                 "VisionZip ranks patches by the vision tower's CLS attention, and this model's tower (SigLIP, "
-                "LLaVA-OneVision) has no CLS token: drop visionzip from --methods for this model"
+                "LLaVA-OneVision) has no CLS token: leave visionzip out of --methods and --baselines for this model"
             )
         if geometry.anyres:
             raise PdropEvalError(
@@ -179,8 +179,8 @@ class VisionZip(PruningMethod):
     ) -> ReducedFeatures:
         if image_sizes is not None:
             raise PdropEvalError(
-                "VisionZip is implemented for LLaVA-1.5-style models (one 24×24 CLIP crop per image); LLaVA-NeXT's "
-                "anyres crops and LLaVA-OneVision's SigLIP tiles (no CLS token) are not supported"
+                "VisionZip is implemented for LLaVA-1.5-style models (one 24×24 CLIP crop per image); anyres crops are "
+                "not supported (LLaVA-NeXT, and LLaVA-OneVision, whose SigLIP tower has no CLS token either)"
             )
         config = model.config
         view = read_tower_layer(model.model.vision_tower, pixel_values, config.vision_feature_layer)
