@@ -2,10 +2,13 @@
 methods that prune before the LLM or once inside it (DivPrune, downsample, VisionZip, DART) at one token budget.
 
 One run, side by side, on a GQA-shaped workload (576 image tokens, ~60 text tokens, a forced number of new tokens)
-with random weights: speed does not depend on what the weights are.
+with random weights: speed does not depend on what the weights are. Models that tile their images (LLaVA-NeXT,
+LLaVA-OneVision) get a 640 × 480 image, as COCO's (GQA's) are, tiled as the model's family tiles it; methods that
+cannot run on the model (VisionZip without a CLS token, downsample on tiles) are left out with a note.
 
     python benchmarks/speed.py --preset cpu-small            # 2 CPU cores, a few minutes
     python benchmarks/speed.py --preset llava-1.5-7b         # full shapes, bf16, on a GPU
+    python benchmarks/speed.py --preset llava-onevision-7b   # SigLIP tiles + Qwen2-7B, bf16, on a GPU
 
 Writes `<out>/speed_<preset>.json` and `.md` and prints the table and whether each goal is met.
 """
@@ -23,20 +26,24 @@ from pathlib import Path
 import torch
 import transformers
 
+from pdrop_eval.errors import PdropEvalError
+from pdrop_eval.families.registry import family_of
 from pdrop_eval.methods.base import PruningMethod
+from pdrop_eval.methods.budgets import ModelGeometry
 from pdrop_eval.methods.dart import DART
 from pdrop_eval.methods.divprune import DivPrune
 from pdrop_eval.methods.downsample import Downsample, grid_for_budget
 from pdrop_eval.methods.visionzip import VisionZip
 from pdrop_eval.models.presets import preset_config
 from pdrop_eval.pyramid.engine import DecoderParts
-from pdrop_eval.pyramid.flops import ModelShape, sample_flops
+from pdrop_eval.pyramid.flops import sample_flops
 from pdrop_eval.pyramid.schedule import DropSchedule
 from pdrop_eval.pyramid.timing import Stopwatch
 from pdrop_eval.pyramid.vlm import generate
 
 TEXT_BEFORE_IMAGE = 35  # system prompt + "USER: "
 TEXT_AFTER_IMAGE = 25  # question + suffix + " ASSISTANT:"
+TILED_IMAGE = (480, 640)  # (height, width) of the image a tiling model gets: COCO's usual size
 
 
 @dataclass
@@ -57,25 +64,44 @@ def _scaled_layers(depth: int) -> tuple[int, ...]:
     return tuple(round(depth * fraction) for fraction in (0.25, 0.5, 0.75))
 
 
-def budget_methods(budget: int, image_tokens: int) -> list[PruningMethod]:
+def budget_methods(budget: int, image_tokens: int, geometry: ModelGeometry | None = None) -> list[PruningMethod]:
     """The other methods at about `budget` image tokens: DivPrune's ratio K/N, the nearest square pooled grid,
     VisionZip's README split of 64 (54 dominant incl. CLS + 10 contextual) scaled to the budget, and DART's
-    `max_num_trunction` (which keeps a few more: 128 → 132)."""
+    `max_num_trunction` (which keeps a few more: 128 → 132); those whose `check_model` refuses `geometry` are left
+    out, with a note on stderr."""
     dominant = max(1, round(budget * 54 / 64))
-    return [
+    methods = [
         DivPrune(ratio=budget / image_tokens),
         Downsample(grid=grid_for_budget(budget)),
         VisionZip(dominant=dominant, contextual=max(0, budget - dominant)),
         DART(max_num_trunction=budget),
     ]
+    runnable = []
+    for method in methods:
+        try:
+            if geometry is not None:
+                type(method).check_model(geometry)
+        except PdropEvalError as error:
+            print(f"note: {method.label} left out: {error}", file=sys.stderr)
+            continue
+        runnable.append(method)
+    return runnable
 
 
 def _build_model(preset: str, device: torch.device, dtype: torch.dtype, attn: str):
-    from transformers import LlavaForConditionalGeneration, LlavaNextForConditionalGeneration
+    from transformers import (
+        LlavaForConditionalGeneration,
+        LlavaNextForConditionalGeneration,
+        LlavaOnevisionForConditionalGeneration,
+    )
 
     config = preset_config(preset)
     config._attn_implementation = attn
-    model_class = LlavaNextForConditionalGeneration if "next" in preset else LlavaForConditionalGeneration
+    model_class = {
+        "llava": LlavaForConditionalGeneration,
+        "llava_next": LlavaNextForConditionalGeneration,
+        "llava_onevision": LlavaOnevisionForConditionalGeneration,
+    }[config.model_type]
     torch.manual_seed(0)
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
@@ -89,18 +115,29 @@ def _build_model(preset: str, device: torch.device, dtype: torch.dtype, attn: st
 
 
 def _inputs(model, batch: int, device: torch.device, dtype: torch.dtype):
+    """Prompt ids, mask, pixels and image sizes (None for one-crop models); a tiled model's image-token count is
+    what its own `encode_images` packs for the `TILED_IMAGE` crops."""
     config = model.config
     vision = config.vision_config
-    image_tokens = (vision.image_size // vision.patch_size) ** 2
     vocab = config.text_config.vocab_size
     generator = torch.Generator().manual_seed(1)
+    family = family_of(model)
+    side = vision.image_size
+    if config.model_type in family.anyres_kinds:
+        image_sizes = torch.tensor([TILED_IMAGE] * batch, device=device)
+        crops = family.count_crops(model, image_sizes, batch)[0]
+        pixels = torch.randn(batch, crops, 3, side, side, generator=generator).to(device, dtype)
+        image_tokens = len(family.encode_images(model, pixels[:1], image_sizes[:1])[0])
+    else:
+        image_sizes = None
+        pixels = torch.randn(batch, 3, side, side, generator=generator).to(device, dtype)
+        image_tokens = (side // vision.patch_size) ** 2
     before = torch.randint(3, min(vocab, 32000), (batch, TEXT_BEFORE_IMAGE), generator=generator)
     after = torch.randint(3, min(vocab, 32000), (batch, TEXT_AFTER_IMAGE), generator=generator)
     before[:, 0] = 1
     images = torch.full((batch, image_tokens), config.image_token_id)
     input_ids = torch.cat([before, images, after], dim=1).to(device)
-    pixels = torch.randn(batch, 3, vision.image_size, vision.image_size, generator=generator).to(device, dtype)
-    return input_ids, torch.ones_like(input_ids), pixels
+    return input_ids, torch.ones_like(input_ids), pixels, image_sizes
 
 
 def _median_runs(run, repeats: int, device: torch.device) -> list[dict]:
@@ -118,12 +155,19 @@ def _peak_gib(device: torch.device) -> float | None:
 
 
 def bench_engine(model, parts, schedule, batch, new_tokens, repeats, device, dtype) -> dict:
-    input_ids, mask, pixels = _inputs(model, batch, device, dtype)
+    input_ids, mask, pixels, image_sizes = _inputs(model, batch, device, dtype)
 
     def run() -> dict:
         with Stopwatch(device) as watch:
             result = generate(
-                model, input_ids, mask, schedule, pixel_values=pixels, max_new_tokens=new_tokens, parts=parts
+                model,
+                input_ids,
+                mask,
+                schedule,
+                pixel_values=pixels,
+                image_sizes=image_sizes,
+                max_new_tokens=new_tokens,
+                parts=parts,
             )
         timings = result.timings
         return {
@@ -141,17 +185,19 @@ def bench_engine(model, parts, schedule, batch, new_tokens, repeats, device, dty
 
 def bench_hf_generate(model, new_tokens, repeats, device, dtype) -> dict:
     """Batch 1, as LLaVA's own evaluation, lmms-eval and VLMEvalKit run; prefill timed as one forward pass."""
-    input_ids, mask, pixels = _inputs(model, 1, device, dtype)
+    input_ids, mask, pixels, image_sizes = _inputs(model, 1, device, dtype)
+    sizes = {} if image_sizes is None else {"image_sizes": image_sizes}
 
     @torch.no_grad()
     def run() -> dict:
         with Stopwatch(device) as prefill:
-            model(input_ids=input_ids, attention_mask=mask, pixel_values=pixels, logits_to_keep=1)
+            model(input_ids=input_ids, attention_mask=mask, pixel_values=pixels, logits_to_keep=1, **sizes)
         with Stopwatch(device) as whole:
             out = model.generate(
                 input_ids=input_ids,
                 attention_mask=mask,
                 pixel_values=pixels,
+                **sizes,
                 max_new_tokens=new_tokens,
                 min_new_tokens=new_tokens,
                 do_sample=False,
@@ -189,7 +235,9 @@ def _summarise(runs: list[dict], batch: int, new_tokens: int) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="cpu-small", help="cpu-small | llava-1.5-7b | llava-1.5-13b")
+    parser.add_argument(
+        "--preset", default="cpu-small", help="cpu-small | llava-1.5-7b | llava-1.5-13b | llava-onevision-7b"
+    )
     parser.add_argument("--batch", type=int, default=None, help="batch size B (default 8 on GPU, 4 on CPU)")
     parser.add_argument("--new-tokens", type=int, default=8, help="generated tokens, forced (default 8)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs after one warm-up; medians reported")
@@ -203,8 +251,9 @@ def main(argv: list[str] | None = None) -> int:
     batch = args.batch or (8 if device.type == "cuda" else 4)
     torch.set_grad_enabled(False)
     model = _build_model(args.preset, device, dtype, args.attn)
-    parts = DecoderParts.from_model(model)
-    shape = ModelShape.from_config(model.config)
+    family = family_of(model)
+    parts = DecoderParts.from_model(model, family.positions)
+    shape = family.model_shape(model.config)
     depth = shape.text.layers
     pdrop = DropSchedule.pyramid(0.5, layers=_scaled_layers(depth))
     fastv = DropSchedule.fastv(k=2, r=0.5)
@@ -216,7 +265,14 @@ def main(argv: list[str] | None = None) -> int:
             measured[(name, size)] = bench_engine(model, parts, schedule, size, *common)
     measured[(f"engine {fastv.label}", batch)] = bench_engine(model, parts, fastv, batch, *common)
     image_tokens = measured[("engine vanilla", 1)]["trace"].num_image_tokens
-    for method in budget_methods(args.budget, image_tokens):
+    geometry = ModelGeometry(
+        depth,
+        image_tokens,
+        anyres=model.config.model_type in family.anyres_kinds,
+        num_heads=shape.text.heads,
+        cls_token=family.vision_cls_token,
+    )
+    for method in budget_methods(args.budget, image_tokens, geometry):
         measured[(f"engine {method.label}", batch)] = bench_engine(model, parts, method, batch, *common)
 
     def prefill_flops(result) -> float:
