@@ -7,14 +7,16 @@ convention leaves out with the rest of RoPE's elementwise work; from 5.24 it is 
 to the FLOP.
 """
 
+import torch
 from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
+from transformers import LlavaOnevisionForConditionalGeneration
 from transformers.models.llava_onevision.modeling_llava_onevision import image_size_to_num_patches
 
-from pdrop_eval.families.llava_onevision import LlavaOnevisionFamily
+from pdrop_eval.families.llava_onevision import LlavaOnevisionFamily, packed_length
 from pdrop_eval.models import build_batch, load_vlm
 from pdrop_eval.models.presets import preset_config
-from pdrop_eval.pyramid.flops import sample_flops, vision_flops
+from pdrop_eval.pyramid.flops import image_tokens_per_layer, paper_flops, sample_flops, vision_flops
 from pdrop_eval.pyramid.schedule import DropSchedule
 from pdrop_eval.pyramid.vlm import generate
 
@@ -55,3 +57,19 @@ def test_onevision_7b_preset_is_llava_hf_checkpoint_shape():
     d, m, n = 1152, 4304, 729
     tower = 2 * n * 3 * 14 * 14 * d + 26 * (8 * n * d * d + 4 * n * n * d + 4 * n * d * m)
     assert vision_flops(shape.vision, 3584, 5) == 5 * tower + 2 * 5 * n * (d * 3584 + 3584 * 3584)
+
+
+def test_onevision_7b_numbers_in_the_readme():
+    """A 640 × 480 image: 729 + 40 × 54 + 40 = 2929 tokens (the 2 × 2 tiles' 54 × 54 features unpadded to 40 rows),
+    counted by the 7B's own packing on the meta device (no weights), and its TFLOPs as the README prints them."""
+    config = preset_config("llava-onevision-7b")
+    with torch.device("meta"):
+        model = LlavaOnevisionForConditionalGeneration(config)
+    tokens = packed_length(model, 480, 640)
+    assert tokens == 2929
+    shape = LlavaOnevisionFamily().model_shape(config)
+    tflops = {}
+    for schedule in (DropSchedule.none(), DropSchedule.pyramid(0.5)):
+        tflops[schedule.label] = round(paper_flops(shape.text, image_tokens_per_layer(schedule, 28, tokens)) / 1e12, 2)
+    assert tflops == {"vanilla": 22.64, "pdrop_lam0.5_8-16-24": 11.48}
+    assert round(vision_flops(shape.vision, 3584, 5) / 1e12, 2) == 3.33
