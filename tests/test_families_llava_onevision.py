@@ -247,8 +247,8 @@ def test_cls_rankers_are_refused_before_the_model_loads(tmp_path, monkeypatch, c
 
 def test_runner_scores_gqa_and_mmstar_on_onevision(tmp_path, monkeypatch):
     """The fixture GQA (LLaVA's folder) and MMStar (its TSV) through run_eval: every record holds the image's
-    token count and crops as the family counts them, FLOPs include the tower, and no kept-token map or sample view
-    is claimed for tiled images."""
+    token count and crops as the family counts them, FLOPs include the tower, no kept-token map or sample view is
+    claimed for tiled images, and the report is built all the same."""
     data = tmp_path / "data"
     write_llava_gqa(data)
     write_mmstar_authors_tsv(tmp_path / "lmu" / "MMStar.tsv")
@@ -256,7 +256,7 @@ def test_runner_scores_gqa_and_mmstar_on_onevision(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     args = ["--model", NAME, "--tasks", "gqa,mmstar", "--lambda", "0.5", "--baselines", "vanilla"]
     args += ["--max-new-tokens", "2", "--batch-size", "2", "--data-root", str(data)]
-    assert cli.main([*args, "--output-dir", str(tmp_path), "--run-name", "ov", "--no-report"]) == 0
+    assert cli.main([*args, "--output-dir", str(tmp_path), "--run-name", "ov"]) == 0
     metrics = json.loads((tmp_path / "ov" / "metrics.json").read_text())
     assert metrics["run"]["model"]["kind"] == "llava_onevision" and metrics["run"]["model"]["image_grid"] is None
     assert {(r["task"], r["schedule"]["label"]) for r in metrics["results"]} == {
@@ -271,3 +271,5 @@ def test_runner_scores_gqa_and_mmstar_on_onevision(tmp_path, monkeypatch):
         assert records and all(r["num_image_tokens"] == expected and r["vision_crops"] == 2 for r in records)
         assert all(r["flops_exact"] > 0 for r in records)
     assert not (tmp_path / "ov" / "samples").exists()
+    report = (tmp_path / "ov" / "report.html").read_text(encoding="utf-8")
+    assert "gqa" in report and "mmstar" in report
