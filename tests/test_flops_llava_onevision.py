@@ -1,12 +1,9 @@
 """LLaVA-OneVision FLOPs: the exact count equals torch's FlopCounterMode on the tiny model (SigLIP tiles without a
-CLS row, the projector over every crop, Qwen2), and the 7B preset has the llava-hf checkpoint's shapes.
-
-Not engine-marked, like tests/test_flops.py: on transformers 5.17 the rotary module computes its angles with a
-matmul (inv_freq @ positions, 2 · head_dim/2 FLOPs per position per call), which FlopCounterMode counts and our
-convention leaves out with the rest of RoPE's elementwise work; from 5.24 it is elementwise and the counts agree
-to the FLOP.
+CLS row, the projector over every crop, Qwen2; the rotary table set aside as tests/flop_counting.py explains), and
+the 7B preset has the llava-hf checkpoint's shapes.
 """
 
+import pytest
 import torch
 from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
@@ -19,6 +16,9 @@ from pdrop_eval.models.presets import preset_config
 from pdrop_eval.pyramid.flops import image_tokens_per_layer, paper_flops, sample_flops, vision_flops
 from pdrop_eval.pyramid.schedule import DropSchedule
 from pdrop_eval.pyramid.vlm import generate
+from tests.flop_counting import counted_matmul_flops
+
+pytestmark = pytest.mark.engine  # the counts must hold on the oldest supported transformers too
 
 
 def test_exact_flops_equal_flop_counter_on_siglip_tiles():
@@ -43,7 +43,7 @@ def test_exact_flops_equal_flop_counter_on_siglip_tiles():
             )
         trace = result.generations[0].trace
         assert trace.vision_crops > 1 and trace.num_image_tokens == batch.image_token_counts[0]
-        assert sample_flops(shape, trace).exact == counter.get_total_flops()
+        assert sample_flops(shape, trace).exact == counted_matmul_flops(counter)
 
 
 def test_onevision_7b_preset_is_llava_hf_checkpoint_shape():
