@@ -188,14 +188,14 @@ def _markdown(header: dict, agreement: list[dict], memory: list[dict]) -> str:
             f"{header['versions']['transformers']}."
         ),
         "",
-        "| dtype | method | batch | samples | same answer | same kept tokens | identical |",
-        "|---|---|---|---|---|---|---|",
+        "| dtype | method | batch | samples | same answer | same kept tokens | kept overlap | identical |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in agreement:
         share = "n/a" if row["share"] is None else f"{100 * row['share']:.1f}%"
         lines.append(
             f"| {row['dtype']} | {row['method']} | {row['batch']} vs 1 | {row['checked']} | {row['answers_identical']} "
-            f"| {row['kept_identical']} | {share} |"
+            f"| {row['kept_identical']} | {100 * row['kept_overlap']:.2f}% | {share} |"
         )
     lines += ["", "| dtype | batch | peak GPU memory GiB |", "|---|---|---|"]
     for row in memory:

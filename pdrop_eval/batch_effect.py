@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from itertools import zip_longest
 from typing import Any
 
 import torch
@@ -69,6 +70,7 @@ class BatchAgreement:
     kept_identical: int
     identical: int
     differing: tuple[str, ...]
+    kept_overlap: float = float("nan")
 
     @property
     def share(self) -> float:
@@ -82,8 +84,20 @@ class BatchAgreement:
             "answers_identical": self.answers_identical,
             "kept_identical": self.kept_identical,
             "share": self.share if self.checked else None,
+            "kept_overlap": self.kept_overlap if self.checked else None,
             "differing": list(self.differing),
         }
+
+
+def kept_overlap(first: SampleOutcome, second: SampleOutcome) -> float:
+    """How much of the kept sets two runs share, averaged over the stages (and the before-the-LLM set): |A ∩ B| /
+    max(|A|, |B|); 1.0 when identical, just under 1 when a tie at the cut swapped one token, low when the ranking
+    itself moved. It tells a harmless swap from a different selection, which `kept_identical` cannot."""
+    pairs = list(zip_longest(first.kept_image_indices, second.kept_image_indices, fillvalue=[]))
+    if first.kept_feature_indices is not None or second.kept_feature_indices is not None:
+        pairs.append((first.kept_feature_indices or [], second.kept_feature_indices or []))
+    shares = [len(set(a) & set(b)) / max(len(a), len(b)) if a or b else 1.0 for a, b in pairs]
+    return sum(shares) / len(shares) if shares else 1.0
 
 
 def compare_outcomes(batched: Sequence[SampleOutcome], single: Sequence[SampleOutcome]) -> BatchAgreement:
@@ -91,7 +105,7 @@ def compare_outcomes(batched: Sequence[SampleOutcome], single: Sequence[SampleOu
     compared: they were not checked)."""
     alone = {outcome.id: outcome for outcome in single}
     checked = answers = kept = identical = 0
-    differing = []
+    overlaps, differing = [], []
     for outcome in batched:
         other = alone.get(outcome.id)
         if other is None:
@@ -99,12 +113,14 @@ def compare_outcomes(batched: Sequence[SampleOutcome], single: Sequence[SampleOu
         checked += 1
         same_answer = outcome.answer == other.answer
         same_kept = outcome.kept == other.kept
+        overlaps.append(kept_overlap(outcome, other))
         answers += same_answer
         kept += same_kept
         identical += same_answer and same_kept
         if not (same_answer and same_kept):
             differing.append(outcome.id)
-    return BatchAgreement(checked, answers, kept, identical, tuple(differing))
+    overlap = sum(overlaps) / len(overlaps) if overlaps else float("nan")
+    return BatchAgreement(checked, answers, kept, identical, tuple(differing), overlap)
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,8 @@ def test_compare_outcomes_counts_and_names_each_kind_of_difference():
     assert (agreement.checked, agreement.answers_identical, agreement.kept_identical) == (5, 3, 2)
     assert agreement.identical == 1 and agreement.share == pytest.approx(1 / 5)
     assert agreement.differing == ("b", "c", "d", "e")
+    # c: 2 of 3 kept in stage 0; d: none of 1 in stage 1; e: 1 of 2 features; stages averaged per sample
+    assert agreement.kept_overlap == pytest.approx((1 + 1 + (2 / 3 + 1) / 2 + (1 + 0) / 2 + (1 + 1 + 1 / 2) / 3) / 5)
     assert agreement.to_json()["differing"] == ["b", "c", "d", "e"]
     nothing = compare_outcomes(batched, [])
     assert nothing.checked == 0 and math.isnan(nothing.share) and nothing.to_json()["share"] is None
@@ -99,6 +101,7 @@ def test_cli_flag_writes_the_agreement_into_metrics_and_report(tmp_path):
         "answers_identical": 3,
         "kept_identical": 3,
         "share": 1.0,
+        "kept_overlap": 1.0,
         "differing": [],
         "run_batch_sizes": [4],
     }
@@ -107,7 +110,7 @@ def test_cli_flag_writes_the_agreement_into_metrics_and_report(tmp_path):
     assert [json.loads(line)["id"] for line in stored] == ["0", "1", "2"], "the first K in dataset order"
     report = (run_dir / "report.md").read_text()
     section = report[report.index("### Batch effect") :]
-    assert "| pdrop\\_lam0.5\\_8-16-24 | 4 | 3 | 3 | 3 | 100.0% | — |" in section
+    assert "| pdrop\\_lam0.5\\_8-16-24 | 4 | 3 | 3 | 3 | 100.0% | 100.00% | — |" in section
 
 
 @pytest.fixture
@@ -142,7 +145,10 @@ def test_a_perturbed_batch_one_run_is_detected_and_reported(tmp_path, perturbed_
     pdrop = checks["pdrop_lam0.5_8-16-24"]
     assert (pdrop["checked"], pdrop["answers_identical"], pdrop["kept_identical"]) == (3, 2, 2)
     assert pdrop["differing"] == ["0", "1"] and pdrop["share"] == pytest.approx(1 / 3)
-    assert "| pdrop\\_lam0.5\\_8-16-24 | 4 | 3 | 2 | 2 | 33.3% | 0, 1 |" in (tmp_path / "r" / "report.md").read_text()
+    overlap = (287 / 288 + 1 + 1) / 3 / 3 + 2 / 3  # one of sample 0's 288 first-stage tokens swapped
+    assert pdrop["kept_overlap"] == pytest.approx(overlap)
+    row = f"| pdrop\\_lam0.5\\_8-16-24 | 4 | 3 | 2 | 2 | 33.3% | {100 * overlap:.2f}% | 0, 1 |"
+    assert row in (tmp_path / "r" / "report.md").read_text()
 
 
 @pytest.mark.engine

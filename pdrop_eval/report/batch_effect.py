@@ -20,7 +20,7 @@ def batch_effect_blocks(task: str, runs: list[Run]) -> list[Block]:
                 continue
             differing = [str(d) for d in check.get("differing") or []]
             shown = ", ".join(differing[:DIFFERING_SHOWN]) + (" …" if len(differing) > DIFFERING_SHOWN else "")
-            share = check.get("share")
+            share, overlap = check.get("share"), check.get("kept_overlap")
             rows.append(
                 [
                     *([run.name] if several_runs else []),
@@ -30,6 +30,7 @@ def batch_effect_blocks(task: str, runs: list[Run]) -> list[Block]:
                     fmt(check.get("answers_identical"), 0),
                     fmt(check.get("kept_identical"), 0),
                     "—" if share is None else f"{100 * share:.1f}%",
+                    "—" if overlap is None else f"{100 * overlap:.2f}%",
                     shown or "—",
                 ]
             )
@@ -42,6 +43,7 @@ def batch_effect_blocks(task: str, runs: list[Run]) -> list[Block]:
         "same answer",
         "same kept tokens",
         "identical",
+        "kept overlap",
         "differing samples",
     ]
     return [
@@ -49,7 +51,8 @@ def batch_effect_blocks(task: str, runs: list[Run]) -> list[Block]:
         Paragraph(
             "The first samples of each schedule were run again alone (batch 1) and compared with what the run "
             "wrote for them in its batches: the answer text and the image tokens kept at every stage. In float32 "
-            "they agree exactly; in bf16/fp16 a batch can round differently and flip a near-tie."
+            "they agree exactly; in bf16/fp16 a batch can round differently and flip a near-tie. Kept overlap is the share of kept "
+            "tokens both runs kept (per stage, averaged): just under 100% when a tie at the cut swapped a token."
         ),
         Table(["run", *columns] if several_runs else columns, rows),
     ]
