@@ -888,7 +888,9 @@ def run(plan: RunPlan) -> RunOutcome | None:
 def _batch_checks_left(plan: RunPlan, tasks: list[TaskData]) -> bool:
     """Whether --check-batch-effect still has samples to run at batch 1 (then the model must load)."""
     return plan.check_batch_effect > 0 and any(
-        batch_check.pending(plan.run_dir, data.task.name, schedule.label, data.samples, _sample_key, plan.check_batch_effect)
+        batch_check.pending(
+            plan.run_dir, data.task.name, schedule.label, data.samples, _sample_key, plan.check_batch_effect
+        )
         for data in tasks
         for schedule in plan.schedules
     )
@@ -978,7 +980,6 @@ def _run_locked(
     barrier(world)
     if plan.check_batch_effect and world.is_main:
         _check_batch_effect(plan, loaded, schedules, tasks)
-    barrier(world)
     outcome = None
     if world.is_main:
         run_info = {

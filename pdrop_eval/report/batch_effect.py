@@ -51,8 +51,9 @@ def batch_effect_blocks(task: str, runs: list[Run]) -> list[Block]:
         Paragraph(
             "The first samples of each schedule were run again alone (batch 1) and compared with what the run "
             "wrote for them in its batches: the answer text and the image tokens kept at every stage. In float32 "
-            "they agree exactly; in bf16/fp16 a batch can round differently and flip a near-tie. Kept overlap is the share of kept "
-            "tokens both runs kept (per stage, averaged): just under 100% when a tie at the cut swapped a token."
+            "they agree exactly; in bf16/fp16 a batch can round differently and flip a near-tie. Kept overlap is "
+            "the share of kept tokens both runs kept (per stage, averaged): just under 100% when a tie at the cut "
+            "swapped a token."
         ),
         Table(["run", *columns] if several_runs else columns, rows),
     ]
