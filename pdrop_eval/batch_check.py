@@ -99,10 +99,9 @@ def run_checks(
         inputs = []
         for sample in pending(run_dir, task, schedule.label, samples, key, count):
             try:
-                image = sample.load_image()
+                inputs.append(CheckInput.from_sample(sample, seed(sample)))
             except SampleError:
                 continue  # its image opened during the run but not now; it is left unchecked
-            inputs.append(CheckInput(key(sample), sample.prompt, image, seed(sample)))
         if not inputs:
             continue
         outcomes = run_outcomes(loaded, schedule, inputs, 1, max_new_tokens, parts)

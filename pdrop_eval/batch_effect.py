@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from pdrop_eval.data.sample import Sample
 from pdrop_eval.errors import PdropEvalError
 from pdrop_eval.methods.base import PruningMethod
 from pdrop_eval.models import LoadedVLM, build_batch, decode
@@ -131,6 +132,11 @@ class CheckInput:
     prompt: str
     image: Image.Image
     seed: int
+
+    @classmethod
+    def from_sample(cls, sample: Sample, seed: int) -> CheckInput:
+        """A loaded sample (its image opened now: a `SampleError` if it cannot be)."""
+        return cls(str(sample.id), sample.prompt, sample.load_image(), seed)
 
 
 def run_outcomes(

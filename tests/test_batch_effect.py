@@ -53,7 +53,7 @@ def test_compare_outcomes_counts_and_names_each_kind_of_difference():
 def _inputs(count: int) -> list[CheckInput]:
     """Shapes samples: three question kinds of different lengths, so a batch pads its shorter prompts."""
     samples = load_samples("shapes", limit=count)
-    return [CheckInput(str(s.id), s.prompt, s.load_image(), runner._sample_seed("shapes", s)) for s in samples]
+    return [CheckInput.from_sample(s, runner._sample_seed("shapes", s)) for s in samples]
 
 
 @pytest.mark.engine
