@@ -19,6 +19,7 @@ from pdrop_eval.methods.dart import DART
 from pdrop_eval.methods.divprune import DivPrune
 from pdrop_eval.methods.sparsevlm import SparseVLM
 from pdrop_eval.methods.visionzip import VisionZip
+from pdrop_eval.models import image_token_count
 from pdrop_eval.pyramid.schedule import DropSchedule
 from pdrop_eval.registry import load_samples
 
@@ -81,6 +82,23 @@ def test_fp32_batch_of_three_equals_batch_one_for_every_method(tiny_vlm, method)
     if method.drops:
         assert all(o.kept_image_indices or o.kept_feature_indices for o in batched), "kept sets must be compared"
     assert len({o.answer for o in batched}) > 1, "answers that never vary would compare nothing"
+
+
+@pytest.mark.engine
+@pytest.mark.parametrize("method", [DropSchedule.none(), DropSchedule.pyramid(0.5)], ids=lambda m: m.label)
+def test_fp32_llava_next_batch_with_different_tile_counts_equals_batch_one(tiny_vlm, method):
+    """LLaVA-NeXT pads a batch's pixels to its most tiles and its prompts to the most image tokens: images of
+    other sizes in one batch must not change a sample's result."""
+    loaded = tiny_vlm("tiny-llava-next")
+    sizes = [(64, 64), (200, 90), (90, 300), (150, 150)]
+    samples = load_samples("shapes", limit=len(sizes))
+    inputs = [
+        CheckInput(str(s.id), s.prompt, s.load_image().resize(size), seed=index)
+        for index, (s, size) in enumerate(zip(samples, sizes))
+    ]
+    assert len({image_token_count(loaded, item.image) for item in inputs}) > 1, "tile counts must differ"
+    agreement = measure_batch_effect(loaded, method, inputs, 4, 4)
+    assert agreement.differing == () and agreement.checked == 4
 
 
 def _run(tmp_path: Path, *extra: str, run_name: str = "r") -> int:
