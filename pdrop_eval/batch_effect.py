@@ -157,19 +157,17 @@ def run_outcomes(
     for start in range(0, len(inputs), batch_size):
         chunk = inputs[start : start + batch_size]
         batch = build_batch(loaded, [item.prompt for item in chunk], [item.image for item in chunk])
-        tower = {}
-        if schedule.reads_tower:
-            tower["pixel_values"] = batch.pixel_values
-            if batch.image_sizes is not None:
-                tower["image_sizes"] = batch.image_sizes
-        else:
-            tower["image_features"] = encode_images(loaded.model, batch.pixel_values, batch.image_sizes)
+        features = None
+        if not schedule.reads_tower:
+            features = encode_images(loaded.model, batch.pixel_values, batch.image_sizes)
         result = generate(
             loaded.model,
             batch.input_ids,
             batch.attention_mask,
             schedule,
-            **tower,
+            pixel_values=batch.pixel_values,
+            image_sizes=batch.image_sizes,
+            image_features=features,
             vision_crops=count_crops(loaded.model, batch.image_sizes, len(chunk)),
             max_new_tokens=max_new_tokens,
             eos_token_ids=loaded.eos_token_ids,
