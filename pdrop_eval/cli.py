@@ -25,6 +25,7 @@ EXAMPLES = """examples:
   python run_eval.py --tasks gqa --methods visionzip,divprune,dart,downsample,fastv,pdrop,vanilla --budget 192,128,64 \
       --layers 2,6,12
   torchrun --nproc_per_node 8 run_eval.py --tasks gqa --lambda 0.5 --batch-size 16
+  python run_eval.py --tasks gqa --lambda 0.5 --batch-size auto --check-batch-effect 32
   python run_eval.py report results/demo            # rebuild the spreadsheet and report from disk
   python run_eval.py --list-tasks
 """
@@ -77,7 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("--position-mode", default="compact", choices=("compact", "original"),
         help="RoPE positions of surviving tokens: compact re-indexes them (official PDrop, default) or original")
     add("--limit", type=int, default=None, help="only the first N samples of each task, e.g. --limit 100")
-    add("--batch-size", type=int, default=8, help="samples per batch (default 8)")
+    add("--batch-size", default="8",
+        help="samples per batch (default 8), or auto: the largest batch that fits on the GPU, measured after the "
+             "model loads and printed in one line (on a CPU auto is 8)")
+    add("--check-batch-effect", default=None, metavar="K",
+        help="after the run, rerun the first K samples of each task × schedule at batch 1 and record in metrics.json "
+             "and the report how many kept the same answer and kept image tokens, e.g. 32")
     add("--dtype", default="auto", choices=("auto", "float32", "float16", "bfloat16"),
         help="model dtype; auto = float16 on GPU (as LLaVA's evaluation), float32 on CPU")
     add("--device", default="auto", help="auto (this rank's GPU, else CPU), cpu, cuda, cuda:1 ...")
@@ -131,6 +137,8 @@ def _positive(value: int | None, flag: str) -> None:
 
 
 def plan_from_args(args: argparse.Namespace, argv: Sequence[str]):
+    from pdrop_eval.batch_check import parse_check_count
+    from pdrop_eval.batch_size import AUTO, CPU_BATCH_SIZE, parse_batch_size
     from pdrop_eval.plan import (
         DEFAULT_LAYERS,
         RunPlan,
@@ -148,7 +156,8 @@ def plan_from_args(args: argparse.Namespace, argv: Sequence[str]):
     if args.budget is not None and (args.lambdas is not None or args.ratios):
         raise PdropEvalError("--budget chooses λ itself: give either --budget or --lambda/--ratios, not both")
     _positive(args.limit, "--limit")
-    _positive(args.batch_size, "--batch-size")
+    batch_size = parse_batch_size(args.batch_size)
+    check_batch_effect = parse_check_count(args.check_batch_effect)
     _positive(args.max_new_tokens, "--max-new-tokens")
     if args.seed not in SEED_RANGE:
         raise PdropEvalError(f"--seed must be a whole number from 0 to 2**64-1, got {args.seed}")
@@ -175,7 +184,9 @@ def plan_from_args(args: argparse.Namespace, argv: Sequence[str]):
         schedules=schedules,
         run_name=run_name,
         output_dir=Path(args.output_dir),
-        batch_size=args.batch_size,
+        batch_size=CPU_BATCH_SIZE if batch_size == AUTO else batch_size,
+        auto_batch_size=batch_size == AUTO,
+        check_batch_effect=check_batch_effect,
         limit=args.limit,
         dtype=args.dtype,
         device=args.device,

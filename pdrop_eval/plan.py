@@ -34,6 +34,8 @@ class RunPlan:
     run_name: str
     output_dir: Path
     batch_size: int = 8
+    auto_batch_size: bool = False  # --batch-size auto: the runner replaces batch_size by what fits once loaded
+    check_batch_effect: int = 0  # --check-batch-effect K: samples per task × schedule rerun at batch 1 afterwards
     limit: int | None = None
     dtype: str = "auto"
     device: str = "auto"

@@ -31,7 +31,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from pdrop_eval import __version__
+from pdrop_eval import __version__, batch_check
+from pdrop_eval.batch_size import choose_batch_size
 from pdrop_eval.data.hf import HFTable
 from pdrop_eval.data.sample import Sample
 from pdrop_eval.distributed import World, barrier, broadcast_from_main, current_world, device_for, finish, init, shard
@@ -169,6 +170,7 @@ def _clear_run(run_dir: Path) -> None:
         "predictions",
         "samples",
         "vlmeval",
+        batch_check.FOLDER,
         "report_files",
         "metrics.json",
         "run.json",
@@ -682,6 +684,7 @@ def finalize(
                 lambda record, task=task, label=label: _rescored(task, label, record),
             )
             result = score_schedule(task, recorded[label], records)
+            result.update(batch_check.agreement_field(plan.run_dir, task.name, label, records))
             if plan.scorer == "vlmeval":
                 result["metrics"].update(
                     _vlmeval_metrics(plan, data, label, records) if data else _kept_vlmeval(before, result)
@@ -889,6 +892,57 @@ def run(plan: RunPlan) -> RunOutcome | None:
     return outcome
 
 
+def _batch_checks_left(plan: RunPlan, tasks: list[TaskData]) -> bool:
+    """Whether --check-batch-effect still has samples to run at batch 1 (then the model must load)."""
+    return plan.check_batch_effect > 0 and any(
+        batch_check.pending(
+            plan.run_dir, data.task.name, schedule.label, data.samples, _sample_key, plan.check_batch_effect
+        )
+        for data in tasks
+        for schedule in plan.schedules
+    )
+
+
+def _check_batch_effect(plan: RunPlan, loaded: LoadedVLM, schedules: Sequence[PruningMethod], tasks: list[TaskData]):
+    """Rank 0, once every rank's predictions are on disk: the first K samples of each task × schedule at batch 1."""
+    print(
+        f"batch effect: rerunning the first {plan.check_batch_effect} sample(s) of each task × schedule at batch 1",
+        file=sys.stderr,
+    )
+    with torch.inference_mode():
+        for data in tasks:
+            batch_check.run_checks(
+                plan.run_dir,
+                loaded,
+                data.task.name,
+                data.samples,
+                schedules,
+                plan.check_batch_effect,
+                plan.max_new_tokens or data.task.max_new_tokens,
+                key=_sample_key,
+                seed=lambda sample, task=data.task.name: _sample_seed(task, sample),
+            )
+
+
+def _with_auto_batch_size(
+    plan: RunPlan,
+    loaded: LoadedVLM,
+    schedules: Sequence[PruningMethod],
+    tasks: list[TaskData],
+    device: torch.device,
+    world: World,
+) -> RunPlan:
+    """The plan with the batch size `--batch-size auto` measured on this rank's device (each rank its own GPU)."""
+    samples = [sample for data in tasks for sample in data.samples]
+    longest = max((plan.max_new_tokens or data.task.max_new_tokens for data in tasks), default=1)
+    largest = max((len(shard(data.samples, world)) for data in tasks), default=1)
+    with torch.inference_mode():
+        auto = choose_batch_size(loaded, schedules, samples, longest, device, largest)
+    if world.is_main:
+        print(auto.line, file=sys.stderr)
+    return dataclasses.replace(plan, batch_size=auto.size)
+
+
 def _run_locked(
     plan: RunPlan, world: World, device: torch.device, dtype: str, tasks: list[TaskData]
 ) -> RunOutcome | None:
@@ -898,7 +952,12 @@ def _run_locked(
         known: RunPlan | None = plan
     else:  # None: LLaVA-NeXT's budgets need the loaded model to count the first image's tiles
         known = None if choices is None else _with_budget_schedules(plan, choices)
-    if world.size == 1 and known is not None and (previous := _finished_run_info(known, tasks)) is not None:
+    if (
+        world.size == 1
+        and known is not None
+        and not _batch_checks_left(known, tasks)
+        and (previous := _finished_run_info(known, tasks)) is not None
+    ):
         _check_resume(plan.run_dir, _settings(plan, dtype, tasks), world)
         return RunOutcome(_rebuild_finished(known, tasks, others, previous), _reports(plan))
     torch.manual_seed(plan.seed)
@@ -919,11 +978,15 @@ def _run_locked(
         records = [{**schedule_record(s), **_budget_field(budgets, s.label)} for s in schedules]
         record_contents(plan.run_dir, cards, records)
     barrier(world)  # recorded before any rank writes a prediction, so a kill leaves nothing undescribable
+    if plan.auto_batch_size:
+        plan = _with_auto_batch_size(plan, loaded, schedules, tasks, device, world)
     evaluator = TaskEvaluator(plan, loaded, schedules, world)
     with torch.inference_mode():
         for data in tasks:
             evaluator.run(data)
     barrier(world)
+    if plan.check_batch_effect and world.is_main:
+        _check_batch_effect(plan, loaded, schedules, tasks)
     outcome = None
     if world.is_main:
         run_info = {
@@ -941,6 +1004,7 @@ def _run_locked(
             "seed": plan.seed,
             "settings": {
                 "batch_size": plan.batch_size,
+                "batch_size_auto": plan.auto_batch_size,
                 "limit": plan.limit,
                 "max_new_tokens": plan.max_new_tokens,
                 "world_size": world.size,

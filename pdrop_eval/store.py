@@ -171,7 +171,7 @@ def merge_shards(
 # format from the file name (matplotlib, PIL, pandas) write the right one.
 _TEMPORARY = re.compile(r"^\..+\.\d+\.tmp(\.[^.]+)?$")
 # Where outputs are written inside a run folder (or a report's --out folder), for `remove_stale_temporaries`.
-_OUTPUT_FOLDERS = ("", "report_files", "predictions/*", "samples/*", "vlmeval/*/*")
+_OUTPUT_FOLDERS = ("", "report_files", "predictions/*", "samples/*", "vlmeval/*/*", "batch_effect/*")
 
 
 def temporary_path(path: Path) -> Path:

@@ -272,9 +272,9 @@ def test_resume_refuses_predictions_from_other_data(tmp_path, monkeypatch, capsy
 
 def test_malformed_flags_are_one_line_too(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        cli.main(["--tasks", "shapes", "--batch-size", "many"])
+        cli.main(["--tasks", "shapes", "--limit", "many"])
     assert exit_info.value.code == 2
-    assert "--batch-size" in _error(capsys.readouterr().err)
+    assert "--limit" in _error(capsys.readouterr().err)
 
 
 def test_vlmeval_scorer_refuses_data_that_is_not_its_tsv_before_loading(tmp_path, monkeypatch, capsys):

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from pdrop_eval.report.batch_effect import batch_effect_blocks
 from pdrop_eval.report.caveats import Caveat, incompatible_runs
 from pdrop_eval.report.document import (
     Block,
@@ -152,6 +153,7 @@ def _task_blocks(
     if not paper.empty:
         blocks += [Heading("Paper vs this run", 3), _paper_table(paper, rows, several_runs)]
     blocks += _failed_blocks(task, runs)
+    blocks += batch_effect_blocks(task, runs)
     blocks += _kept_map_blocks(task, rows, runs, files_dir)
     return blocks
 
