@@ -2,10 +2,13 @@
 methods that prune before the LLM or once inside it (DivPrune, downsample, VisionZip, DART) at one token budget.
 
 One run, side by side, on a GQA-shaped workload (576 image tokens, ~60 text tokens, a forced number of new tokens)
-with random weights: speed does not depend on what the weights are.
+with random weights: speed does not depend on what the weights are. Qwen2.5-VL presets take a 640×480 picture as
+lmms-eval resizes it (644×476 px: 391 image tokens); methods that shorten the image before the LLM, which that
+family refuses, are listed as skipped.
 
     python benchmarks/speed.py --preset cpu-small            # 2 CPU cores, a few minutes
     python benchmarks/speed.py --preset llava-1.5-7b         # full shapes, bf16, on a GPU
+    python benchmarks/speed.py --preset qwen2.5-vl-7b        # Qwen2.5-VL-7B shapes, bf16, on a GPU
 
 Writes `<out>/speed_<preset>.json` and `.md` and prints the table and whether each goal is met.
 """
@@ -23,6 +26,8 @@ from pathlib import Path
 import torch
 import transformers
 
+from pdrop_eval.errors import PdropEvalError
+from pdrop_eval.families.registry import family_of
 from pdrop_eval.methods.base import PruningMethod
 from pdrop_eval.methods.dart import DART
 from pdrop_eval.methods.divprune import DivPrune
@@ -30,13 +35,14 @@ from pdrop_eval.methods.downsample import Downsample, grid_for_budget
 from pdrop_eval.methods.visionzip import VisionZip
 from pdrop_eval.models.presets import preset_config
 from pdrop_eval.pyramid.engine import DecoderParts
-from pdrop_eval.pyramid.flops import ModelShape, sample_flops
+from pdrop_eval.pyramid.flops import sample_flops
 from pdrop_eval.pyramid.schedule import DropSchedule
 from pdrop_eval.pyramid.timing import Stopwatch
 from pdrop_eval.pyramid.vlm import generate
 
 TEXT_BEFORE_IMAGE = 35  # system prompt + "USER: "
 TEXT_AFTER_IMAGE = 25  # question + suffix + " ASSISTANT:"
+QWEN_GRID = (1, 34, 46)  # (t, h, w) patches of a 640×480 picture resized to 644×476 px: 17×23 = 391 tokens
 
 
 @dataclass
@@ -71,11 +77,19 @@ def budget_methods(budget: int, image_tokens: int) -> list[PruningMethod]:
 
 
 def _build_model(preset: str, device: torch.device, dtype: torch.dtype, attn: str):
-    from transformers import LlavaForConditionalGeneration, LlavaNextForConditionalGeneration
+    from transformers import (
+        LlavaForConditionalGeneration,
+        LlavaNextForConditionalGeneration,
+        Qwen2_5_VLForConditionalGeneration,
+    )
 
     config = preset_config(preset)
     config._attn_implementation = attn
-    model_class = LlavaNextForConditionalGeneration if "next" in preset else LlavaForConditionalGeneration
+    model_class = {
+        "llava": LlavaForConditionalGeneration,
+        "llava_next": LlavaNextForConditionalGeneration,
+        "qwen2_5_vl": Qwen2_5_VLForConditionalGeneration,
+    }[config.model_type]
     torch.manual_seed(0)
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
@@ -89,18 +103,39 @@ def _build_model(preset: str, device: torch.device, dtype: torch.dtype, attn: st
 
 
 def _inputs(model, batch: int, device: torch.device, dtype: torch.dtype):
+    """Prompt ids and mask, the engine's image arguments and HF forward's (the same pixels)."""
     config = model.config
+    generator = torch.Generator().manual_seed(1)
+    special = [config.image_token_id, getattr(config, "vision_start_token_id", None) or config.image_token_id]
+    text_high = min(32000, config.text_config.vocab_size, *special)  # random text never hits a special token
+    before = torch.randint(3, text_high, (batch, TEXT_BEFORE_IMAGE), generator=generator)
+    after = torch.randint(3, text_high, (batch, TEXT_AFTER_IMAGE), generator=generator)
+    before[:, 0] = 1
+    if config.model_type == "qwen2_5_vl":
+        vision = config.vision_config
+        grid = torch.tensor([QWEN_GRID] * batch)
+        span = (
+            [config.vision_start_token_id]
+            + [config.image_token_id] * (int(grid[0].prod()) // vision.spatial_merge_size**2)
+            + [config.vision_end_token_id]
+        )
+        images = torch.tensor([span] * batch)
+        width = vision.in_channels * vision.temporal_patch_size * vision.patch_size**2
+        pixels = torch.randn(int(grid.prod(-1).sum()), width, generator=generator).to(device, dtype)
+        input_ids = torch.cat([before, images, after], dim=1).to(device)
+        engine = {"pixel_values": pixels, "image_sizes": grid.to(device)}
+        hf = {
+            "pixel_values": pixels,
+            "image_grid_thw": grid.to(device),
+            "mm_token_type_ids": (input_ids == config.image_token_id).int(),
+        }
+        return input_ids, torch.ones_like(input_ids), engine, hf
     vision = config.vision_config
     image_tokens = (vision.image_size // vision.patch_size) ** 2
-    vocab = config.text_config.vocab_size
-    generator = torch.Generator().manual_seed(1)
-    before = torch.randint(3, min(vocab, 32000), (batch, TEXT_BEFORE_IMAGE), generator=generator)
-    after = torch.randint(3, min(vocab, 32000), (batch, TEXT_AFTER_IMAGE), generator=generator)
-    before[:, 0] = 1
     images = torch.full((batch, image_tokens), config.image_token_id)
     input_ids = torch.cat([before, images, after], dim=1).to(device)
     pixels = torch.randn(batch, 3, vision.image_size, vision.image_size, generator=generator).to(device, dtype)
-    return input_ids, torch.ones_like(input_ids), pixels
+    return input_ids, torch.ones_like(input_ids), {"pixel_values": pixels}, {"pixel_values": pixels}
 
 
 def _median_runs(run, repeats: int, device: torch.device) -> list[dict]:
@@ -118,13 +153,11 @@ def _peak_gib(device: torch.device) -> float | None:
 
 
 def bench_engine(model, parts, schedule, batch, new_tokens, repeats, device, dtype) -> dict:
-    input_ids, mask, pixels = _inputs(model, batch, device, dtype)
+    input_ids, mask, images, _ = _inputs(model, batch, device, dtype)
 
     def run() -> dict:
         with Stopwatch(device) as watch:
-            result = generate(
-                model, input_ids, mask, schedule, pixel_values=pixels, max_new_tokens=new_tokens, parts=parts
-            )
+            result = generate(model, input_ids, mask, schedule, **images, max_new_tokens=new_tokens, parts=parts)
         timings = result.timings
         return {
             "total": watch.seconds,
@@ -141,17 +174,17 @@ def bench_engine(model, parts, schedule, batch, new_tokens, repeats, device, dty
 
 def bench_hf_generate(model, new_tokens, repeats, device, dtype) -> dict:
     """Batch 1, as LLaVA's own evaluation, lmms-eval and VLMEvalKit run; prefill timed as one forward pass."""
-    input_ids, mask, pixels = _inputs(model, 1, device, dtype)
+    input_ids, mask, _, images = _inputs(model, 1, device, dtype)
 
     @torch.no_grad()
     def run() -> dict:
         with Stopwatch(device) as prefill:
-            model(input_ids=input_ids, attention_mask=mask, pixel_values=pixels, logits_to_keep=1)
+            model(input_ids=input_ids, attention_mask=mask, **images, logits_to_keep=1)
         with Stopwatch(device) as whole:
             out = model.generate(
                 input_ids=input_ids,
                 attention_mask=mask,
-                pixel_values=pixels,
+                **images,
                 max_new_tokens=new_tokens,
                 min_new_tokens=new_tokens,
                 do_sample=False,
@@ -189,7 +222,11 @@ def _summarise(runs: list[dict], batch: int, new_tokens: int) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="cpu-small", help="cpu-small | llava-1.5-7b | llava-1.5-13b")
+    parser.add_argument(
+        "--preset",
+        default="cpu-small",
+        help="cpu-small | llava-1.5-7b | llava-1.5-13b | qwen2.5-vl-cpu-small | qwen2.5-vl-7b | qwen2.5-vl-3b",
+    )
     parser.add_argument("--batch", type=int, default=None, help="batch size B (default 8 on GPU, 4 on CPU)")
     parser.add_argument("--new-tokens", type=int, default=8, help="generated tokens, forced (default 8)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs after one warm-up; medians reported")
@@ -203,8 +240,9 @@ def main(argv: list[str] | None = None) -> int:
     batch = args.batch or (8 if device.type == "cuda" else 4)
     torch.set_grad_enabled(False)
     model = _build_model(args.preset, device, dtype, args.attn)
-    parts = DecoderParts.from_model(model)
-    shape = ModelShape.from_config(model.config)
+    family = family_of(model)
+    parts = DecoderParts.from_model(model, family.positions)
+    shape = family.model_shape(model.config)
     depth = shape.text.layers
     pdrop = DropSchedule.pyramid(0.5, layers=_scaled_layers(depth))
     fastv = DropSchedule.fastv(k=2, r=0.5)
@@ -217,7 +255,10 @@ def main(argv: list[str] | None = None) -> int:
     measured[(f"engine {fastv.label}", batch)] = bench_engine(model, parts, fastv, batch, *common)
     image_tokens = measured[("engine vanilla", 1)]["trace"].num_image_tokens
     for method in budget_methods(args.budget, image_tokens):
-        measured[(f"engine {method.label}", batch)] = bench_engine(model, parts, method, batch, *common)
+        try:
+            measured[(f"engine {method.label}", batch)] = bench_engine(model, parts, method, batch, *common)
+        except PdropEvalError as error:  # the model's family cannot run this method
+            print(f"skipped {method.label}: {error}", file=sys.stderr)
 
     def prefill_flops(result) -> float:
         counted = sample_flops(shape, result["trace"])

@@ -83,6 +83,10 @@ class ModelFamily:
         """Vision-tower passes per image, for FLOPs (features may be reused, the count must not be)."""
         raise NotImplementedError
 
+    def vision_grids(self, image_sizes: torch.Tensor | None, batch: int) -> list[tuple[int, int, int] | None]:
+        """Per image the (t, h, w) patch grid the tower ran on, for towers whose FLOPs follow it; None otherwise."""
+        return [None] * batch
+
     def embed(
         self, model: nn.Module, input_ids: torch.Tensor, image_features: Sequence[torch.Tensor]
     ) -> tuple[torch.Tensor, torch.Tensor]:

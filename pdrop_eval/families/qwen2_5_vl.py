@@ -34,7 +34,7 @@ from pdrop_eval.families.positions import MultimodalPositions
 from pdrop_eval.models.batch import VLMBatch, check_prompt, left_padded
 from pdrop_eval.models.images import to_rgb
 from pdrop_eval.models.loaded import LoadedVLM
-from pdrop_eval.pyramid.flops import ModelShape
+from pdrop_eval.pyramid.flops import ModelShape, WindowedVisionShape, text_shape
 
 TEMPLATE = "qwen2_vl_chat"
 # lmms-eval 0.7.3 lmms_eval/models/simple/qwen2_5_vl.py:Qwen2_5_VL.__init__ defaults, passed to the processor there.
@@ -113,6 +113,12 @@ class Qwen25VLFamily(ModelFamily):
         """One tower pass per image (its cost grows with the image's grid, not with crops)."""
         return [1] * batch
 
+    def vision_grids(self, image_sizes: torch.Tensor | None, batch: int) -> list[tuple[int, int, int] | None]:
+        """`image_sizes` is image_grid_thw: the tower's attention windows and cost follow each image's grid."""
+        if image_sizes is None:
+            return [None] * batch
+        return [(int(t), int(h), int(w)) for t, h, w in image_sizes.tolist()]
+
     def embed(
         self, model: nn.Module, input_ids: torch.Tensor, image_features: Sequence[torch.Tensor]
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -155,7 +161,21 @@ class Qwen25VLFamily(ModelFamily):
         return positions
 
     def model_shape(self, config: PretrainedConfig) -> ModelShape:
-        raise PdropEvalError("FLOPs shapes for Qwen2.5-VL's tower are not defined yet (issue 12 item 6)")
+        """The language model and the windowed ViT with its patch merger (the merger is the projector)."""
+        vision = config.vision_config
+        tower = WindowedVisionShape(
+            hidden=vision.hidden_size,
+            ffn=vision.intermediate_size,
+            layers=vision.depth,
+            patch_size=vision.patch_size,
+            temporal_patch_size=vision.temporal_patch_size,
+            merge=vision.spatial_merge_size,
+            window_size=vision.window_size,
+            full_attention_layers=tuple(vision.fullatt_block_indexes),
+            out_hidden=vision.out_hidden_size,
+            channels=vision.in_channels,
+        )
+        return ModelShape(text=text_shape(config), vision=tower)
 
     @staticmethod
     def _merge(model: nn.Module) -> int:
