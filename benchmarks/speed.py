@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     parts = DecoderParts.from_model(model, family.positions)
     shape = family.model_shape(model.config)
     depth = shape.text.layers
-    pdrop = DropSchedule.pyramid(0.5, layers=_scaled_layers(depth))
+    pdrop = DropSchedule.pyramid(0.5, layers=_scaled_layers(depth), positions=family.default_position_mode)
     fastv = DropSchedule.fastv(k=2, r=0.5)
     common = (args.new_tokens, args.repeats, device, dtype)
 

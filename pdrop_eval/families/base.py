@@ -37,6 +37,8 @@ class ModelFamily:
     model_types: ClassVar[tuple[str, ...]]  # HF `config.json` model_type values this family loads
     description: ClassVar[str]  # how the "unsupported model" error lists it
     positions: ClassVar[LinearPositions] = LinearPositions()
+    # What `--position-mode auto` resolves to: the rule for survivors' positions that fits the family's RoPE.
+    default_position_mode: ClassVar[str] = "compact"
 
     def claims(self, raw_config: dict) -> bool:
         """Whether a model directory's raw `config.json` is one of this family's checkpoints."""
