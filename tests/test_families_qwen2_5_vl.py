@@ -225,3 +225,20 @@ def test_prompt_is_the_lmms_eval_chat_prompt():
     batch = build_batch(loaded, ["What is it?"], _images()[3:])
     text = loaded.tokenizer.decode(batch.input_ids[0])
     assert text == chat_prompt("What is it?", batch.image_token_counts[0])
+
+
+def test_compact_and_original_agree_until_the_first_drop_then_differ():
+    """Both modes start from the prompt's M-RoPE rows, so the first ranking (layer 8, before any renumbering) keeps
+    the same tokens; after it, compact renumbers the survivors 0..n-1 on all three rows and original keeps their
+    rows, so the logits part. A mode ignored on M-RoPE would give identical logits."""
+    loaded = _loaded()
+    batch = build_batch(loaded, PROMPTS[:2], _images()[:2])
+    runs = {
+        mode: _generate(loaded, batch, DropSchedule.pyramid(0.5, positions=mode), max_new_tokens=2, return_logits=True)
+        for mode in ("compact", "original")
+    }
+    for row in range(2):
+        first = [runs[mode].generations[row].trace.kept_image_indices[0] for mode in runs]
+        assert first[0] == first[1]
+    scale = float(runs["original"].step_logits.abs().max())
+    assert (runs["compact"].step_logits - runs["original"].step_logits).abs().max() > scale * 1e-3

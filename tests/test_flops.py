@@ -190,3 +190,14 @@ def test_qwen_presets_are_the_published_configs():
         assert (vision.hidden, vision.ffn, vision.layers, vision.window_size) == (1280, 3420, 32, 112)
         assert vision.full_attention_layers == (7, 15, 23, 31) and vision.out_hidden == width
     assert preset_config("qwen2.5-vl-7b").image_token_id == 151655
+
+
+@pytest.mark.parametrize(("preset", "billions"), [("qwen2.5-vl-7b", 8.29), ("qwen2.5-vl-3b", 3.75)])
+def test_qwen_presets_build_models_of_the_published_size(preset, billions):
+    """The preset builds the HF model (on the meta device: no memory) with the parameter count the Hub lists for
+    the checkpoint (8.29B, 3.75B with tied embeddings), so speed.py times a model of the real size."""
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    with torch.device("meta"):
+        model = Qwen2_5_VLForConditionalGeneration(preset_config(preset))
+    assert round(sum(p.numel() for p in model.parameters()) / 1e9, 2) == billions
