@@ -2,6 +2,7 @@
 resolution gives (H/28)·(W/28) tokens, and the engine with no drop (M-RoPE prompt positions from the model's own
 `get_rope_index`, decode positions continuing from the largest + 1) equals HF `generate`."""
 
+import dataclasses
 import functools
 import json
 
@@ -14,6 +15,7 @@ from pdrop_eval.families.qwen2_5_vl import Qwen25VLFamily, chat_prompt
 from pdrop_eval.models import build_batch, image_token_count, load_vlm
 from pdrop_eval.pyramid.schedule import DropSchedule
 from pdrop_eval.pyramid.vlm import generate
+from tests.numerics import ForcedChoice, assert_fp32_close, fp32_differs
 
 pytestmark = pytest.mark.engine  # also run on the oldest supported transformers (make test-compat)
 
@@ -22,8 +24,9 @@ SIZES = [(64, 36), (40, 100), (120, 90), (56, 56)]  # (width, height): four diff
 
 
 @functools.cache
-def _loaded():
-    return load_vlm("tiny-qwen2.5-vl")
+def _loaded(dtype: torch.dtype = torch.float32):
+    """float64 loads the same weights, cast exactly: the exact twin each fp32 comparison takes its tolerance from."""
+    return load_vlm("tiny-qwen2.5-vl", dtype=dtype)
 
 
 def _images():
@@ -64,12 +67,17 @@ def test_dynamic_resolution_token_counts_follow_the_evaluation_pixel_bounds():
 
 def test_schedule_none_equals_hf_generate_on_a_mixed_size_batch():
     """Rows have different rope deltas (max M-RoPE position + 1 − length), so a decode position rule of 'cache
-    length' or positions taken from the mask instead of the image grids changes the logits."""
+    length' or positions taken from the mask instead of the image grids changes the logits (checked by mutation:
+    decoding at the cache length). HF's float64 run gives the tolerance."""
     loaded = _loaded()
     batch = build_batch(loaded, PROMPTS, _images())
-    reference = loaded.model.generate(
-        **batch.model_inputs(), max_new_tokens=8, do_sample=False, output_scores=True, return_dict_in_generate=True
+    options = {"max_new_tokens": 8, "do_sample": False, "output_scores": True, "return_dict_in_generate": True}
+    reference = loaded.model.generate(**batch.model_inputs(), **options)
+    inputs = batch.model_inputs()
+    exact = _loaded(torch.float64).model.generate(
+        **inputs | {"pixel_values": inputs["pixel_values"].double()}, **options
     )
+    assert exact.sequences.tolist() == reference.sequences.tolist()
     result = generate(
         loaded.model,
         batch.input_ids,
@@ -86,9 +94,9 @@ def test_schedule_none_equals_hf_generate_on_a_mixed_size_batch():
     for row, generation in enumerate(result.generations):
         expected = reference.sequences[row, prompt_length:].tolist()
         assert generation.token_ids == expected[: len(generation.token_ids)]
-    hf_logits = torch.stack(reference.scores, dim=1)[:, : result.step_logits.shape[1]]
-    scale = hf_logits.abs().max()
-    assert torch.allclose(result.step_logits, hf_logits, rtol=0, atol=float(scale) * 1e-5)
+    steps = result.step_logits.shape[1]
+    hf_logits, exact_logits = (torch.stack(run.scores, dim=1)[:, :steps] for run in (reference, exact))
+    assert_fp32_close(result.step_logits, hf_logits, exact_logits)
 
 
 def test_mrope_positions_follow_a_drop():
@@ -127,32 +135,35 @@ def _generate(loaded, batch, method, **options):
 
 
 def test_batch_of_four_sizes_equals_four_single_runs_with_drops():
+    """Each single run is the reference, its float64 twin (same kept sets) gives the tolerance. Checked by mutation
+    against decode steps that attend to the padding of shorter prompts."""
     loaded = _loaded()
     images = _images()
     batch = build_batch(loaded, PROMPTS, images)
     assert len(set(batch.image_token_counts)) > 1
     batched = _generate(loaded, batch, ORIGINAL_PDROP, max_new_tokens=5, return_logits=True)
     for row in range(len(PROMPTS)):
-        single = _generate(
-            loaded,
-            build_batch(loaded, PROMPTS[row : row + 1], images[row : row + 1]),
-            ORIGINAL_PDROP,
+        one = build_batch(loaded, PROMPTS[row : row + 1], images[row : row + 1])
+        single = _generate(loaded, one, ORIGINAL_PDROP, max_new_tokens=5, return_logits=True)
+        exact = _generate(
+            _loaded(torch.float64),
+            dataclasses.replace(one, pixel_values=one.pixel_values.double()),
+            ForcedChoice.of(ORIGINAL_PDROP, single.generations),
             max_new_tokens=5,
             return_logits=True,
         )
-        mine, theirs = single.generations[0], batched.generations[row]
-        assert mine.trace.kept_image_indices == theirs.trace.kept_image_indices
-        assert mine.token_ids == theirs.token_ids
-        # padding changes the length of every softmax and matmul reduction: fp32 reordering over 32 layers
-        scale = float(single.step_logits.abs().max())
-        torch.testing.assert_close(single.step_logits[0], batched.step_logits[row], atol=scale * 1e-4, rtol=0)
+        mine, theirs, twin = single.generations[0], batched.generations[row], exact.generations[0]
+        assert mine.trace.kept_image_indices == theirs.trace.kept_image_indices == twin.trace.kept_image_indices
+        assert mine.token_ids == theirs.token_ids == twin.token_ids
+        assert_fp32_close(batched.step_logits[row], single.step_logits[0], exact.step_logits[0])
 
 
 @pytest.mark.parametrize("positions", ["original", "compact"])
 def test_cached_decoding_equals_recomputation_with_drops(positions):
     """Each step recomputed from scratch (prompt + tokens so far, M-RoPE rows from `get_rope_index` on that longer
     sequence, the same kept sets forced) gives the logits the cached decode gave: survivors keep their three rows
-    and decoding continues from the prompt's largest position + 1."""
+    and decoding continues from the prompt's largest position + 1. The float64 recomputation gives the tolerance.
+    Checked by mutation against decode positions continuing from the cache length."""
     from pdrop_eval.pyramid.engine import DecoderParts, prefill
 
     loaded = _loaded()
@@ -162,25 +173,27 @@ def test_cached_decoding_equals_recomputation_with_drops(positions):
     result = _generate(loaded, batch, method, max_new_tokens=4, return_logits=True)
     generation = result.generations[0]
     assert generation.trace.kept_image_indices[0] != list(range(len(generation.trace.kept_image_indices[0])))
-    features = family.encode_images(loaded.model, batch.pixel_values, batch.image_sizes)
-    ids = batch.input_ids
-    for step in range(len(generation.token_ids)):
-        if step:
-            ids = torch.cat([ids, torch.tensor([[generation.token_ids[step - 1]]])], dim=1)
-        mask = torch.ones_like(ids)
-        embeds, image_mask = family.embed(loaded.model, ids, features)
-        recomputed = prefill(
-            DecoderParts.from_model(loaded.model, family.positions),
-            embeds,
-            mask,
-            image_mask,
-            method,
-            forced_keep=[generation.trace.kept_image_indices],
-            use_cache=False,
-            position_ids=family.prompt_positions(loaded.model, ids, mask, batch.image_sizes),
-        )
-        scale = float(result.step_logits.abs().max())
-        torch.testing.assert_close(recomputed.logits[0], result.step_logits[0, step], atol=scale * 1e-5, rtol=0)
+    recomputed = {}
+    for model in (loaded.model, _loaded(torch.float64).model):
+        features = family.encode_images(model, batch.pixel_values.to(model.dtype), batch.image_sizes)
+        per_step = []
+        for step in range(len(generation.token_ids)):
+            ids = torch.cat([batch.input_ids, torch.tensor([generation.token_ids[:step]], dtype=torch.long)], dim=1)
+            mask = torch.ones_like(ids)
+            embeds, image_mask = family.embed(model, ids, features)
+            state = prefill(
+                DecoderParts.from_model(model, family.positions),
+                embeds,
+                mask,
+                image_mask,
+                method,
+                forced_keep=[generation.trace.kept_image_indices],
+                use_cache=False,
+                position_ids=family.prompt_positions(model, ids, mask, batch.image_sizes),
+            )
+            per_step.append(state.logits[0])
+        recomputed[model.dtype] = torch.stack(per_step)
+    assert_fp32_close(result.step_logits[0], recomputed[torch.float32], recomputed[torch.float64])
 
 
 def test_ranking_equals_naive_eager_attention_under_mrope():
@@ -230,15 +243,23 @@ def test_prompt_is_the_lmms_eval_chat_prompt():
 def test_compact_and_original_agree_until_the_first_drop_then_differ():
     """Both modes start from the prompt's M-RoPE rows, so the first ranking (layer 8, before any renumbering) keeps
     the same tokens; after it, compact renumbers the survivors 0..n-1 on all three rows and original keeps their
-    rows, so the logits part. A mode ignored on M-RoPE would give identical logits."""
+    rows, so the logits part by more than fp32 rounding explains (the tolerance comes from the float64 twin of the
+    original run, its kept sets forced). Checked by mutation against compact ignored on M-RoPE (both modes then
+    keep the rows and the logits agree to rounding)."""
     loaded = _loaded()
     batch = build_batch(loaded, PROMPTS[:2], _images()[:2])
+    methods = {mode: DropSchedule.pyramid(0.5, positions=mode) for mode in ("compact", "original")}
     runs = {
-        mode: _generate(loaded, batch, DropSchedule.pyramid(0.5, positions=mode), max_new_tokens=2, return_logits=True)
-        for mode in ("compact", "original")
+        mode: _generate(loaded, batch, method, max_new_tokens=2, return_logits=True) for mode, method in methods.items()
     }
     for row in range(2):
         first = [runs[mode].generations[row].trace.kept_image_indices[0] for mode in runs]
         assert first[0] == first[1]
-    scale = float(runs["original"].step_logits.abs().max())
-    assert (runs["compact"].step_logits - runs["original"].step_logits).abs().max() > scale * 1e-3
+    exact = _generate(
+        _loaded(torch.float64),
+        dataclasses.replace(batch, pixel_values=batch.pixel_values.double()),
+        ForcedChoice.of(methods["original"], runs["original"].generations),
+        max_new_tokens=2,
+        return_logits=True,
+    )
+    assert fp32_differs(runs["original"].step_logits, runs["compact"].step_logits, exact.step_logits)

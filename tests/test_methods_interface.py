@@ -1,6 +1,7 @@
 """The pruning-method interface: old schedules keep their labels and records, the engine runs any method through
 the interface alone, and the registry answers unknown names with one line."""
 
+import copy
 import dataclasses
 import json
 import re
@@ -16,6 +17,7 @@ from pdrop_eval.plan import schedule_record
 from pdrop_eval.pyramid.engine import generate_from_embeds
 from pdrop_eval.pyramid.flops import ModelShape, sample_flops
 from pdrop_eval.pyramid.schedule import DropSchedule
+from tests.numerics import assert_fp32_close
 
 # Prediction files are named by label: these strings are the names runs made before methods were plugins.
 OLD_LABELS = [
@@ -201,6 +203,8 @@ def _manual_add_mean(model, embeds: torch.Tensor, start: int, count: int, keep: 
 
 
 def test_tokens_a_method_adds_go_after_the_kept_image_tokens_and_count_as_image_tokens():
+    """The manual loop's float64 twin gives the tolerance. Checked by mutation against added tokens appended after
+    the text instead of right after the image."""
     config = LlamaConfig(
         vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4
     )
@@ -215,13 +219,15 @@ def test_tokens_a_method_adds_go_after_the_kept_image_tokens_and_count_as_image_
     images[1, 6:14] = True
     method = KeepEarliestAddMean(layer=2, keep=5)
     result = generate_from_embeds(model, embeds, mask, images, method, max_new_tokens=2, return_logits=True)
+    exact_model = copy.deepcopy(model).double()  # the manual loop's float64 twin gives the tolerance
     for row, (offset, start, count, length) in enumerate([(0, 3, 12, 20), (4, 2, 8, 16)]):
         trace = result.generations[row].trace
         assert trace.kept_image_indices == [[0, 1, 2, 3, 4]]
         assert trace.image_tokens_per_layer == [count, count, 6, 6]
         assert trace.tokens_per_layer == [length, length, length - count + 6, length - count + 6]
         expected = _manual_add_mean(model, embeds[row : row + 1, offset:], start, count, 5)
-        torch.testing.assert_close(result.step_logits[row, 0], expected, atol=1e-5, rtol=1e-5)
+        exact = _manual_add_mean(exact_model, embeds[row : row + 1, offset:].double(), start, count, 5)
+        assert_fp32_close(result.step_logits[row, 0], expected, exact)
     with pytest.raises(PdropEvalError, match="added \\[1, 1\\] tokens at stage 0, not its added_count"):
         generate_from_embeds(model, embeds, mask, images, KeepEarliestAddMean(claimed=2), max_new_tokens=1)
     with pytest.raises(PdropEvalError, match="use positions='compact'"):
