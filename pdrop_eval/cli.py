@@ -75,8 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="average retained image tokens per LLM layer, e.g. 192,128,64 (LLaVA-1.5 of 576): each --methods "
              "method's settings for each budget are chosen and printed (PDrop: the closest λ at each layer list; "
              "cannot be combined with --lambda or --ratios)")
-    add("--position-mode", default="compact", choices=("compact", "original"),
-        help="RoPE positions of surviving tokens: compact re-indexes them (official PDrop, default) or original")
+    add("--position-mode", default="auto", choices=("auto", "compact", "original"),
+        help="RoPE positions of surviving tokens: compact re-indexes them (official PDrop), original keeps them; "
+             "auto (default) takes the model family's choice: compact on LLaVA, original on Qwen2.5-VL (its M-RoPE "
+             "rows hold the image's 2-D grid)")
     add("--limit", type=int, default=None, help="only the first N samples of each task, e.g. --limit 100")
     add("--batch-size", default="8",
         help="samples per batch (default 8), or auto: the largest batch that fits on the GPU, measured after the "
@@ -147,6 +149,7 @@ def plan_from_args(args: argparse.Namespace, argv: Sequence[str]):
         parse_layer_lists,
         parse_number_list,
         parse_ratio_lists,
+        resolve_position_mode,
         validate_run_name,
     )
 
@@ -169,10 +172,11 @@ def plan_from_args(args: argparse.Namespace, argv: Sequence[str]):
     if any(budget <= 0 for budget in budgets):
         raise PdropEvalError(f"--budget values must be positive token counts, got {list(budgets)}")
     methods = _names(args.methods, "--methods", "visionzip,divprune")
+    position_mode = resolve_position_mode(args.position_mode, args.model)
     if (budgets or methods) and not (lambdas or ratio_lists or baselines):
         schedules = ()
     else:
-        schedules = build_schedules(lambdas, layer_lists, ratio_lists, baselines, args.position_mode, args.seed)
+        schedules = build_schedules(lambdas, layer_lists, ratio_lists, baselines, position_mode, args.seed)
     if args.run_name is not None:
         run_name = validate_run_name(args.run_name)
     else:
@@ -200,7 +204,8 @@ def plan_from_args(args: argparse.Namespace, argv: Sequence[str]):
         budgets=budgets,
         methods=methods,
         budget_layers=layer_lists or (DEFAULT_LAYERS,),
-        position_mode=args.position_mode,
+        position_mode=position_mode,
+        position_mode_from="--position-mode" if args.position_mode != "auto" else "model family default",
         report=not args.no_report,
         command=tuple(argv),
     )

@@ -49,7 +49,8 @@ class RunPlan:
     budgets: tuple[float, ...] = ()
     methods: tuple[str, ...] = ()  # registered names swept over `budgets` (--methods); () = PDrop alone
     budget_layers: tuple[tuple[int, ...], ...] = (DEFAULT_LAYERS,)
-    position_mode: str = "compact"
+    position_mode: str = "compact"  # resolved: never "auto"
+    position_mode_from: str = "--position-mode"  # or "model family default"
     report: bool = True
     command: tuple[str, ...] = field(default_factory=tuple)
 
@@ -237,6 +238,17 @@ def check_methods(plan: RunPlan) -> None:
             f"--methods {','.join(needing)} needs --budget (e.g. --budget 192,128,64) to choose each method's "
             f"settings; for their default settings use --baselines {','.join(needing)}"
         )
+
+
+def resolve_position_mode(mode: str, model: str) -> str:
+    """`auto` becomes the model family's default (read from the model's config.json); the others stay."""
+    if mode != "auto":
+        return mode
+    from pdrop_eval.families.base import ModelFamily
+    from pdrop_eval.families.registry import family_for_model
+
+    family = family_for_model(model)
+    return (family or ModelFamily).default_position_mode
 
 
 def build_schedules(

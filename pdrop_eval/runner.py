@@ -328,6 +328,7 @@ def _record(
         "tokens_per_layer": trace.tokens_per_layer,
         "generated_tokens": trace.generated_tokens,
         "vision_crops": trace.vision_crops,
+        "vision_grid": list(trace.vision_grid) if trace.vision_grid else None,
         "flops_paper": flops.paper,
         "flops_exact": flops.exact,
         "timing": timing,
@@ -420,14 +421,14 @@ class TaskEvaluator:
             own_tower_pass = {}  # a method that reads the tower's internals runs it on the pixels itself
             if schedule.reads_tower:
                 own_tower_pass["pixel_values"] = inputs.pixel_values[index]
-                if inputs.image_sizes is not None:
-                    own_tower_pass["image_sizes"] = inputs.image_sizes[index]
             result = generate(
                 loaded.model,
                 input_ids,
                 attention_mask,
                 schedule,
                 image_features=[features[i] for i in rows],
+                # the image grids also give M-RoPE positions and windowed-tower FLOPs, so every schedule gets them
+                image_sizes=None if inputs.image_sizes is None else inputs.image_sizes[index],
                 **own_tower_pass,
                 vision_crops=[crops[i] for i in rows],
                 max_new_tokens=max_new_tokens,
@@ -598,6 +599,7 @@ def _model_info(plan: RunPlan, loaded: LoadedVLM, dtype: str, device: torch.devi
         "name": plan.model,
         "path": str(loaded.path),
         "kind": loaded.kind,
+        "family": loaded.family.name,
         "dtype": dtype,
         "attn": plan.attn,
         "device": str(device),
@@ -1009,6 +1011,8 @@ def _run_locked(
                 "max_new_tokens": plan.max_new_tokens,
                 "world_size": world.size,
                 "scorer": plan.scorer,
+                "position_mode": plan.position_mode,
+                "position_mode_from": plan.position_mode_from,
             },
             "data_files": {},
         }

@@ -15,7 +15,7 @@ from pdrop_eval.families.qwen2_5_vl import Qwen25VLFamily, chat_prompt
 from pdrop_eval.models import build_batch, image_token_count, load_vlm
 from pdrop_eval.pyramid.schedule import DropSchedule
 from pdrop_eval.pyramid.vlm import generate
-from tests.numerics import ForcedChoice, assert_fp32_close
+from tests.numerics import ForcedChoice, assert_fp32_close, fp32_differs
 
 pytestmark = pytest.mark.engine  # also run on the oldest supported transformers (make test-compat)
 
@@ -238,3 +238,28 @@ def test_prompt_is_the_lmms_eval_chat_prompt():
     batch = build_batch(loaded, ["What is it?"], _images()[3:])
     text = loaded.tokenizer.decode(batch.input_ids[0])
     assert text == chat_prompt("What is it?", batch.image_token_counts[0])
+
+
+def test_compact_and_original_agree_until_the_first_drop_then_differ():
+    """Both modes start from the prompt's M-RoPE rows, so the first ranking (layer 8, before any renumbering) keeps
+    the same tokens; after it, compact renumbers the survivors 0..n-1 on all three rows and original keeps their
+    rows, so the logits part by more than fp32 rounding explains (the tolerance comes from the float64 twin of the
+    original run, its kept sets forced). Checked by mutation against compact ignored on M-RoPE (both modes then
+    keep the rows and the logits agree to rounding)."""
+    loaded = _loaded()
+    batch = build_batch(loaded, PROMPTS[:2], _images()[:2])
+    methods = {mode: DropSchedule.pyramid(0.5, positions=mode) for mode in ("compact", "original")}
+    runs = {
+        mode: _generate(loaded, batch, method, max_new_tokens=2, return_logits=True) for mode, method in methods.items()
+    }
+    for row in range(2):
+        first = [runs[mode].generations[row].trace.kept_image_indices[0] for mode in runs]
+        assert first[0] == first[1]
+    exact = _generate(
+        _loaded(torch.float64),
+        dataclasses.replace(batch, pixel_values=batch.pixel_values.double()),
+        ForcedChoice.of(methods["original"], runs["original"].generations),
+        max_new_tokens=2,
+        return_logits=True,
+    )
+    assert fp32_differs(runs["original"].step_logits, runs["compact"].step_logits, exact.step_logits)

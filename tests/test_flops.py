@@ -7,6 +7,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from pdrop_eval.models.presets import preset_config
 from pdrop_eval.pyramid.flops import (
     ModelShape,
+    TextShape,
     average_retained_tokens,
     image_tokens_per_layer,
     paper_flops,
@@ -137,3 +138,69 @@ def test_exact_convention_matches_flop_counter_on_llava_next_crops():
         trace = result.generations[0].trace
         assert trace.vision_crops > 1 and trace.num_image_tokens == batch.image_token_counts[0]
         assert sample_flops(shape, trace).exact == counted_matmul_flops(counter)
+
+
+@pytest.mark.parametrize(
+    "size",
+    [(120, 90), (300, 500)],
+    ids=["28x38-patches", "42x26-patches"],
+)
+def test_exact_convention_matches_flop_counter_on_qwen_windowed_tower(size):
+    """Qwen2.5-VL: the tower's cost follows each image's patch grid. Both grids leave partial windows at the
+    edge (19 merged columns in windows of 2; 13 merged columns) and the tiny tower has one windowed and one full
+    block, so counting windows padded to full size, every block as full (or as windowed) attention, a plain MLP
+    instead of SwiGLU or the merger on unmerged patches gives a different count."""
+    from PIL import Image
+
+    from pdrop_eval.models import build_batch, load_vlm
+
+    loaded = load_vlm("tiny-qwen2.5-vl", attn="eager")
+    shape = loaded.family.model_shape(loaded.model.config)
+    batch = build_batch(loaded, ["What is in the picture?"], [Image.new("RGB", size, (200, 30, 90))])
+    counter = FlopCounterMode(display=False)
+    with counter:
+        result = generate(
+            loaded.model,
+            batch.input_ids,
+            batch.attention_mask,
+            DropSchedule.pyramid(0.5, positions="original"),
+            pixel_values=batch.pixel_values,
+            image_sizes=batch.image_sizes,
+            max_new_tokens=3,
+        )
+    trace = result.generations[0].trace
+    assert trace.vision_grid == tuple(batch.image_sizes[0].tolist())
+    counted = sample_flops(shape, trace)
+    assert counted.exact == counted_matmul_flops(counter)
+    tower = FlopCounterMode(display=False)
+    with tower:
+        loaded.model.model.visual(batch.pixel_values, grid_thw=batch.image_sizes)
+    assert counted.exact_vision == counted_matmul_flops(tower)
+    assert counted.paper == paper_flops(shape.text, trace.image_tokens_per_layer)
+
+
+def test_qwen_presets_are_the_published_configs():
+    """Qwen/Qwen2.5-VL-7B-Instruct and -3B-Instruct config.json: one 32-block ViT (full attention in blocks 7,
+    15, 23, 31, 112 px windows), merged into the language model's width."""
+    from pdrop_eval.families.qwen2_5_vl import Qwen25VLFamily
+
+    seven = Qwen25VLFamily().model_shape(preset_config("qwen2.5-vl-7b"))
+    three = Qwen25VLFamily().model_shape(preset_config("qwen2.5-vl-3b"))
+    assert seven.text == TextShape(hidden=3584, ffn=18944, layers=28, heads=28, kv_heads=4, head_dim=128, vocab=152064)
+    assert three.text == TextShape(hidden=2048, ffn=11008, layers=36, heads=16, kv_heads=2, head_dim=128, vocab=151936)
+    for shape, width in [(seven, 3584), (three, 2048)]:
+        vision = shape.vision
+        assert (vision.hidden, vision.ffn, vision.layers, vision.window_size) == (1280, 3420, 32, 112)
+        assert vision.full_attention_layers == (7, 15, 23, 31) and vision.out_hidden == width
+    assert preset_config("qwen2.5-vl-7b").image_token_id == 151655
+
+
+@pytest.mark.parametrize(("preset", "billions"), [("qwen2.5-vl-7b", 8.29), ("qwen2.5-vl-3b", 3.75)])
+def test_qwen_presets_build_models_of_the_published_size(preset, billions):
+    """The preset builds the HF model (on the meta device: no memory) with the parameter count the Hub lists for
+    the checkpoint (8.29B, 3.75B with tied embeddings), so speed.py times a model of the real size."""
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    with torch.device("meta"):
+        model = Qwen2_5_VLForConditionalGeneration(preset_config(preset))
+    assert round(sum(p.numel() for p in model.parameters()) / 1e9, 2) == billions

@@ -39,6 +39,8 @@ class ModelFamily:
     positions: ClassVar[LinearPositions] = LinearPositions()
     anyres_kinds: ClassVar[tuple[str, ...]] = ()  # model_types whose images are tiled (methods needing one grid refuse)
     vision_cls_token: ClassVar[bool] = True  # whether the tower has a CLS token (CLS-attention rankers need one)
+    # What `--position-mode auto` resolves to: the rule for survivors' positions that fits the family's RoPE.
+    default_position_mode: ClassVar[str] = "compact"
 
     def claims(self, raw_config: dict) -> bool:
         """Whether a model directory's raw `config.json` is one of this family's checkpoints."""
@@ -84,6 +86,10 @@ class ModelFamily:
     def count_crops(self, model: nn.Module, image_sizes: torch.Tensor | None, batch: int) -> list[int]:
         """Vision-tower passes per image, for FLOPs (features may be reused, the count must not be)."""
         raise NotImplementedError
+
+    def vision_grids(self, image_sizes: torch.Tensor | None, batch: int) -> list[tuple[int, int, int] | None]:
+        """Per image the (t, h, w) patch grid the tower ran on, for towers whose FLOPs follow it; None otherwise."""
+        return [None] * batch
 
     def embed(
         self, model: nn.Module, input_ids: torch.Tensor, image_features: Sequence[torch.Tensor]

@@ -86,7 +86,8 @@ class MultimodalPositions(LinearPositions):
     `prompt_positions`). After a drop:
     - `original` keeps each survivor's three rows, so the image keeps its 2-D layout and the text its distance from
       it; decoding continues from the prompt's largest position + 1, which is HF's "cache length + rope delta".
-      This is the rule to prefer on M-RoPE: it is what the unpruned model saw for every surviving token.
+      This is the rule to prefer on M-RoPE: it is what the unpruned model saw for every surviving token, and it is
+      Qwen2.5-VL's default (`--position-mode auto`).
     - `compact` is the official PyramidDrop rule taken literally: position ids rebuilt 0..n-1 over the shortened
       sequence (`torch.arange`), identical on the three rows, as HF gives a sequence it has no image grids for;
       decoding continues from n. It erases the image's layout, which 1-D RoPE never had. Before the first drop

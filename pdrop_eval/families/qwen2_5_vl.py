@@ -6,6 +6,15 @@ An image is resized to multiples of 28 px within the image processor's min/max p
 three M-RoPE rows come from the model's own `get_rope_index` (transformers
 models/qwen2_5_vl/modeling_qwen2_5_vl.py:Qwen2_5_VLModel.get_rope_index), computed on the unpruned prompt.
 
+Images reach the processor as lmms-eval 0.7.3 hands them over (`eval_view`): Qwen2_5_VL._encode_image_data_url
+re-encodes each PIL image as JPEG at quality 85 (lmms_eval/models/model_utils/media_encoder.py:
+encode_image_to_data_url, converting to RGB first), and qwen_vl_utils 0.0.14 (vision_process.py:fetch_image)
+decodes that data URL, converts to RGB, and resizes with PIL's default filter (bicubic) to its `smart_resize` size:
+multiples of 28 px, rounded, then floored or ceiled to fit between the min/max pixels lmms-eval passes (256·28² to
+1605632). The processor then sees an image already at its final size, so its own resize does nothing and its
+backend (PIL here, torchvision in many installs) no longer changes the pixels. The JPEG step is lossy: skipping it
+gives other pixel values than the evaluation we follow.
+
 The prompt is what lmms-eval 0.7.3 builds (lmms_eval/models/simple/qwen2_5_vl.py:Qwen2_5_VL.generate_until: a
 system message "You are a helpful assistant.", then one user turn holding the image then the text, rendered by
 Qwen2.5-VL's chat template with the generation prompt): `<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n
@@ -14,7 +23,9 @@ Qwen2.5-VL's chat template with the generation prompt): `<|im_start|>system\\nYo
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from io import BytesIO
 from pathlib import Path
 
 import torch
@@ -34,13 +45,48 @@ from pdrop_eval.families.positions import MultimodalPositions
 from pdrop_eval.models.batch import VLMBatch, check_prompt, left_padded
 from pdrop_eval.models.images import to_rgb
 from pdrop_eval.models.loaded import LoadedVLM
-from pdrop_eval.pyramid.flops import ModelShape
+from pdrop_eval.pyramid.flops import ModelShape, WindowedVisionShape, text_shape
 
 TEMPLATE = "qwen2_vl_chat"
 # lmms-eval 0.7.3 lmms_eval/models/simple/qwen2_5_vl.py:Qwen2_5_VL.__init__ defaults, passed to the processor there.
 EVAL_MIN_PIXELS = 256 * 28 * 28
 EVAL_MAX_PIXELS = 1605632  # 2048 · 28 · 28
+EVAL_JPEG_QUALITY = 85  # Qwen2_5_VL._encode_image_data_url
+MAX_ASPECT_RATIO = 200  # qwen_vl_utils and the processor refuse longer images
 _SYSTEM = "You are a helpful assistant."
+
+
+def eval_size(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
+    """(height, width) qwen_vl_utils 0.0.14 resizes an image to (vision_process.py:smart_resize): each side rounded
+    to a multiple of `factor` (at least `factor`), then scaled down (floored) or up (ceiled) into the pixel bounds."""
+    if max(height, width) / min(height, width) > MAX_ASPECT_RATIO:
+        raise PdropEvalError(
+            f"a {width}×{height} px image is longer than Qwen2.5-VL's {MAX_ASPECT_RATIO}:1 aspect-ratio limit "
+            "(qwen_vl_utils and the image processor refuse it too): crop or drop that sample"
+        )
+    h_bar = max(factor, round(height / factor) * factor)
+    w_bar = max(factor, round(width / factor) * factor)
+    if h_bar * w_bar > max_pixels:
+        beta = math.sqrt(height * width / max_pixels)
+        h_bar = math.floor(height / beta / factor) * factor
+        w_bar = math.floor(width / beta / factor) * factor
+    elif h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h_bar = math.ceil(height * beta / factor) * factor
+        w_bar = math.ceil(width * beta / factor) * factor
+    return h_bar, w_bar
+
+
+def eval_view(image: Image.Image, factor: int, min_pixels: int, max_pixels: int) -> Image.Image:
+    """The image as lmms-eval's Qwen2.5-VL path gives it to the processor: JPEG at quality 85, decoded, resized."""
+    buffer = BytesIO()
+    to_rgb(image).save(buffer, format="JPEG", quality=EVAL_JPEG_QUALITY)
+    buffer.seek(0)
+    decoded = Image.open(buffer)
+    decoded.load()
+    decoded = to_rgb(decoded)  # a JPEG of an RGB image decodes as RGB, as fetch_image's to_rgb then leaves it
+    height, width = eval_size(decoded.height, decoded.width, factor, min_pixels, max_pixels)
+    return decoded.resize((width, height), Image.Resampling.BICUBIC)
 
 
 def chat_prompt(message: str, image_tokens: int) -> str:
@@ -57,6 +103,10 @@ class Qwen25VLFamily(ModelFamily):
     model_types = ("qwen2_5_vl",)
     description = "Qwen2.5-VL ('qwen2_5_vl', Qwen2_5_VLForConditionalGeneration) in HF format"
     positions = MultimodalPositions()
+    # M-RoPE's height and width rows carry the image's 2-D grid; `compact` would renumber the survivors 0..n-1 on all
+    # three rows, collapsing that layout into a 1-D sequence the model never saw for image tokens. `original` keeps
+    # every survivor's rows exactly as the unpruned model computed them (positions.MultimodalPositions).
+    default_position_mode = "original"
 
     def load_model(self, path: Path, model_type: str, dtype: torch.dtype | str, attn: str) -> PreTrainedModel:
         return Qwen2_5_VLForConditionalGeneration.from_pretrained(
@@ -113,6 +163,12 @@ class Qwen25VLFamily(ModelFamily):
         """One tower pass per image (its cost grows with the image's grid, not with crops)."""
         return [1] * batch
 
+    def vision_grids(self, image_sizes: torch.Tensor | None, batch: int) -> list[tuple[int, int, int] | None]:
+        """`image_sizes` is image_grid_thw: the tower's attention windows and cost follow each image's grid."""
+        if image_sizes is None:
+            return [None] * batch
+        return [(int(t), int(h), int(w)) for t, h, w in image_sizes.tolist()]
+
     def embed(
         self, model: nn.Module, input_ids: torch.Tensor, image_features: Sequence[torch.Tensor]
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -155,14 +211,38 @@ class Qwen25VLFamily(ModelFamily):
         return positions
 
     def model_shape(self, config: PretrainedConfig) -> ModelShape:
-        raise PdropEvalError("FLOPs shapes for Qwen2.5-VL's tower are not defined yet (issue 12 item 6)")
+        """The language model and the windowed ViT with its patch merger (the merger is the projector)."""
+        vision = config.vision_config
+        tower = WindowedVisionShape(
+            hidden=vision.hidden_size,
+            ffn=vision.intermediate_size,
+            layers=vision.depth,
+            patch_size=vision.patch_size,
+            temporal_patch_size=vision.temporal_patch_size,
+            merge=vision.spatial_merge_size,
+            window_size=vision.window_size,
+            full_attention_layers=tuple(vision.fullatt_block_indexes),
+            out_hidden=vision.out_hidden_size,
+            channels=vision.in_channels,
+        )
+        return ModelShape(text=text_shape(config), vision=tower)
 
     @staticmethod
     def _merge(model: nn.Module) -> int:
         return int(model.config.vision_config.spatial_merge_size)
 
+    def model_view(self, loaded: LoadedVLM, image: Image.Image) -> Image.Image | None:
+        """The JPEG-round-tripped image at its resized size: each image token covers a 28×28 px cell of it."""
+        return self._eval_views(loaded, [image])[0]
+
     @staticmethod
-    def _grids(loaded: LoadedVLM, images: Sequence[Image.Image]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Patches of every image (resized within the processor's min/max pixels) and their (t, h, w) grids."""
-        out = loaded.image_processor(images=[to_rgb(image) for image in images], return_tensors="pt")
+    def _eval_views(loaded: LoadedVLM, images: Sequence[Image.Image]) -> list[Image.Image]:
+        processor = loaded.image_processor
+        factor = processor.patch_size * processor.merge_size
+        return [eval_view(image, factor, EVAL_MIN_PIXELS, EVAL_MAX_PIXELS) for image in images]
+
+    @classmethod
+    def _grids(cls, loaded: LoadedVLM, images: Sequence[Image.Image]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Patches of every image as lmms-eval prepares it (`eval_view`) and their (t, h, w) grids."""
+        out = loaded.image_processor(images=cls._eval_views(loaded, images), return_tensors="pt")
         return out["pixel_values"], torch.as_tensor(out["image_grid_thw"], dtype=torch.long)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from torch import nn
@@ -24,6 +25,19 @@ def family_for_config(raw_config: dict, path: Path) -> ModelFamily:
             return family
     supported = "; ".join(family.description for family in FAMILIES.values())
     raise PdropEvalError(f"{path} holds a {raw_config.get('model_type')!r} model; supported: {supported}")
+
+
+def family_for_model(name_or_path: str) -> ModelFamily | None:
+    """The family of a model named on the command line, from its config.json alone (no weights load); None when
+    the config cannot be read, which loading then reports in its own words."""
+    from pdrop_eval.models.locate import model_dir
+
+    try:
+        path = model_dir(name_or_path)
+        raw = json.loads((path / "config.json").read_text(encoding="utf-8"))
+        return family_for_config(raw, path) if isinstance(raw, dict) else None
+    except (PdropEvalError, OSError, ValueError):
+        return None
 
 
 def family_of(model: nn.Module) -> ModelFamily:

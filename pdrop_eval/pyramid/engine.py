@@ -105,6 +105,7 @@ class SampleTrace:
     image_tokens_per_layer: list[int] = field(default_factory=list)
     generated_tokens: int = 0
     vision_crops: int = 0
+    vision_grid: tuple[int, int, int] | None = None  # (t, h, w) patches, where the tower's cost follows the grid
     method_counts: dict[str, int] = field(default_factory=dict)  # sizes the method's overhead depends on
 
 

@@ -9,12 +9,17 @@
   `overhead_flops`: ranking projections, similarity matrices), and each decode step. Attention
   is counted dense (n × keys), as the SDPA math kernel computes it; elementwise work (norms, RoPE, softmax,
   activations) is left out, as torch's FlopCounterMode does, and is well under 1% of the total.
+
+Towers come in two kinds: a fixed-size CLIP/SigLIP tower run once per crop (`VisionShape`), and Qwen2.5-VL's
+windowed ViT (`WindowedVisionShape`), whose cost follows each image's own patch grid, recorded on the trace.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from pdrop_eval.errors import PdropEvalError
 
 if TYPE_CHECKING:
     from pdrop_eval.methods.base import PruningMethod
@@ -54,27 +59,84 @@ class VisionShape:
         return self.patches + (1 if self.cls_token else 0)
 
 
+def _window_sides(length: int, window: int) -> list[int]:
+    """Sides of the windows along one axis: full windows, then the remainder (HF pads the grid to whole windows
+    with index -100 and drops those entries before attention, so a window holds only its real tokens)."""
+    full, rest = divmod(length, window)
+    return [window] * full + ([rest] if rest else [])
+
+
+@dataclass(frozen=True)
+class WindowedVisionShape:
+    """Qwen2.5-VL's vision tower as HF runs it (transformers models/qwen2_5_vl/modeling_qwen2_5_vl.py:
+    Qwen2_5_VisionTransformerPretrainedModel.forward): a Conv3d patch embed over `temporal_patch_size` frames of
+    `patch_size`² pixels, `layers` blocks of attention (qkv + proj) and a SwiGLU MLP with biases
+    (Qwen2_5_VLMLP: gate, up, down), then the patch merger: RMSNorm, and a two-layer MLP over each `merge`×`merge`
+    group of patches concatenated (merge²·hidden → merge²·hidden → out_hidden).
+
+    Attention runs per segment, never over padding: blocks in `full_attention_layers` attend within each frame
+    (all h·w patches), the others within windows of `window_size // merge // patch_size` merged tokens a side
+    (`get_vision_window_index`; edge windows are smaller, empty ones are dropped); every implementation splits
+    at those boundaries (eager and SDPA loop over the segments, flash-attention uses varlen), so a window of n_w
+    patches costs n_w² and nothing else.
+    """
+
+    hidden: int
+    ffn: int
+    layers: int
+    patch_size: int
+    temporal_patch_size: int
+    merge: int
+    window_size: int
+    full_attention_layers: tuple[int, ...]
+    out_hidden: int
+    channels: int = 3
+
+    def flops(self, grid: tuple[int, int, int]) -> int:
+        """Real FLOPs of one image (or video) with patch grid (t, h, w), as the tower's matmuls run."""
+        frames, rows, cols = grid
+        d, m = self.hidden, self.merge
+        patches = frames * rows * cols
+        embed = 2 * patches * self.channels * self.temporal_patch_size * self.patch_size**2 * d
+        linear = 2 * patches * d * (3 * d + d + 3 * self.ffn)
+        side = self.window_size // m // self.patch_size
+        window_rows, window_cols = _window_sides(rows // m, side), _window_sides(cols // m, side)
+        # sum over windows of n_w², each window holding (rows × cols of merged tokens) · m² patches
+        windowed = frames * sum(r * r for r in window_rows) * sum(c * c for c in window_cols) * m**4
+        full = frames * (rows * cols) ** 2
+        full_layers = sum(1 for index in self.full_attention_layers if 0 <= index < self.layers)
+        attention = 2 * 2 * d * (full_layers * full + (self.layers - full_layers) * windowed)
+        merged, width = patches // m**2, d * m**2
+        merger = 2 * merged * width * (width + self.out_hidden)
+        return embed + self.layers * linear + attention + merger
+
+
+def text_shape(config) -> TextShape:
+    """The language model's shape from a VLM config's `text_config`, or from a bare decoder config."""
+    text_config = getattr(config, "text_config", None) or config
+    heads = text_config.num_attention_heads
+    return TextShape(
+        hidden=text_config.hidden_size,
+        ffn=text_config.intermediate_size,
+        layers=text_config.num_hidden_layers,
+        heads=heads,
+        kv_heads=getattr(text_config, "num_key_value_heads", None) or heads,
+        head_dim=getattr(text_config, "head_dim", None) or text_config.hidden_size // heads,
+        vocab=text_config.vocab_size,
+    )
+
+
 @dataclass(frozen=True)
 class ModelShape:
     text: TextShape
-    vision: VisionShape | None = None
+    vision: VisionShape | WindowedVisionShape | None = None
     projector_hidden: int | None = None
 
     @classmethod
     def from_config(cls, config) -> ModelShape:
         """From a LLaVA / LLaVA-NeXT config (text_config + CLIP vision_config) or a bare decoder config; a model
         family with another tower builds its shape in its own `model_shape`."""
-        text_config = getattr(config, "text_config", None) or config
-        heads = text_config.num_attention_heads
-        text = TextShape(
-            hidden=text_config.hidden_size,
-            ffn=text_config.intermediate_size,
-            layers=text_config.num_hidden_layers,
-            heads=heads,
-            kv_heads=getattr(text_config, "num_key_value_heads", None) or heads,
-            head_dim=getattr(text_config, "head_dim", None) or text_config.hidden_size // heads,
-            vocab=text_config.vocab_size,
-        )
+        text = text_shape(config)
         vision_config = getattr(config, "vision_config", None)
         if vision_config is None:
             return cls(text=text)
@@ -167,7 +229,11 @@ def sample_flops(shape: ModelShape, trace: SampleTrace, kv_bytes_per_element: in
         decode += sum(_layer_flops(text, 1, n + step) for n in trace.tokens_per_layer)
         decode += 2 * text.hidden * text.vocab
     vision = 0
-    if shape.vision is not None:
+    if isinstance(shape.vision, WindowedVisionShape):
+        if trace.vision_grid is None:
+            raise PdropEvalError("a windowed vision tower's FLOPs need the image's patch grid on the trace")
+        vision = shape.vision.flops(trace.vision_grid)
+    elif shape.vision is not None:
         projected = trace.method.projected_tokens(trace)
         vision = vision_flops(shape.vision, shape.projector_hidden or text.hidden, trace.vision_crops, projected)
     kv_cache = 2 * sum(trace.tokens_per_layer) * text.kv_heads * text.head_dim * kv_bytes_per_element

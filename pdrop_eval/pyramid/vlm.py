@@ -172,8 +172,10 @@ def generate(
     result.timings.prefill_s += reduce_s  # choosing tokens before the LLM is part of prefill and rank
     result.timings.rank_s += reduce_s
     crops = vision_crops if vision_crops is not None else count_crops(model, image_sizes, input_ids.shape[0])
+    grids = family.vision_grids(image_sizes, input_ids.shape[0])
     for row, (generation, count) in enumerate(zip(result.generations, crops)):
         generation.trace.vision_crops = count
+        generation.trace.vision_grid = grids[row]
         generation.trace.num_image_tokens = tower_counts[row]
         if reduced.kept_indices is not None:
             generation.trace.kept_feature_indices = reduced.kept_indices[row]
