@@ -78,6 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="RoPE positions of surviving tokens: compact re-indexes them (official PDrop, default) or original")
     add("--limit", type=int, default=None, help="only the first N samples of each task, e.g. --limit 100")
     add("--batch-size", type=int, default=8, help="samples per batch (default 8)")
+    add("--data-workers", type=int, default=None,
+        help="threads reading, decoding and tokenising batches ahead of the model (default: this process's share "
+             "of the CPU cores, at most 4; 0 prepares each batch on the main thread, between model calls)")
+    add("--no-length-buckets", action="store_true",
+        help="batch samples in dataset order even where image-token counts vary (LLaVA-NeXT): by default each "
+             "window of 8 batches is sorted by prompt length so batches pad little; answers are the same in "
+             "float32, in float16/bfloat16 a sample's answer can depend on its batch")
     add("--dtype", default="auto", choices=("auto", "float32", "float16", "bfloat16"),
         help="model dtype; auto = float16 on GPU (as LLaVA's evaluation), float32 on CPU")
     add("--device", default="auto", help="auto (this rank's GPU, else CPU), cpu, cuda, cuda:1 ...")
@@ -149,6 +156,8 @@ def plan_from_args(args: argparse.Namespace, argv: Sequence[str]):
         raise PdropEvalError("--budget chooses λ itself: give either --budget or --lambda/--ratios, not both")
     _positive(args.limit, "--limit")
     _positive(args.batch_size, "--batch-size")
+    if args.data_workers is not None and args.data_workers < 0:
+        raise PdropEvalError(f"--data-workers must be 0 or more, got {args.data_workers}")
     _positive(args.max_new_tokens, "--max-new-tokens")
     if args.seed not in SEED_RANGE:
         raise PdropEvalError(f"--seed must be a whole number from 0 to 2**64-1, got {args.seed}")
@@ -192,6 +201,8 @@ def plan_from_args(args: argparse.Namespace, argv: Sequence[str]):
         position_mode=args.position_mode,
         report=not args.no_report,
         command=tuple(argv),
+        data_workers=args.data_workers,
+        length_buckets=not args.no_length_buckets,
     )
     check_methods(plan)
     return plan

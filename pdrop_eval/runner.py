@@ -42,9 +42,9 @@ from pdrop_eval.methods.budgets import BudgetChoice, ModelGeometry, resolve_budg
 from pdrop_eval.methods.registry import describe_record
 from pdrop_eval.metrics import ScoredRecord, get_metric
 from pdrop_eval.model_geometry import read_model_geometry
-from pdrop_eval.models import LoadedVLM, build_batch, decode, image_token_count, load_vlm
-from pdrop_eval.models.batch import check_prompt
+from pdrop_eval.models import LoadedVLM, decode, image_token_count, load_vlm
 from pdrop_eval.models.images import to_rgb
+from pdrop_eval.pipeline import BatchPipeline, PreparedBatch, default_workers, varies_in_length
 from pdrop_eval.plan import RunPlan, method_classes, schedule_record
 from pdrop_eval.progress import TaskProgress, is_terminal, quiet_loading_bars
 from pdrop_eval.pyramid.engine import DecoderParts
@@ -362,12 +362,20 @@ class TaskEvaluator:
         )
         max_new_tokens = self.plan.max_new_tokens or task.max_new_tokens
         watch = FailureWatch(task.name, total=len(mine), tried=len(mine) - len(pending))
+        batches = BatchPipeline(
+            self.loaded,
+            pending,
+            self.plan.batch_size,
+            workers=default_workers() if self.plan.data_workers is None else self.plan.data_workers,
+            by_length=self.plan.length_buckets and varies_in_length(self.loaded),
+            pin_memory=self.loaded.device.type == "cuda",
+        )
         try:
-            for start in range(0, len(pending), self.plan.batch_size):
-                batch = pending[start : start + self.plan.batch_size]
-                usable, images = self._record_failures(task, batch, done, writers, progress, watch)
-                if usable:
-                    self._run_batch(task, usable, images, done, writers, progress, max_new_tokens)
+            with batches:
+                for prepared in batches:
+                    self._record_failures(task, prepared, done, writers, progress, watch)
+                    if prepared.inputs is not None:
+                        self._run_batch(task, prepared, done, writers, progress, max_new_tokens)
         finally:
             progress.close()
         if watch.reasons:
@@ -377,37 +385,28 @@ class TaskEvaluator:
                 file=sys.stderr,
             )
 
-    def _record_failures(self, task, batch, done, writers, progress: TaskProgress, watch: FailureWatch):
-        """Load each sample's image and check its prompt; a sample that fails is written as a failed record for
-        every schedule lacking it. Returns the usable samples and their images."""
-        usable, images, outcomes = [], [], []
-        failed: list[tuple[Sample, str]] = []
-        for sample in batch:
-            try:
-                check_prompt(sample.prompt, sample.id)
-                images.append(sample.load_image())
-                usable.append(sample)
-                outcomes.append(None)
-            except SampleError as error:
-                reason = " ".join(str(error).split())
-                failed.append((sample, reason))
-                outcomes.append(reason)
+    def _record_failures(self, task, prepared: PreparedBatch, done, writers, progress, watch: FailureWatch) -> None:
+        """Write each failed sample of the step as a failed record for every schedule lacking it, then let the
+        watch judge the step's outcomes (it stops the run when the data looks broken)."""
         for label, writer in writers.items():
-            records = [_failed_record(task, s, reason) for s, reason in failed if _sample_key(s) not in done[label]]
+            records = [
+                _failed_record(task, s, reason) for s, reason in prepared.failures if _sample_key(s) not in done[label]
+            ]
             if records:
                 writer.append(records)
                 progress.update(label, len(records))
-        watch.add(outcomes)
-        return usable, images
+        if prepared.outcomes:
+            watch.add(prepared.outcomes)
 
-    def _run_batch(self, task, batch, images, done, writers, progress, max_new_tokens) -> None:
-        loaded = self.loaded
-        inputs = build_batch(loaded, [sample.prompt for sample in batch], images)
-        device = inputs.input_ids.device
+    def _run_batch(self, task, prepared: PreparedBatch, done, writers, progress, max_new_tokens) -> None:
+        """The model's part of a step: move the prepared inputs to the device, one vision pass, every schedule."""
+        loaded, batch, host = self.loaded, prepared.samples, prepared.inputs
+        device = loaded.device
+        inputs = host.to(device, non_blocking=True)
         with Stopwatch(device) as watch:
             features = encode_images(loaded.model, inputs.pixel_values, inputs.image_sizes)
         vision_s = watch.seconds
-        crops = count_crops(loaded.model, inputs.image_sizes, len(batch))
+        crops = count_crops(loaded.model, host.image_sizes, len(batch))
         for schedule in self.schedules:
             label = schedule.label
             rows = [i for i, sample in enumerate(batch) if _sample_key(sample) not in done[label]]
