@@ -30,6 +30,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from PIL import Image
 
@@ -38,6 +39,9 @@ from pdrop_eval.errors import SampleError
 from pdrop_eval.models.batch import VLMBatch, build_host_batch, check_prompt, image_token_count
 from pdrop_eval.models.images import to_rgb
 from pdrop_eval.models.loaded import LoadedVLM
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 BUCKET_BATCHES = 8  # batches' worth of consecutive samples sorted by length together: padding falls, memory holds
 MAX_DEFAULT_WORKERS = 4  # enough to feed one GPU at 100+ samples/s of GQA-sized images (about 9 ms each)
@@ -69,6 +73,16 @@ class _Loaded:
     image: Image.Image | None
     reason: str | None
     length: int = 0
+
+
+@dataclass
+class _Pending:
+    """A queued step: a `PreparedBatch` whose inputs a worker may still be building."""
+
+    samples: list[Sample]
+    failures: list[tuple[Sample, str]]
+    outcomes: list[str | None]
+    build: Future | None
 
 
 def default_workers() -> int:
@@ -126,7 +140,7 @@ class BatchPipeline:
         self._pool: ThreadPoolExecutor | None = None
         self._producer: threading.Thread | None = None
 
-    def __enter__(self) -> BatchPipeline:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info) -> None:
@@ -143,8 +157,8 @@ class BatchPipeline:
                 return
             if isinstance(item, BaseException):
                 raise item
-            samples, failures, outcomes, future = item
-            yield PreparedBatch(samples, None if future is None else future.result(), failures, outcomes)
+            inputs = None if item.build is None else item.build.result()
+            yield PreparedBatch(item.samples, inputs, item.failures, item.outcomes)
 
     def close(self) -> None:
         """Stop preparing, cancel jobs not started, wait for the running ones and join every thread."""
@@ -222,16 +236,16 @@ class BatchPipeline:
                 loaded = [future.result() for future in loads]
                 failures, outcomes = self._failures(loaded)
                 groups = self._groups(loaded)
-                if not groups and not self._put(([], failures, outcomes, None)):
+                if not groups and not self._put(_Pending([], failures, outcomes, None)):
                     return
                 for index, group in enumerate(groups):
                     first = index == 0
-                    build: Future = self._pool.submit(self._build, group)
-                    item = ([item.sample for item in group], failures if first else [], outcomes if first else [], build)
-                    if not self._put(item):
+                    build = self._pool.submit(self._build, group)
+                    samples = [member.sample for member in group]
+                    if not self._put(_Pending(samples, failures if first else [], outcomes if first else [], build)):
                         return
             self._put(None)
-        except BaseException as error:  # handed to the loop, which raises it where the work would have run
+        except BaseException as error:  # noqa: BLE001  the loop raises it where the work would have run
             self._put(error)
 
     def _put(self, item) -> bool:

@@ -82,6 +82,15 @@ FAILURE_WINDOW = 32  # a task's first samples judged together: more than half fa
 # What finishing a run reads from each stored record; a record missing one was edited or damaged on disk.
 FAILED_FIELDS = ("prediction", "gold", "meta")
 RECORD_FIELDS = (*FAILED_FIELDS, "flops_paper", "flops_exact", "image_tokens_per_layer", "timing")
+# metrics.json `run.timing`: how the speed columns were measured, so a reader can tell what they mean.
+TIMING_NOTE = (
+    "model time only: each batch's vision-tower pass (shared among the schedules that reuse it), prefill and "
+    "decode, synchronised with the GPU; reading and preprocessing run ahead in data workers and are not counted. "
+    "The first batch each process ran of each task x schedule is warm-up (kernel selection, memory-pool growth, "
+    "lazy initialisation) and is left out of prefill_ms, decode_ms_per_token and samples_per_s; each result's "
+    "`timing` counts the timed and warm-up samples (a task x schedule with only warm-up batches is timed on them "
+    "and says `includes_warmup`)"
+)
 
 
 @dataclass
@@ -361,6 +370,7 @@ class TaskEvaluator:
             enabled=self.world.is_main,
         )
         max_new_tokens = self.plan.max_new_tokens or task.max_new_tokens
+        self._warmed_up: set[str] = set()  # schedules that ran a batch of this task in this process
         watch = FailureWatch(task.name, total=len(mine), tried=len(mine) - len(pending))
         batches = BatchPipeline(
             self.loaded,
@@ -437,6 +447,7 @@ class TaskEvaluator:
             share = timings.vision_s if schedule.reads_tower else vision_s * len(rows) / len(batch)
             steps = max(max(g.trace.generated_tokens for g in result.generations) - 1, 1)
             timing = {
+                "warmup": label not in self._warmed_up,
                 "batch_size": len(rows),
                 "time_share_s": (share + timings.prefill_s + timings.decode_s) / len(rows),
                 "prefill_ms": timings.prefill_s * 1e3,
@@ -449,6 +460,7 @@ class TaskEvaluator:
                 for i, g in zip(rows, result.generations)
             ]
             writers[label].append(records)
+            self._warmed_up.add(label)
             done[label].update(_sample_key(batch[i]) for i in rows)
             progress.update(label, len(rows))
 
@@ -483,7 +495,9 @@ def score_schedule(task: Task, schedule: dict[str, Any], records: list[dict[str,
     primary = get_metric(task.metrics[0])
     primary_metric = primary.primary
     ran = [r for r in records if not is_failed(r)]  # failed samples count in the scores, not in cost or speed
-    total_time = sum(r["timing"]["time_share_s"] for r in ran)
+    timed = [r for r in ran if not r["timing"].get("warmup")]  # TIMING_NOTE; older records carry no flag
+    measured = timed or ran
+    total_time = sum(r["timing"]["time_share_s"] for r in measured)
     return {
         "task": task.name,
         "schedule": schedule,
@@ -498,9 +512,14 @@ def score_schedule(task: Task, schedule: dict[str, Any], records: list[dict[str,
         "tflops_exact": _mean([r["flops_exact"] for r in ran]) / 1e12,
         "retained_tokens": _mean([_mean(r["image_tokens_per_layer"]) for r in ran]),
         "image_tokens_per_layer": _mean_per_layer([r["image_tokens_per_layer"] for r in ran]),
-        "prefill_ms": _mean([r["timing"]["prefill_ms"] for r in ran]),
-        "decode_ms_per_token": _mean([r["timing"]["decode_ms_per_token"] for r in ran]),
-        "samples_per_s": len(ran) / total_time if total_time > 0 else math.nan,
+        "prefill_ms": _mean([r["timing"]["prefill_ms"] for r in measured]),
+        "decode_ms_per_token": _mean([r["timing"]["decode_ms_per_token"] for r in measured]),
+        "samples_per_s": len(measured) / total_time if total_time > 0 else math.nan,
+        "timing": {
+            "timed_samples": len(timed),
+            "warmup_samples": len(ran) - len(timed),
+            "includes_warmup": bool(ran) and not timed,
+        },
         "predictions": str(predictions_path(Path("."), task.name, schedule["label"])),
     }
 
@@ -696,6 +715,7 @@ def finalize(
     task_order = in_recorded_order(task_info, read_run_file(plan.run_dir).get("cards", {}))
     results.sort(key=lambda result: task_order.index(result["task"]))
     run_info["commands"] = _commands(previous, run_info["command"])
+    run_info["timing"] = TIMING_NOTE
     payload = {"run": run_info, "tasks": {name: task_info[name] for name in task_order}, "results": results}
     write_json_atomic(plan.run_dir / "metrics.json", payload)
     return payload
@@ -937,6 +957,7 @@ def _run_locked(
                 "max_new_tokens": plan.max_new_tokens,
                 "world_size": world.size,
                 "scorer": plan.scorer,
+                "length_buckets": plan.length_buckets and varies_in_length(loaded),
             },
             "data_files": {},
         }
