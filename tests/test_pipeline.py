@@ -117,8 +117,8 @@ def _raise(error: BaseException):
 
 
 def test_leaving_the_loop_cancels_preparation_and_joins_every_thread(tiny_vlm):
-    """Catches (checked by mutation) a close that does not stop the producer (it goes on loading all 200 samples)
-    and one that returns before the threads have ended."""
+    """Catches (checked by mutation) a close that neither stops the producer nor cancels queued loads (all 200
+    samples get loaded) and one that leaves the worker pool running."""
     loaded = tiny_vlm("tiny-llava")
     loads = itertools.count()
 
