@@ -154,8 +154,8 @@ def _docvqa_run(tmp_path: Path, name: str, *extra: str) -> Path:
 
 @pytest.mark.engine
 def test_prefetch_on_and_off_write_byte_identical_predictions_and_metrics(tmp_path, monkeypatch):
-    """With failed samples mid-task, one in a batch and a whole batch of them. Catches (checked by mutation) a
-    failure recorded against the wrong sample and batches run out of order (the timings, taken per call, move)."""
+    """With failed samples mid-task, one in a batch and a whole batch of them. Catches (checked by mutation) the
+    threaded path handing batches over out of order (the warm-up mark moves) and dropping a window's failures."""
     write_docvqa(tmp_path / "lmu", 9, {3: "corrupt image", 6: "corrupt image", 7: "image tag in the question"})
     monkeypatch.setenv("LMUData", str(tmp_path / "lmu"))
     _fake_clock(monkeypatch)
