@@ -351,6 +351,7 @@ class TaskEvaluator:
         self.world = world
         self.parts = DecoderParts.from_model(loaded.model, loaded.family.positions)
         self.shape = loaded.family.model_shape(loaded.model.config)
+        self.warmed_up: set[tuple[str, str]] = set()  # (task, schedule) pairs that ran a batch in this process
 
     def run(self, data: TaskData) -> None:
         task, run_dir = data.task, self.plan.run_dir
@@ -370,7 +371,6 @@ class TaskEvaluator:
             enabled=self.world.is_main,
         )
         max_new_tokens = self.plan.max_new_tokens or task.max_new_tokens
-        self._warmed_up: set[str] = set()  # schedules that ran a batch of this task in this process
         watch = FailureWatch(task.name, total=len(mine), tried=len(mine) - len(pending))
         batches = BatchPipeline(
             self.loaded,
@@ -447,7 +447,7 @@ class TaskEvaluator:
             share = timings.vision_s if schedule.reads_tower else vision_s * len(rows) / len(batch)
             steps = max(max(g.trace.generated_tokens for g in result.generations) - 1, 1)
             timing = {
-                "warmup": label not in self._warmed_up,
+                "warmup": (task.name, label) not in self.warmed_up,
                 "batch_size": len(rows),
                 "time_share_s": (share + timings.prefill_s + timings.decode_s) / len(rows),
                 "prefill_ms": timings.prefill_s * 1e3,
@@ -460,7 +460,7 @@ class TaskEvaluator:
                 for i, g in zip(rows, result.generations)
             ]
             writers[label].append(records)
-            self._warmed_up.add(label)
+            self.warmed_up.add((task.name, label))
             done[label].update(_sample_key(batch[i]) for i in rows)
             progress.update(label, len(rows))
 
