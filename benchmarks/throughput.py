@@ -8,7 +8,8 @@ random-weight, built by speed.py from a shape preset (speed does not depend on t
 runner in memory, because writing and reading 14 GB of random 7B weights would take longer than the run, with the
 tiny test tokenizer (its ids fit every preset's vocabulary) and the family's image processor.
 
-Paths, each PDrop λ 0.5 at the preset's scaled layers (8, 16, 24 of 32), after one untimed warm-up batch:
+Paths, each PDrop λ 0.5 at the preset's scaled layers (8, 16, 24 of 32), after one untimed warm-up batch, run in
+turn `--rounds` times (medians reported, so a busy shared machine slows every path alike):
 - engine alone: the runner's batches prepared beforehand and already on the device; per batch one vision pass and
   `generate`, as the runner's loop does.
 - runner end to end: `pdrop_eval.runner.run` from listing the task to metrics.json: reading, decoding,
@@ -30,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -194,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hf-samples", type=int, default=None, help="samples for HF batch 1 (default 64 GPU, 8 CPU)")
     parser.add_argument("--batch", type=int, default=None, help="batch size (default 32 on GPU, 4 on CPU)")
     parser.add_argument("--new-tokens", type=int, default=8, help="generated tokens, forced (default 8)")
+    parser.add_argument("--rounds", type=int, default=3, help="each path this many times in turn; medians (default 3)")
     parser.add_argument("--attn", default="sdpa", help="sdpa | eager | flash_attention_2")
     parser.add_argument("--out", default="results/bench", help="output folder for the JSON and markdown")
     args = parser.parse_args(argv)
@@ -201,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     gpu = device.type == "cuda"
     dtype = torch.bfloat16 if gpu else torch.float32
-    count = args.samples or (1024 if gpu else 64)
+    count = args.samples or (1024 if gpu else 32)
     hf_count = args.hf_samples or (64 if gpu else 8)
     batch = args.batch or (32 if gpu else 4)
     torch.set_grad_enabled(False)
@@ -214,7 +217,6 @@ def main(argv: list[str] | None = None) -> int:
         write_gqa_folder(root / "data", count)
         samples = load_samples(get_task("gqa"), root / "data")
         batches, prepare_s = _prepared(loaded, samples, batch)
-        engine_s = bench_engine(loaded, batches, schedule, args.new_tokens)
         plan_args = {
             "model": args.preset,
             "tasks": ("gqa",),
@@ -228,8 +230,14 @@ def main(argv: list[str] | None = None) -> int:
             "overwrite": True,
         }
         workers = default_workers()
-        piped_s, reported = bench_runner(loaded, root / "data", root / "runs", plan_args, None)
-        serial_s, _ = bench_runner(loaded, root / "data", root / "runs", plan_args, 0)
+        engine, piped, serial, reported = [], [], [], []
+        for _ in range(args.rounds):
+            engine.append(bench_engine(loaded, batches, schedule, args.new_tokens))
+            seconds, rate = bench_runner(loaded, root / "data", root / "runs", plan_args, None)
+            piped.append(seconds)
+            reported.append(rate)
+            serial.append(bench_runner(loaded, root / "data", root / "runs", plan_args, 0)[0])
+        engine_s, piped_s, serial_s = (statistics.median(times) for times in (engine, piped, serial))
         prompt_tokens = round(float(batches[0].attention_mask.sum(1).float().mean()))
         hf_s = bench_hf_generate(loaded, samples[:hf_count], args.new_tokens)
 
@@ -242,15 +250,14 @@ def main(argv: list[str] | None = None) -> int:
     ]
     for row in rows:
         row.vs_engine = row.samples_per_s / engine_rate
-    piped = rows[1]
-    hf = rows[3]
-    projected_s = GQA_TESTDEV / piped.samples_per_s
+    piped_row, hf = rows[1], rows[3]
+    projected_s = GQA_TESTDEV / piped_row.samples_per_s
     targets = [
-        ("end to end >= 0.9 x engine alone", f"{piped.vs_engine:.3f}", piped.vs_engine >= 0.9),
+        ("end to end >= 0.9 x engine alone", f"{piped_row.vs_engine:.3f}", piped_row.vs_engine >= 0.9),
         (
             "PDrop end to end >= 10 x HF generate batch 1 (GPU)",
-            f"{piped.samples_per_s / hf.samples_per_s:.1f}x",
-            piped.samples_per_s >= 10 * hf.samples_per_s if gpu else None,
+            f"{piped_row.samples_per_s / hf.samples_per_s:.1f}x",
+            piped_row.samples_per_s >= 10 * hf.samples_per_s if gpu else None,
         ),
         (
             f"GQA testdev ({GQA_TESTDEV}) projected under 3 min on one GPU",
@@ -268,7 +275,9 @@ def main(argv: list[str] | None = None) -> int:
         "new_tokens": args.new_tokens,
         "prompt_tokens": prompt_tokens,
         "prepare_ms_per_sample": 1e3 * prepare_s / count,
-        "runner_reported_samples_per_s": reported,
+        "rounds": args.rounds,
+        "runner_reported_samples_per_s": statistics.median(reported),
+        "seconds_per_round": {"engine": engine, "pipeline": piped, "no_pipeline": serial},
         "versions": {
             "torch": torch.__version__,
             "transformers": transformers.__version__,
@@ -294,7 +303,7 @@ def _markdown(header: dict, rows: list[Row], targets: list[tuple[str, str, bool 
         (
             f"Preset `{header['preset']}` on {header['machine']}, {header['dtype']}, attention {header['attn']}; "
             f"GQA-shaped task of 500×375 JPEGs, about {header['prompt_tokens']} prompt tokens, {header['new_tokens']} "
-            f"new tokens forced; preparing a sample (read, decode, preprocess, tokenise) took "
+            f"new tokens forced; medians of {header['rounds']} rounds; preparing a sample (read, decode, preprocess, tokenise) took "
             f"{header['prepare_ms_per_sample']:.1f} ms on one thread; the runner's own model-time samples/s (warm-up "
             f"excluded): {header['runner_reported_samples_per_s']:.2f}; torch {header['versions']['torch']}, "
             f"transformers {header['versions']['transformers']}."
