@@ -259,3 +259,5 @@ def test_first_batch_of_each_schedule_is_warmup_and_left_out_of_the_speed(tmp_pa
         assert result["samples_per_s"] == pytest.approx(4 / sum(t["time_share_s"] for t in timed))
         assert result["prefill_ms"] == pytest.approx(sum(t["prefill_ms"] for t in timed) / 4)
         assert result["decode_ms_per_token"] == pytest.approx(sum(t["decode_ms_per_token"] for t in timed) / 4)
+    assert cli.main(["report", str(run_dir)]) == 0
+    assert f"Timings: {runner.TIMING_NOTE}." in (run_dir / "report.md").read_text()
