@@ -64,12 +64,16 @@ TEMPLATE = "vicuna_v1"
 
 @dataclass
 class Row:
+    """One path: median seconds over the rounds, and its speed relative to the engine alone as the median of the
+    rounds' paired ratios (each round's paths ran back to back, so a load that comes and goes cancels out)."""
+
     path: str
     samples: int
     batch: int
     seconds: float
     samples_per_s: float
-    vs_engine: float | None = None
+    vs_engine: float | None
+    data_wait_ms_per_sample: float | None = None
 
 
 def _loaded(preset: str, device: torch.device, dtype: torch.dtype, attn: str) -> LoadedVLM:
@@ -148,12 +152,39 @@ def bench_engine(loaded: LoadedVLM, batches: list[VLMBatch], schedule, new_token
     return time.perf_counter() - start
 
 
-def bench_runner(loaded: LoadedVLM, data_root: Path, out: Path, plan_args: dict, workers: int | None) -> tuple:
-    """Seconds for `runner.run` end to end and the runner's own model-time samples/s from metrics.json."""
-    name = f"workers{workers}"
-    plan = RunPlan(**plan_args, run_name=name, output_dir=out, data_root=str(data_root), data_workers=workers)
-    original = runner.load_vlm
-    runner.load_vlm = lambda *args, **kwargs: loaded  # the model built in memory (module docstring)
+class _WaitTimedPipeline(BatchPipeline):
+    """The runner's pipeline, also summing how long the loop waited for each next batch: the data work the
+    pipeline did not hide behind the model."""
+
+    waited_s = 0.0
+
+    def __iter__(self):
+        steps = super().__iter__()
+        while True:
+            start = time.perf_counter()
+            step = next(steps, None)
+            _WaitTimedPipeline.waited_s += time.perf_counter() - start
+            if step is None:
+                return
+            yield step
+
+
+@dataclass
+class RunnerTiming:
+    seconds: float
+    waited_s: float  # the loop waiting for data
+    reported_samples_per_s: float  # metrics.json's model-time figure
+
+
+def bench_runner(loaded: LoadedVLM, data_root: Path, out: Path, plan_args: dict, workers: int | None) -> RunnerTiming:
+    """`runner.run` end to end, with the model built in memory (module docstring)."""
+    plan = RunPlan(
+        **plan_args, run_name=f"workers{workers}", output_dir=out, data_root=str(data_root), data_workers=workers
+    )
+    originals = runner.load_vlm, runner.BatchPipeline
+    runner.load_vlm = lambda *args, **kwargs: loaded
+    runner.BatchPipeline = _WaitTimedPipeline
+    _WaitTimedPipeline.waited_s = 0.0
     try:
         synchronize(loaded.device)
         start = time.perf_counter()
@@ -161,9 +192,9 @@ def bench_runner(loaded: LoadedVLM, data_root: Path, out: Path, plan_args: dict,
         synchronize(loaded.device)
         seconds = time.perf_counter() - start
     finally:
-        runner.load_vlm = original
+        runner.load_vlm, runner.BatchPipeline = originals
     (result,) = outcome.metrics["results"]
-    return seconds, result["samples_per_s"]
+    return RunnerTiming(seconds, _WaitTimedPipeline.waited_s, result["samples_per_s"])
 
 
 def bench_hf_generate(loaded: LoadedVLM, samples, new_tokens: int) -> float:
@@ -230,26 +261,31 @@ def main(argv: list[str] | None = None) -> int:
             "overwrite": True,
         }
         workers = default_workers()
-        engine, piped, serial, reported = [], [], [], []
+        engine: list[float] = []
+        piped: list[RunnerTiming] = []
+        serial: list[RunnerTiming] = []
         for _ in range(args.rounds):
             engine.append(bench_engine(loaded, batches, schedule, args.new_tokens))
-            seconds, rate = bench_runner(loaded, root / "data", root / "runs", plan_args, None)
-            piped.append(seconds)
-            reported.append(rate)
-            serial.append(bench_runner(loaded, root / "data", root / "runs", plan_args, 0)[0])
-        engine_s, piped_s, serial_s = (statistics.median(times) for times in (engine, piped, serial))
+            piped.append(bench_runner(loaded, root / "data", root / "runs", plan_args, None))
+            serial.append(bench_runner(loaded, root / "data", root / "runs", plan_args, 0))
         prompt_tokens = round(float(batches[0].attention_mask.sum(1).float().mean()))
         hf_s = bench_hf_generate(loaded, samples[:hf_count], args.new_tokens)
 
-    engine_rate = count / engine_s
+    engine_s = statistics.median(engine)
+    hf_rate = hf_count / hf_s
+
+    def runner_row(path: str, timings: list[RunnerTiming]) -> Row:
+        seconds = statistics.median(t.seconds for t in timings)
+        paired = statistics.median(e / t.seconds for e, t in zip(engine, timings))
+        wait = 1e3 * statistics.median(t.waited_s for t in timings) / count
+        return Row(path, count, batch, seconds, count / seconds, paired, wait)
+
     rows = [
-        Row(f"engine alone, {schedule.label}", count, batch, engine_s, engine_rate, 1.0),
-        Row(f"runner end to end, pipeline ({workers} data workers)", count, batch, piped_s, count / piped_s),
-        Row("runner end to end, no pipeline (--data-workers 0)", count, batch, serial_s, count / serial_s),
-        Row("HF generate batch 1, vanilla", hf_count, 1, hf_s, hf_count / hf_s),
+        Row(f"engine alone, {schedule.label}", count, batch, engine_s, count / engine_s, 1.0),
+        runner_row(f"runner end to end, pipeline ({workers} data workers)", piped),
+        runner_row("runner end to end, no pipeline (--data-workers 0)", serial),
+        Row("HF generate batch 1, vanilla (once)", hf_count, 1, hf_s, hf_rate, hf_rate * engine_s / count),
     ]
-    for row in rows:
-        row.vs_engine = row.samples_per_s / engine_rate
     piped_row, hf = rows[1], rows[3]
     projected_s = GQA_TESTDEV / piped_row.samples_per_s
     targets = [
@@ -276,8 +312,12 @@ def main(argv: list[str] | None = None) -> int:
         "prompt_tokens": prompt_tokens,
         "prepare_ms_per_sample": 1e3 * prepare_s / count,
         "rounds": args.rounds,
-        "runner_reported_samples_per_s": statistics.median(reported),
-        "seconds_per_round": {"engine": engine, "pipeline": piped, "no_pipeline": serial},
+        "runner_reported_samples_per_s": statistics.median(t.reported_samples_per_s for t in piped),
+        "seconds_per_round": {
+            "engine": engine,
+            "pipeline": [t.seconds for t in piped],
+            "no_pipeline": [t.seconds for t in serial],
+        },
         "versions": {
             "torch": torch.__version__,
             "transformers": transformers.__version__,
@@ -309,13 +349,15 @@ def _markdown(header: dict, rows: list[Row], targets: list[tuple[str, str, bool 
             f"transformers {header['versions']['transformers']}."
         ),
         "",
-        "| path | samples | batch | seconds | samples/s | × engine alone |",
-        "|---|---|---|---|---|---|",
+        "| path | samples | batch | seconds | samples/s | × engine alone | loop waited for data, ms/sample |",
+        "|---|---|---|---|---|---|---|",
     ]
-    lines += [
-        f"| {r.path} | {r.samples} | {r.batch} | {r.seconds:.1f} | {r.samples_per_s:.2f} | {r.vs_engine:.3f} |"
-        for r in rows
-    ]
+    for r in rows:
+        wait = "n/a" if r.data_wait_ms_per_sample is None else f"{r.data_wait_ms_per_sample:.1f}"
+        lines.append(
+            f"| {r.path} | {r.samples} | {r.batch} | {r.seconds:.1f} | {r.samples_per_s:.2f} | {r.vs_engine:.3f} "
+            f"| {wait} |"
+        )
     lines += ["", "| target | value | met |", "|---|---|---|"]
     verdict = {True: "met", False: "NOT met", None: "not judged (GPU target)"}
     lines += [f"| {target} | {value} | {verdict[met]} |" for target, value, met in targets]
