@@ -32,6 +32,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import torch
 from PIL import Image
 
 from pdrop_eval.data.sample import Sample
@@ -43,7 +44,7 @@ from pdrop_eval.models.loaded import LoadedVLM
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-BUCKET_BATCHES = 8  # batches' worth of consecutive samples sorted by length together: padding falls, memory holds
+BUCKET_BATCHES = 8  # batches' worth of samples sorted together; their decoded images are held until batched
 MAX_DEFAULT_WORKERS = 4  # enough to feed one GPU at 100+ samples/s of GQA-sized images (about 9 ms each)
 _POLL_S = 0.1  # how often a blocked producer checks whether the loop has stopped
 
@@ -56,7 +57,7 @@ class PreparedBatch:
     the batch runs; `outcomes` are every sample's reason or None in dataset order, for `FailureWatch`. With length
     groups one window of samples gives several batches, and its first batch carries the window's failures and
     outcomes (the others carry none). `samples` are the usable samples in the row order of `inputs`, host tensors
-    (pinned when `pin_memory`); both are empty / None when every sample of the step failed.
+    (page-locked when the pipeline prepares for a GPU); both are empty / None when every sample of the step failed.
     """
 
     samples: list[Sample]
@@ -117,7 +118,8 @@ class BatchPipeline:
     """`with BatchPipeline(...) as batches: for prepared in batches: ...` over `samples` in order.
 
     `workers` threads prepare up to 2 × `workers` batches ahead (0: everything on the calling thread, no look-ahead);
-    `by_length` sorts windows of samples by prompt length first (module docstring)."""
+    `by_length` sorts windows of samples by prompt length first (module docstring). With `gpu`, the workers pin
+    each batch in page-locked memory so the loop's copy to that GPU overlaps its work."""
 
     def __init__(
         self,
@@ -127,14 +129,14 @@ class BatchPipeline:
         *,
         workers: int,
         by_length: bool = False,
-        pin_memory: bool = False,
+        gpu: torch.device | None = None,
     ):
         self.loaded = loaded
         self.samples = list(samples)
         self.batch_size = batch_size
         self.workers = workers
         self.by_length = by_length
-        self.pin_memory = pin_memory
+        self.gpu = gpu
         self._stop = threading.Event()
         self._queue: queue.Queue = queue.Queue(maxsize=max(1, 2 * workers))
         self._pool: ThreadPoolExecutor | None = None
@@ -196,8 +198,7 @@ class BatchPipeline:
         return [[usable[i] for i in group] for group in length_groups([u.length for u in usable], self.batch_size)]
 
     def _build(self, group: list[_Loaded]) -> VLMBatch:
-        inputs = build_host_batch(self.loaded, [item.sample.prompt for item in group], [item.image for item in group])
-        return inputs.pinned() if self.pin_memory else inputs
+        return build_host_batch(self.loaded, [item.sample.prompt for item in group], [item.image for item in group])
 
     @staticmethod
     def _failures(loaded: list[_Loaded]) -> tuple[list[tuple[Sample, str]], list[str | None]]:
@@ -222,9 +223,18 @@ class BatchPipeline:
     # ---- threads ----
 
     def _start(self) -> None:
-        self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="pdrop-data")
+        self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="pdrop-data", initializer=self._bind_gpu)
         self._producer = threading.Thread(target=self._produce, name="pdrop-data-producer", daemon=True)
         self._producer.start()
+
+    def _bind_gpu(self) -> None:
+        """A worker thread starts on GPU 0: pinning from there would open a CUDA context on GPU 0 for every rank
+        (as PyTorch's DataLoader pin-memory thread avoids by the same call)."""
+        if self.gpu is not None:
+            torch.cuda.set_device(self.gpu)
+
+    def _build_pinned(self, group: list[_Loaded]) -> VLMBatch:
+        return self._build(group).pinned()
 
     def _produce(self) -> None:
         """Submit each window's loads, then its batches' builds, each queued as a future in order; the bounded
@@ -240,7 +250,7 @@ class BatchPipeline:
                     return
                 for index, group in enumerate(groups):
                     first = index == 0
-                    build = self._pool.submit(self._build, group)
+                    build = self._pool.submit(self._build_pinned if self.gpu is not None else self._build, group)
                     samples = [member.sample for member in group]
                     if not self._put(_Pending(samples, failures if first else [], outcomes if first else [], build)):
                         return

@@ -378,7 +378,7 @@ class TaskEvaluator:
             self.plan.batch_size,
             workers=default_workers() if self.plan.data_workers is None else self.plan.data_workers,
             by_length=self.plan.length_buckets and varies_in_length(self.loaded),
-            pin_memory=self.loaded.device.type == "cuda",
+            gpu=self.loaded.device if self.loaded.device.type == "cuda" else None,
         )
         try:
             with batches:
