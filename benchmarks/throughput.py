@@ -65,7 +65,8 @@ TEMPLATE = "vicuna_v1"
 @dataclass
 class Row:
     """One path: median seconds over the rounds, and its speed relative to the engine alone as the median of the
-    rounds' paired ratios (each round's paths ran back to back, so a load that comes and goes cancels out)."""
+    rounds' paired ratios (each round's paths ran back to back, so a load that comes and goes cancels out), by
+    wall clock and by the main thread's CPU time (`Timing`)."""
 
     path: str
     samples: int
@@ -73,6 +74,7 @@ class Row:
     seconds: float
     samples_per_s: float
     vs_engine: float | None
+    main_cpu_vs_engine: float | None = None  # the engine's main-thread CPU seconds / this path's
     data_wait_ms_per_sample: float | None = None
 
 
@@ -124,8 +126,24 @@ def _prepared(loaded: LoadedVLM, samples, batch: int) -> tuple[list[VLMBatch], f
     return batches, time.perf_counter() - start
 
 
-def bench_engine(loaded: LoadedVLM, batches: list[VLMBatch], schedule, new_tokens: int) -> float:
-    """Seconds for the runner's model work on batches already on the device: one vision pass, then `generate`."""
+@dataclass
+class Timing:
+    """Wall seconds, and the main thread's CPU seconds: on a machine shared with other jobs the wall clock swings
+    with their load, while the CPU time the loop's own thread spends does not (with one torch thread it is the
+    model's compute plus whatever else the loop does: the data work the pipeline moves to other threads)."""
+
+    seconds: float
+    main_cpu_s: float
+
+
+def _timed(run) -> Timing:
+    start, cpu = time.perf_counter(), time.thread_time()
+    run()
+    return Timing(time.perf_counter() - start, time.thread_time() - cpu)
+
+
+def bench_engine(loaded: LoadedVLM, batches: list[VLMBatch], schedule, new_tokens: int) -> Timing:
+    """The runner's model work on batches already on the device: one vision pass, then `generate`."""
     parts = DecoderParts.from_model(loaded.model, loaded.family.positions)
     on_device = [batch.to(loaded.device) for batch in batches]
 
@@ -143,13 +161,14 @@ def bench_engine(loaded: LoadedVLM, batches: list[VLMBatch], schedule, new_token
             parts=parts,
         )
 
+    def run() -> None:
+        for inputs in on_device:
+            one(inputs)
+        synchronize(loaded.device)
+
     one(on_device[0])  # warm-up
     synchronize(loaded.device)
-    start = time.perf_counter()
-    for inputs in on_device:
-        one(inputs)
-    synchronize(loaded.device)
-    return time.perf_counter() - start
+    return _timed(run)
 
 
 class _WaitTimedPipeline(BatchPipeline):
@@ -170,8 +189,7 @@ class _WaitTimedPipeline(BatchPipeline):
 
 
 @dataclass
-class RunnerTiming:
-    seconds: float
+class RunnerTiming(Timing):
     waited_s: float  # the loop waiting for data
     reported_samples_per_s: float  # metrics.json's model-time figure
 
@@ -185,16 +203,19 @@ def bench_runner(loaded: LoadedVLM, data_root: Path, out: Path, plan_args: dict,
     runner.load_vlm = lambda *args, **kwargs: loaded
     runner.BatchPipeline = _WaitTimedPipeline
     _WaitTimedPipeline.waited_s = 0.0
+    outcomes = []
+
+    def run() -> None:
+        outcomes.append(runner.run(plan))
+        synchronize(loaded.device)
+
     try:
         synchronize(loaded.device)
-        start = time.perf_counter()
-        outcome = runner.run(plan)
-        synchronize(loaded.device)
-        seconds = time.perf_counter() - start
+        timing = _timed(run)
     finally:
         runner.load_vlm, runner.BatchPipeline = originals
-    (result,) = outcome.metrics["results"]
-    return RunnerTiming(seconds, _WaitTimedPipeline.waited_s, result["samples_per_s"])
+    (result,) = outcomes[0].metrics["results"]
+    return RunnerTiming(timing.seconds, timing.main_cpu_s, _WaitTimedPipeline.waited_s, result["samples_per_s"])
 
 
 def bench_hf_generate(loaded: LoadedVLM, samples, new_tokens: int) -> float:
@@ -261,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
             "overwrite": True,
         }
         workers = default_workers()
-        engine: list[float] = []
+        engine: list[Timing] = []
         piped: list[RunnerTiming] = []
         serial: list[RunnerTiming] = []
         for _ in range(args.rounds):
@@ -271,17 +292,18 @@ def main(argv: list[str] | None = None) -> int:
         prompt_tokens = round(float(batches[0].attention_mask.sum(1).float().mean()))
         hf_s = bench_hf_generate(loaded, samples[:hf_count], args.new_tokens)
 
-    engine_s = statistics.median(engine)
+    engine_s = statistics.median(t.seconds for t in engine)
     hf_rate = hf_count / hf_s
 
     def runner_row(path: str, timings: list[RunnerTiming]) -> Row:
         seconds = statistics.median(t.seconds for t in timings)
-        paired = statistics.median(e / t.seconds for e, t in zip(engine, timings))
+        paired = statistics.median(e.seconds / t.seconds for e, t in zip(engine, timings))
+        cpu = statistics.median(e.main_cpu_s / t.main_cpu_s for e, t in zip(engine, timings))
         wait = 1e3 * statistics.median(t.waited_s for t in timings) / count
-        return Row(path, count, batch, seconds, count / seconds, paired, wait)
+        return Row(path, count, batch, seconds, count / seconds, paired, cpu, wait)
 
     rows = [
-        Row(f"engine alone, {schedule.label}", count, batch, engine_s, count / engine_s, 1.0),
+        Row(f"engine alone, {schedule.label}", count, batch, engine_s, count / engine_s, 1.0, 1.0),
         runner_row(f"runner end to end, pipeline ({workers} data workers)", piped),
         runner_row("runner end to end, no pipeline (--data-workers 0)", serial),
         Row("HF generate batch 1, vanilla (once)", hf_count, 1, hf_s, hf_rate, hf_rate * engine_s / count),
@@ -314,9 +336,9 @@ def main(argv: list[str] | None = None) -> int:
         "rounds": args.rounds,
         "runner_reported_samples_per_s": statistics.median(t.reported_samples_per_s for t in piped),
         "seconds_per_round": {
-            "engine": engine,
-            "pipeline": [t.seconds for t in piped],
-            "no_pipeline": [t.seconds for t in serial],
+            "engine": [asdict(t) for t in engine],
+            "pipeline": [asdict(t) for t in piped],
+            "no_pipeline": [asdict(t) for t in serial],
         },
         "versions": {
             "torch": torch.__version__,
@@ -349,14 +371,18 @@ def _markdown(header: dict, rows: list[Row], targets: list[tuple[str, str, bool 
             f"transformers {header['versions']['transformers']}."
         ),
         "",
-        "| path | samples | batch | seconds | samples/s | × engine alone | loop waited for data, ms/sample |",
-        "|---|---|---|---|---|---|---|",
+        (
+            "| path | samples | batch | seconds | samples/s | × engine alone | × engine alone, main-thread CPU "
+            "| loop waited for data, ms/sample |"
+        ),
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         wait = "n/a" if r.data_wait_ms_per_sample is None else f"{r.data_wait_ms_per_sample:.1f}"
+        cpu = "n/a" if r.main_cpu_vs_engine is None else f"{r.main_cpu_vs_engine:.3f}"
         lines.append(
             f"| {r.path} | {r.samples} | {r.batch} | {r.seconds:.1f} | {r.samples_per_s:.2f} | {r.vs_engine:.3f} "
-            f"| {wait} |"
+            f"| {cpu} | {wait} |"
         )
     lines += ["", "| target | value | met |", "|---|---|---|"]
     verdict = {True: "met", False: "NOT met", None: "not judged (GPU target)"}
