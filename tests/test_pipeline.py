@@ -184,8 +184,9 @@ def _answers(run_dir: Path) -> dict[str, list[dict]]:
 @pytest.mark.engine
 def test_length_buckets_give_the_answers_of_dataset_order_batches(tmp_path, monkeypatch):
     """tiny-llava-next, images whose token counts differ, fp32: bucketed and dataset-order batches must agree on
-    every answer and kept index. Catches (checked by mutation) rows of a bucketed batch paired with the wrong
-    sample, and predictions written in the order samples ran instead of the dataset's."""
+    every answer and kept index, the bucketed run also when it resumes a run stopped after 5 samples. Catches
+    (checked by mutation) rows of a bucketed batch paired with the wrong sample, and predictions written in the
+    order samples ran instead of the dataset's."""
     sizes = [(200, 200), (100, 100), (224, 112), (336, 112), (100, 100), (200, 200), (112, 224), (150, 90)]
     write_gqa_folder(tmp_path / "data", 11, sizes)
     (tmp_path / "data" / "gqa" / "data" / "images" / "s4.jpg").unlink()  # a failed sample inside a bucket window
@@ -199,10 +200,11 @@ def test_length_buckets_give_the_answers_of_dataset_order_batches(tmp_path, monk
 
     monkeypatch.setattr(runner, "encode_images", recording)
     runs = {}
-    for name, extra in (("buckets", []), ("dataset_order", ["--no-length-buckets"])):
-        args = ["--model", "tiny-llava-next", "--tasks", "gqa", "--data-root", str(tmp_path / "data"), "--lambda"]
-        args += ["0.5", "--baselines", "vanilla", "--batch-size", "3", "--max-new-tokens", "3", "--no-report"]
-        assert cli.main([*args, "--output-dir", str(tmp_path), "--run-name", name, *extra]) == 0
+    args = ["--model", "tiny-llava-next", "--tasks", "gqa", "--data-root", str(tmp_path / "data"), "--lambda", "0.5"]
+    args += ["--baselines", "vanilla", "--batch-size", "3", "--max-new-tokens", "3", "--no-report"]
+    for name, commands in (("buckets", (["--limit", "5"], [])), ("dataset_order", (["--no-length-buckets"],))):
+        for extra in commands:
+            assert cli.main([*args, "--output-dir", str(tmp_path), "--run-name", name, *extra]) == 0
         runs[name] = _answers(tmp_path / name)
     assert runs["buckets"] == runs["dataset_order"]
     ids = [record["id"] for record in runs["buckets"]["vanilla"]]
