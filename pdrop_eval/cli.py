@@ -86,6 +86,13 @@ def build_parser() -> argparse.ArgumentParser:
     add("--check-batch-effect", default=None, metavar="K",
         help="after the run, rerun the first K samples of each task × schedule at batch 1 and record in metrics.json "
              "and the report how many kept the same answer and kept image tokens, e.g. 32")
+    add("--data-workers", type=int, default=None,
+        help="threads reading, decoding and tokenising batches ahead of the model (default: this process's share "
+             "of the CPU cores, at most 4; 0 prepares each batch on the main thread, between model calls)")
+    add("--no-length-buckets", action="store_true",
+        help="batch samples in dataset order even where image-token counts vary (LLaVA-NeXT, Qwen2.5-VL): by default each "
+             "window of 8 batches is sorted by prompt length so batches pad little; answers are the same in "
+             "float32, in float16/bfloat16 a sample's answer can depend on its batch")
     add("--dtype", default="auto", choices=("auto", "float32", "float16", "bfloat16"),
         help="model dtype; auto = float16 on GPU (as LLaVA's evaluation), float32 on CPU")
     add("--device", default="auto", help="auto (this rank's GPU, else CPU), cpu, cuda, cuda:1 ...")
@@ -161,6 +168,8 @@ def plan_from_args(args: argparse.Namespace, argv: Sequence[str]):
     _positive(args.limit, "--limit")
     batch_size = parse_batch_size(args.batch_size)
     check_batch_effect = parse_check_count(args.check_batch_effect)
+    if args.data_workers is not None and args.data_workers < 0:
+        raise PdropEvalError(f"--data-workers must be 0 or more, got {args.data_workers}")
     _positive(args.max_new_tokens, "--max-new-tokens")
     if args.seed not in SEED_RANGE:
         raise PdropEvalError(f"--seed must be a whole number from 0 to 2**64-1, got {args.seed}")
@@ -208,6 +217,8 @@ def plan_from_args(args: argparse.Namespace, argv: Sequence[str]):
         position_mode_from="--position-mode" if args.position_mode != "auto" else "model family default",
         report=not args.no_report,
         command=tuple(argv),
+        data_workers=args.data_workers,
+        length_buckets=not args.no_length_buckets,
     )
     check_methods(plan)
     return plan

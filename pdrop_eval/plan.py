@@ -53,6 +53,8 @@ class RunPlan:
     position_mode_from: str = "--position-mode"  # or "model family default"
     report: bool = True
     command: tuple[str, ...] = field(default_factory=tuple)
+    data_workers: int | None = None  # threads preparing batches ahead of the model; None: pipeline.default_workers
+    length_buckets: bool = True  # sort windows of samples by prompt length where image-token counts vary
 
     @property
     def run_dir(self) -> Path:

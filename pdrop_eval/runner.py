@@ -43,9 +43,9 @@ from pdrop_eval.methods.budgets import BudgetChoice, ModelGeometry, resolve_budg
 from pdrop_eval.methods.registry import describe_record
 from pdrop_eval.metrics import ScoredRecord, get_metric
 from pdrop_eval.model_geometry import read_model_geometry
-from pdrop_eval.models import LoadedVLM, build_batch, decode, image_token_count, load_vlm
-from pdrop_eval.models.batch import check_prompt
+from pdrop_eval.models import LoadedVLM, decode, image_token_count, load_vlm
 from pdrop_eval.models.images import to_rgb
+from pdrop_eval.pipeline import BatchPipeline, PreparedBatch, default_workers, varies_in_length
 from pdrop_eval.plan import RunPlan, method_classes, schedule_record
 from pdrop_eval.progress import TaskProgress, is_terminal, quiet_loading_bars
 from pdrop_eval.pyramid.engine import DecoderParts
@@ -83,6 +83,15 @@ FAILURE_WINDOW = 32  # a task's first samples judged together: more than half fa
 # What finishing a run reads from each stored record; a record missing one was edited or damaged on disk.
 FAILED_FIELDS = ("prediction", "gold", "meta")
 RECORD_FIELDS = (*FAILED_FIELDS, "flops_paper", "flops_exact", "image_tokens_per_layer", "timing")
+# metrics.json `run.timing`: how the speed columns were measured, so a reader can tell what they mean.
+TIMING_NOTE = (
+    "model time only: each batch's vision-tower pass (shared among the schedules that reuse it), prefill and "
+    "decode, synchronised with the GPU; reading and preprocessing run ahead in data workers and are not counted. "
+    "The first batch each process ran of each task x schedule is warm-up (kernel selection, memory-pool growth, "
+    "lazy initialisation) and is left out of prefill_ms, decode_ms_per_token and samples_per_s; each result's "
+    "`timing` counts the timed and warm-up samples (a task x schedule with only warm-up batches is timed on them "
+    "and says `includes_warmup`)"
+)
 
 
 @dataclass
@@ -345,6 +354,7 @@ class TaskEvaluator:
         self.world = world
         self.parts = DecoderParts.from_model(loaded.model, loaded.family.positions)
         self.shape = loaded.family.model_shape(loaded.model.config)
+        self.warmed_up: set[tuple[str, str]] = set()  # (task, schedule) pairs that ran a batch in this process
 
     def run(self, data: TaskData) -> None:
         task, run_dir = data.task, self.plan.run_dir
@@ -365,12 +375,20 @@ class TaskEvaluator:
         )
         max_new_tokens = self.plan.max_new_tokens or task.max_new_tokens
         watch = FailureWatch(task.name, total=len(mine), tried=len(mine) - len(pending))
+        batches = BatchPipeline(
+            self.loaded,
+            pending,
+            self.plan.batch_size,
+            workers=default_workers() if self.plan.data_workers is None else self.plan.data_workers,
+            by_length=self.plan.length_buckets and varies_in_length(self.loaded),
+            gpu=self.loaded.device if self.loaded.device.type == "cuda" else None,
+        )
         try:
-            for start in range(0, len(pending), self.plan.batch_size):
-                batch = pending[start : start + self.plan.batch_size]
-                usable, images = self._record_failures(task, batch, done, writers, progress, watch)
-                if usable:
-                    self._run_batch(task, usable, images, done, writers, progress, max_new_tokens)
+            with batches:
+                for prepared in batches:
+                    self._record_failures(task, prepared, done, writers, progress, watch)
+                    if prepared.inputs is not None:
+                        self._run_batch(task, prepared, done, writers, progress, max_new_tokens)
         finally:
             progress.close()
         if watch.reasons:
@@ -380,37 +398,28 @@ class TaskEvaluator:
                 file=sys.stderr,
             )
 
-    def _record_failures(self, task, batch, done, writers, progress: TaskProgress, watch: FailureWatch):
-        """Load each sample's image and check its prompt; a sample that fails is written as a failed record for
-        every schedule lacking it. Returns the usable samples and their images."""
-        usable, images, outcomes = [], [], []
-        failed: list[tuple[Sample, str]] = []
-        for sample in batch:
-            try:
-                check_prompt(sample.prompt, sample.id)
-                images.append(sample.load_image())
-                usable.append(sample)
-                outcomes.append(None)
-            except SampleError as error:
-                reason = " ".join(str(error).split())
-                failed.append((sample, reason))
-                outcomes.append(reason)
+    def _record_failures(self, task, prepared: PreparedBatch, done, writers, progress, watch: FailureWatch) -> None:
+        """Write each failed sample of the step as a failed record for every schedule lacking it, then let the
+        watch judge the step's outcomes (it stops the run when the data looks broken)."""
         for label, writer in writers.items():
-            records = [_failed_record(task, s, reason) for s, reason in failed if _sample_key(s) not in done[label]]
+            records = [
+                _failed_record(task, s, reason) for s, reason in prepared.failures if _sample_key(s) not in done[label]
+            ]
             if records:
                 writer.append(records)
                 progress.update(label, len(records))
-        watch.add(outcomes)
-        return usable, images
+        if prepared.outcomes:
+            watch.add(prepared.outcomes)
 
-    def _run_batch(self, task, batch, images, done, writers, progress, max_new_tokens) -> None:
-        loaded = self.loaded
-        inputs = build_batch(loaded, [sample.prompt for sample in batch], images)
-        device = inputs.input_ids.device
+    def _run_batch(self, task, prepared: PreparedBatch, done, writers, progress, max_new_tokens) -> None:
+        """The model's part of a step: move the prepared inputs to the device, one vision pass, every schedule."""
+        loaded, batch, host = self.loaded, prepared.samples, prepared.inputs
+        device = loaded.device
+        inputs = host.to(device, non_blocking=True)
         with Stopwatch(device) as watch:
             features = encode_images(loaded.model, inputs.pixel_values, inputs.image_sizes)
         vision_s = watch.seconds
-        crops = count_crops(loaded.model, inputs.image_sizes, len(batch))
+        crops = count_crops(loaded.model, host.image_sizes, len(batch))
         for schedule in self.schedules:
             label = schedule.label
             rows = [i for i, sample in enumerate(batch) if _sample_key(sample) not in done[label]]
@@ -441,6 +450,7 @@ class TaskEvaluator:
             share = timings.vision_s if schedule.reads_tower else vision_s * len(rows) / len(batch)
             steps = max(max(g.trace.generated_tokens for g in result.generations) - 1, 1)
             timing = {
+                "warmup": (task.name, label) not in self.warmed_up,
                 "batch_size": len(rows),
                 "time_share_s": (share + timings.prefill_s + timings.decode_s) / len(rows),
                 "prefill_ms": timings.prefill_s * 1e3,
@@ -453,6 +463,7 @@ class TaskEvaluator:
                 for i, g in zip(rows, result.generations)
             ]
             writers[label].append(records)
+            self.warmed_up.add((task.name, label))
             done[label].update(_sample_key(batch[i]) for i in rows)
             progress.update(label, len(rows))
 
@@ -487,7 +498,9 @@ def score_schedule(task: Task, schedule: dict[str, Any], records: list[dict[str,
     primary = get_metric(task.metrics[0])
     primary_metric = primary.primary
     ran = [r for r in records if not is_failed(r)]  # failed samples count in the scores, not in cost or speed
-    total_time = sum(r["timing"]["time_share_s"] for r in ran)
+    timed = [r for r in ran if not r["timing"].get("warmup")]  # TIMING_NOTE; older records carry no flag
+    measured = timed or ran
+    total_time = sum(r["timing"]["time_share_s"] for r in measured)
     return {
         "task": task.name,
         "schedule": schedule,
@@ -502,9 +515,14 @@ def score_schedule(task: Task, schedule: dict[str, Any], records: list[dict[str,
         "tflops_exact": _mean([r["flops_exact"] for r in ran]) / 1e12,
         "retained_tokens": _mean([_mean(r["image_tokens_per_layer"]) for r in ran]),
         "image_tokens_per_layer": _mean_per_layer([r["image_tokens_per_layer"] for r in ran]),
-        "prefill_ms": _mean([r["timing"]["prefill_ms"] for r in ran]),
-        "decode_ms_per_token": _mean([r["timing"]["decode_ms_per_token"] for r in ran]),
-        "samples_per_s": len(ran) / total_time if total_time > 0 else math.nan,
+        "prefill_ms": _mean([r["timing"]["prefill_ms"] for r in measured]),
+        "decode_ms_per_token": _mean([r["timing"]["decode_ms_per_token"] for r in measured]),
+        "samples_per_s": len(measured) / total_time if total_time > 0 else math.nan,
+        "timing": {
+            "timed_samples": len(timed),
+            "warmup_samples": len(ran) - len(timed),
+            "includes_warmup": bool(ran) and not timed,
+        },
         "predictions": str(predictions_path(Path("."), task.name, schedule["label"])),
     }
 
@@ -702,6 +720,7 @@ def finalize(
     task_order = in_recorded_order(task_info, read_run_file(plan.run_dir).get("cards", {}))
     results.sort(key=lambda result: task_order.index(result["task"]))
     run_info["commands"] = _commands(previous, run_info["command"])
+    run_info["timing"] = TIMING_NOTE
     payload = {"run": run_info, "tasks": {name: task_info[name] for name in task_order}, "results": results}
     write_json_atomic(plan.run_dir / "metrics.json", payload)
     return payload
@@ -1013,6 +1032,7 @@ def _run_locked(
                 "scorer": plan.scorer,
                 "position_mode": plan.position_mode,
                 "position_mode_from": plan.position_mode_from,
+                "length_buckets": plan.length_buckets and varies_in_length(loaded),
             },
             "data_files": {},
         }

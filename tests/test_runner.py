@@ -155,6 +155,7 @@ def _fail_if_model_loads(*args, **kwargs):
         (["--tasks", "shapes", "--budget", "128", "--lambda", "0.5"], "not both"),
         (["--tasks", "shapes", "--baselines", "vanila"], "--baselines: unknown pruning method 'vanila': did you mean vanilla?"),
         (["--tasks", "shapes", "--lambda", "0.5", "--batch-size", "0"], "--batch-size must be at least 1"),
+        (["--tasks", "shapes", "--lambda", "0.5", "--data-workers", "-1"], "--data-workers must be 0 or more"),
         (["--tasks", "shapes", "--lambda", "0.5", "--run-name", "a/b"], "--run-name"),
         (["--lambda", "0.5"], "--tasks is required"),
         (["--tasks", ",", "--lambda", "0.5"], "--tasks ',' names nothing"),

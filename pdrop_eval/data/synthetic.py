@@ -4,13 +4,19 @@ Each sample is a small picture of coloured circles, squares and triangles on a p
 question kinds whose single-word answer follows from the drawing: "What color is the circle?" (that shape appears
 once), "How many squares are there?" (a digit) and "Is there a red triangle?" (yes/no). Sample i depends only on
 (seed, i), so `--limit` and sharding see the same samples whatever the count.
+
+`write_gqa_folder` saves such scenes as JPEGs in LLaVA's GQA evaluation layout, so the real `gqa` task reads,
+decodes and preprocesses real-size images from disk (the throughput benchmark, tests of the data pipeline).
 """
 
 from __future__ import annotations
 
+import json
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 
 from PIL import Image, ImageDraw
 
@@ -21,6 +27,8 @@ COLORS = {"red": (220, 30, 30), "green": (30, 170, 60), "blue": (30, 70, 220), "
 SHAPES = ("circle", "square", "triangle")
 BACKGROUND = (245, 245, 245)
 GRID = 3
+GQA_SIZE = (500, 375)  # GQA's typical image (Visual Genome photos are about 500 px wide)
+GQA_SUFFIX = "\nAnswer the question using a single word or phrase."  # in LLaVA's llava_gqa_testdev_balanced.jsonl
 
 
 @dataclass(frozen=True)
@@ -112,3 +120,25 @@ def load_shapes(request: LoadRequest) -> list[Sample]:
             )
         )
     return samples
+
+
+def write_gqa_folder(root: Path, count: int, sizes: Sequence[tuple[int, int]] = (GQA_SIZE,), seed: int = 0) -> None:
+    """`count` scenes as a LLaVA GQA folder under `root` (gqa/llava_gqa_testdev_balanced.jsonl, the gold answers
+    in gqa/data/testdev_balanced_questions.json, gqa/data/images/<id>.jpg), image i `sizes[i % len(sizes)]`
+    (width, height) pixels. Noise over the drawing gives the JPEGs a photo's entropy, so they cost what a photo
+    costs to decode."""
+    folder = Path(root) / "gqa"
+    images = folder / "data" / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    rows, annotations = [], {}
+    for index in range(count):
+        scene = make_scene(seed, index)
+        width, height = sizes[index % len(sizes)]
+        drawing = draw_scene(scene, max(width, height)).resize((width, height))
+        noise = Image.effect_noise((width, height), 64).convert("RGB")
+        Image.blend(drawing, noise, 0.25).save(images / f"s{index}.jpg", format="JPEG", quality=90)
+        question_id = str(index)
+        rows.append({"question_id": question_id, "image": f"s{index}.jpg", "text": scene.question + GQA_SUFFIX})
+        annotations[question_id] = {"imageId": f"s{index}", "question": scene.question, "answer": scene.answer}
+    (folder / "llava_gqa_testdev_balanced.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    (folder / "data" / "testdev_balanced_questions.json").write_text(json.dumps(annotations))

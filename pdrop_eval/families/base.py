@@ -74,7 +74,9 @@ class ModelFamily:
         raise NotImplementedError
 
     def build_batch(self, loaded: LoadedVLM, prompts: Sequence[str], images: Sequence[Image.Image]) -> VLMBatch:
-        """Model inputs for one image per bare user message, as the family's official evaluation builds them."""
+        """Model inputs for one image per bare user message, as the family's official evaluation builds them: host
+        (CPU) tensors, pixels in the model's dtype; callers move them (`VLMBatch.to`). Runs in data-worker threads
+        (pdrop_eval.pipeline), so it must not change shared state (the tokenizer's truncation or padding settings)."""
         raise NotImplementedError
 
     def encode_images(

@@ -109,13 +109,12 @@ class LlavaFamily(ModelFamily):
         input_ids, attention_mask = left_padded(rows, loaded.pad_token_id)
         if loaded.kind == "llava_next":
             pixel_values, image_sizes = preprocess_anyres(images, loaded.image_processor)
-            image_sizes = image_sizes.to(loaded.device)
         else:
             pixel_values, image_sizes = preprocess_padded(images, loaded.image_processor), None
         return VLMBatch(
-            input_ids=input_ids.to(loaded.device),
-            attention_mask=attention_mask.to(loaded.device),
-            pixel_values=pixel_values.to(device=loaded.device, dtype=loaded.dtype),
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            pixel_values=pixel_values.to(loaded.dtype),
             image_sizes=image_sizes,
             image_token_counts=counts,
         )

@@ -139,15 +139,14 @@ class Qwen25VLFamily(ModelFamily):
             check_prompt(text)
             rows.append(loaded.tokenizer(chat_prompt(text, count), add_special_tokens=False)["input_ids"])
         input_ids, attention_mask = left_padded(rows, loaded.pad_token_id)
-        device = loaded.device
         return VLMBatch(
-            input_ids=input_ids.to(device),
-            attention_mask=attention_mask.to(device),
-            pixel_values=pixel_values.to(device=device, dtype=loaded.dtype),
-            image_sizes=grids.to(device),
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            pixel_values=pixel_values.to(loaded.dtype),
+            image_sizes=grids,
             image_token_counts=counts,
             image_sizes_keyword="image_grid_thw",
-            extra_inputs={"mm_token_type_ids": (input_ids == loaded.image_token_id).int().to(device)},
+            extra_inputs={"mm_token_type_ids": (input_ids == loaded.image_token_id).int()},
         )
 
     def encode_images(

@@ -7,6 +7,7 @@ Prompts are left-padded so every row's last prompt token sits in the last column
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,7 +22,8 @@ from pdrop_eval.models.prompts import IMAGE_PLACEHOLDER
 
 @dataclass
 class VLMBatch:
-    """Tensors for one forward/generate call, already on the model's device.
+    """Tensors for one forward/generate call: on the host as a family builds them (`build_host_batch`, so data
+    workers can build batches while the model runs), on the model's device after `to` (`build_batch`).
 
     input_ids / attention_mask: [B, L], left-padded, mask 1 = real token. pixel_values: [B, 3, H, W] (LLaVA-1.5) or
     [B, tiles, 3, H, W] (NeXT, padded to the most tiles) or [patches, C·T·P·P] (Qwen2.5-VL, every image's patches
@@ -46,6 +48,24 @@ class VLMBatch:
             inputs[self.image_sizes_keyword] = self.image_sizes
         return {**inputs, **self.extra_inputs}
 
+    def pinned(self) -> VLMBatch:
+        """The same batch in page-locked host memory, so `to(cuda, non_blocking=True)` overlaps the copy with
+        the GPU's work instead of stalling on it."""
+        return self._map(lambda tensor: tensor.pin_memory())
+
+    def to(self, device: torch.device, non_blocking: bool = False) -> VLMBatch:
+        return self._map(lambda tensor: tensor.to(device, non_blocking=non_blocking))
+
+    def _map(self, move) -> VLMBatch:
+        return dataclasses.replace(
+            self,
+            input_ids=move(self.input_ids),
+            attention_mask=move(self.attention_mask),
+            pixel_values=move(self.pixel_values),
+            image_sizes=None if self.image_sizes is None else move(self.image_sizes),
+            extra_inputs={key: move(value) for key, value in self.extra_inputs.items()},
+        )
+
 
 def image_token_count(loaded: LoadedVLM, image: Image.Image) -> int:
     """Image tokens the model produces for `image`, as its family counts them (fixed or size-dependent)."""
@@ -61,7 +81,14 @@ def check_prompt(text: str, sample_id: object = None) -> None:
 
 
 def build_batch(loaded: LoadedVLM, prompts: Sequence[str], images: Sequence[Image.Image]) -> VLMBatch:
-    """One image per prompt; each prompt is the bare user message, the family adds its template and image marker."""
+    """One image per prompt; each prompt is the bare user message, the family adds its template and image marker.
+    The tensors are on the model's device."""
+    return build_host_batch(loaded, prompts, images).to(loaded.device)
+
+
+def build_host_batch(loaded: LoadedVLM, prompts: Sequence[str], images: Sequence[Image.Image]) -> VLMBatch:
+    """`build_batch` on the host (CPU tensors, pixels already in the model's dtype): what the runner's data
+    workers prepare while the model runs the previous batch (pdrop_eval.pipeline)."""
     if len(prompts) != len(images):
         raise PdropEvalError(
             f"build_batch needs one image per prompt, got {len(prompts)} prompts, {len(images)} images"

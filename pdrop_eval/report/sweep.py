@@ -59,6 +59,12 @@ def write_sweep_report(
     return [b.path for b in blocks if isinstance(b, Figure)]
 
 
+UNNOTED_TIMING = (
+    "not described by this run (made before pdrop-eval left warm-up out): every batch is timed, the first one of "
+    "each schedule included, so the schedule that ran first can look slower"
+)
+
+
 def sweep_blocks(
     runs: list[Run],
     frame: pd.DataFrame,
@@ -87,6 +93,7 @@ def sweep_blocks(
         ),
         *(Callout(c.text) for c in caveats if c.task is None),
         _runs_table(runs),
+        *_timing_blocks(runs),
     ]
     for task, rows in frame.groupby("task", sort=False):
         task_caveats = [c for c in caveats if c.task == task]
@@ -94,6 +101,25 @@ def sweep_blocks(
             str(task), rows, reference, runs, files_dir, convention, several_runs, task_caveats, str(task) in incompatible
         )
     return blocks
+
+
+def _timing_blocks(runs: list[Run]) -> list[Block]:
+    """How prefill ms and samples/s were measured (metrics.json `run.timing`), and which rows had only warm-up
+    batches to time: a reader comparing speeds must know whether the first batch's warm-up is in them."""
+    notes = {run.name: run.info.get("timing") or UNNOTED_TIMING for run in runs}
+    if len(set(notes.values())) == 1:
+        text = f"Timings: {next(iter(notes.values()))}."
+    else:
+        text = "Timings. " + " ".join(f"Run {name}: {note}." for name, note in notes.items())
+    warm_only = [
+        f"{result['task']} / {result['schedule']['label']}" + (f" (run {run.name})" if len(runs) > 1 else "")
+        for run in runs
+        for result in run.results
+        if (result.get("timing") or {}).get("includes_warmup")
+    ]
+    if warm_only:
+        text += " Only warm-up batches were there to time for: " + ", ".join(warm_only) + "."
+    return [Paragraph(text)]
 
 
 def _runs_table(runs: list[Run]) -> Table:
