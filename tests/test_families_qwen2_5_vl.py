@@ -65,6 +65,19 @@ def test_dynamic_resolution_token_counts_follow_the_evaluation_pixel_bounds():
     assert [len(f) for f in features] == batch.image_token_counts
 
 
+def test_token_count_from_the_size_alone_equals_the_processors_grid():
+    """The length buckets count every sample's tokens from its size (no JPEG round trip, no processor run): that
+    count must be the grid the processor gives the JPEG-round-tripped, resized image, across aspect ratios and both
+    pixel bounds."""
+    loaded = _loaded()
+    generator = torch.Generator().manual_seed(4)
+    sizes = [(int(w), int(h)) for w, h in torch.randint(8, 1200, (24, 2), generator=generator)]
+    sizes += [(3000, 2000), (28, 28), (29, 1000), (1999, 57)]
+    images = [Image.new("RGB", size, (90, 120, 30)) for size in sizes if max(size) / min(size) < 200]
+    batch = build_batch(loaded, ["?"] * len(images), images)
+    assert [image_token_count(loaded, image) for image in images] == batch.image_token_counts
+
+
 def test_schedule_none_equals_hf_generate_on_a_mixed_size_batch():
     """Rows have different rope deltas (max M-RoPE position + 1 − length), so a decode position rule of 'cache
     length' or positions taken from the mask instead of the image grids changes the logits (checked by mutation:

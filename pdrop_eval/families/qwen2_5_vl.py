@@ -124,8 +124,11 @@ class Qwen25VLFamily(ModelFamily):
         return TEMPLATE
 
     def image_token_count(self, loaded: LoadedVLM, image: Image.Image) -> int:
-        grid = self._grids(loaded, [image])[1]
-        return int(grid[0].prod()) // self._merge(loaded.model) ** 2
+        """One token per 28×28 px cell of the size `eval_view` resizes to, from the size alone: the length buckets
+        ask this of every sample, and the processor (loaded with the same pixel bounds) keeps that size as it is."""
+        factor = loaded.image_processor.patch_size * loaded.image_processor.merge_size
+        height, width = eval_size(image.height, image.width, factor, EVAL_MIN_PIXELS, EVAL_MAX_PIXELS)
+        return (height // factor) * (width // factor)
 
     def build_batch(self, loaded: LoadedVLM, prompts: Sequence[str], images: Sequence[Image.Image]) -> VLMBatch:
         if loaded.template != TEMPLATE:
