@@ -229,9 +229,10 @@ class BatchPipeline:
 
     def _bind_gpu(self) -> None:
         """A worker thread starts on GPU 0: pinning from there would open a CUDA context on GPU 0 for every rank
-        (as PyTorch's DataLoader pin-memory thread avoids by the same call)."""
-        if self.gpu is not None:
-            torch.cuda.set_device(self.gpu)
+        (as PyTorch's DataLoader pin-memory thread avoids by the same call). `--device cuda` names no index: it is
+        the current device, which a new thread already has, and `set_device` refuses a device without one."""
+        if self.gpu is not None and self.gpu.index is not None:
+            torch.cuda.set_device(self.gpu.index)
 
     def _build_pinned(self, group: list[_Loaded]) -> VLMBatch:
         return self._build(group).pinned()

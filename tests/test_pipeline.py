@@ -264,3 +264,13 @@ def test_first_batch_of_each_schedule_is_warmup_and_left_out_of_the_speed(tmp_pa
     assert cli.main(["report", str(run_dir)]) == 0
     report = (run_dir / "report.md").read_text()
     assert "Timings: model time only" in report and "each task x schedule is warm-up" in report
+
+
+@pytest.mark.parametrize(("device", "bound"), [("cuda", []), ("cuda:1", [1])])
+def test_workers_bind_to_the_runs_gpu_only_when_it_names_an_index(tiny_vlm, monkeypatch, device, bound):
+    """`--device cuda` has no index (the current device, GPU 0 in a new thread too): passing it to `set_device` would
+    raise in every worker's initializer and break the pool; `cuda:N` must bind each worker to N."""
+    calls = []
+    monkeypatch.setattr(torch.cuda, "set_device", calls.append)
+    BatchPipeline(tiny_vlm, [], 2, workers=1, gpu=torch.device(device))._bind_gpu()
+    assert calls == bound
