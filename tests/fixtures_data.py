@@ -10,6 +10,7 @@ import base64
 import csv
 import io
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -631,3 +632,27 @@ def pope_default_rows() -> list[dict[str, Any]]:
     return [{"id": str(k), "question_id": "1", "question": "Is there a dog in the image?", "answer": answer,
              "image_source": "COCO_val2014_000000310196", "image": image_cell("RGB", "JPEG"), "category": category}
             for k, (answer, category) in enumerate((("yes", "adversarial"), ("no", "popular"), ("no", "random")))]
+
+
+def _vqa_tsv(filename: str) -> Callable[[Path], object]:
+    return lambda root: write_vqa_tsv(root / "lmu" / filename)
+
+
+# Every registered task's data in one of its official formats (the writers above); shapes is generated.
+TASK_FIXTURE_WRITERS: dict[str, Callable[[Path], object]] = {
+    "gqa": write_llava_gqa,
+    "textvqa": write_llava_textvqa,
+    "pope": write_llava_pope,
+    "mmbench": lambda root: write_mmbench_tsv(root / "mmbench" / "mmbench_dev_20230712.tsv"),
+    "mmbench_cn": lambda root: write_mmbench_cn_tsv(root / "mmbench_cn" / "mmbench_dev_cn_20231003.tsv"),
+    "mmstar": lambda root: write_mmstar_tsv(root / "lmu" / "MMStar.tsv"),
+    "scienceqa_img": write_llava_scienceqa,
+    "mme": write_llava_mme,
+    "seedbench": write_llava_seed,
+    "docvqa": _vqa_tsv("DocVQA_VAL.tsv"),
+    "chartqa": lambda root: write_vqa_tsv(root / "lmu" / "ChartQA_TEST.tsv", with_split=True),
+    "infovqa": _vqa_tsv("InfoVQA_VAL.tsv"),
+    "ocrvqa": _vqa_tsv("OCRVQA_TEST.tsv"),
+    "ocrvqa_core": _vqa_tsv("OCRVQA_TESTCORE.tsv"),
+    "shapes": lambda root: None,
+}

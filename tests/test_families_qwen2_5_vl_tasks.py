@@ -7,7 +7,6 @@ import base64
 import functools
 import importlib.util
 import json
-from collections.abc import Callable
 from io import BytesIO
 from pathlib import Path
 
@@ -22,17 +21,10 @@ from pdrop_eval.models import build_batch, image_token_count, load_vlm
 from pdrop_eval.plan import resolve_position_mode
 from pdrop_eval.registry import available_tasks
 from tests.fixtures_data import (
+    TASK_FIXTURE_WRITERS,
     load_fixture_task,
     write_llava_gqa,
-    write_llava_mme,
-    write_llava_pope,
-    write_llava_scienceqa,
-    write_llava_seed,
-    write_llava_textvqa,
-    write_mmbench_cn_tsv,
-    write_mmbench_tsv,
     write_mmstar_tsv,
-    write_vqa_tsv,
 )
 
 # Engine-marked tests also run on the oldest supported transformers (make test-compat); the two that read
@@ -109,40 +101,16 @@ def test_position_mode_auto_is_the_family_default_and_an_explicit_mode_wins():
     assert [s.label for s in cli.plan_from_args(args, []).schedules] == ["pdrop_lam0.5_8-16-24"]
 
 
-def _vqa_tsv(filename: str) -> Callable[[Path], object]:
-    return lambda root: write_vqa_tsv(root / "lmu" / filename)
-
-
-# Every registered task's data in one of its official formats (tests/fixtures_data.py); shapes is generated.
-FIXTURE_WRITERS: dict[str, Callable[[Path], object]] = {
-    "gqa": write_llava_gqa,
-    "textvqa": write_llava_textvqa,
-    "pope": write_llava_pope,
-    "mmbench": lambda root: write_mmbench_tsv(root / "mmbench" / "mmbench_dev_20230712.tsv"),
-    "mmbench_cn": lambda root: write_mmbench_cn_tsv(root / "mmbench_cn" / "mmbench_dev_cn_20231003.tsv"),
-    "mmstar": lambda root: write_mmstar_tsv(root / "lmu" / "MMStar.tsv"),
-    "scienceqa_img": write_llava_scienceqa,
-    "mme": write_llava_mme,
-    "seedbench": write_llava_seed,
-    "docvqa": _vqa_tsv("DocVQA_VAL.tsv"),
-    "chartqa": lambda root: write_vqa_tsv(root / "lmu" / "ChartQA_TEST.tsv", with_split=True),
-    "infovqa": _vqa_tsv("InfoVQA_VAL.tsv"),
-    "ocrvqa": _vqa_tsv("OCRVQA_TEST.tsv"),
-    "ocrvqa_core": _vqa_tsv("OCRVQA_TESTCORE.tsv"),
-    "shapes": lambda root: None,
-}
-
-
 def test_every_registered_task_has_a_fixture_here():
-    assert set(FIXTURE_WRITERS) == set(available_tasks())
+    assert set(TASK_FIXTURE_WRITERS) == set(available_tasks())
 
 
 @engine
-@pytest.mark.parametrize("task", sorted(FIXTURE_WRITERS))
+@pytest.mark.parametrize("task", sorted(TASK_FIXTURE_WRITERS))
 def test_every_task_prompt_builds_for_qwen(task, tmp_path):
     """The task's own prompt (question + the card's suffix) inside Qwen's chat turn, each image expanded to its
     own token count, ids that decode back to exactly that text."""
-    FIXTURE_WRITERS[task](tmp_path)
+    TASK_FIXTURE_WRITERS[task](tmp_path)
     samples = load_fixture_task(task, tmp_path, limit=2)
     assert samples
     loaded = _loaded()
