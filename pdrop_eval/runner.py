@@ -41,7 +41,7 @@ from pdrop_eval.methods.base import PruningMethod
 from pdrop_eval.methods.budgets import BudgetChoice, ModelGeometry, resolve_budgets
 from pdrop_eval.methods.registry import describe_record
 from pdrop_eval.metrics import ScoredRecord, get_metric
-from pdrop_eval.model_geometry import read_model_geometry
+from pdrop_eval.model_geometry import llava_geometry, read_model_geometry
 from pdrop_eval.models import LoadedVLM, build_batch, decode, image_token_count, load_vlm
 from pdrop_eval.models.batch import check_prompt
 from pdrop_eval.models.images import to_rgb
@@ -416,7 +416,8 @@ class TaskEvaluator:
             index = torch.tensor(rows, device=device)
             input_ids, attention_mask = _trim_left_padding(inputs.input_ids[index], inputs.attention_mask[index])
             own_tower_pass = {}  # a method that reads the tower's internals runs it on the pixels itself
-            if schedule.reads_tower:
+            own_tower = schedule.runs_tower(loaded.model)
+            if own_tower:
                 own_tower_pass["pixel_values"] = inputs.pixel_values[index]
                 if inputs.image_sizes is not None:
                     own_tower_pass["image_sizes"] = inputs.image_sizes[index]
@@ -435,7 +436,7 @@ class TaskEvaluator:
                 parts=self.parts,
             )
             timings = result.timings
-            share = timings.vision_s if schedule.reads_tower else vision_s * len(rows) / len(batch)
+            share = timings.vision_s if own_tower else vision_s * len(rows) / len(batch)
             steps = max(max(g.trace.generated_tokens for g in result.generations) - 1, 1)
             timing = {
                 "batch_size": len(rows),
@@ -739,9 +740,9 @@ def format_table(results: list[dict[str, Any]]) -> str:
 
 
 def _budget_choices_before_loading(plan: RunPlan) -> list[BudgetChoice] | None:
-    """Each --methods × --budget setting from the model's config.json alone, so a method that cannot run on the
-    model or reach a budget costs seconds, not a model load; None where the image-token count needs the loaded
-    model (LLaVA-NeXT counts the first image's tiles) or the config cannot be read before loading."""
+    """Each --methods × --budget setting from the model's config.json alone (LLaVA-NeXT included: its budgets are
+    a share of crops × patches), so a method that cannot run on the model or reach a budget costs seconds, not a
+    model load; None where the config cannot be read before loading or the count depends on each image."""
     if not plan.budget_methods:
         return None
     classes = method_classes(plan.budget_methods, "--methods")
@@ -756,11 +757,14 @@ def _budget_choices_before_loading(plan: RunPlan) -> list[BudgetChoice] | None:
 
 
 def _budget_choices_after_loading(plan: RunPlan, loaded: LoadedVLM, tasks: list[TaskData], depth: int):
-    count = loaded.image_tokens_per_image
-    if count is None:
-        count = image_token_count(loaded, to_rgb(_first_image(tasks)))
     heads = int(loaded.model.config.text_config.num_attention_heads)
-    geometry = ModelGeometry(depth, count, anyres=loaded.kind == "llava_next", num_heads=heads)
+    if loaded.kind in ("llava", "llava_next"):
+        geometry = dataclasses.replace(llava_geometry(loaded.model.config), num_layers=depth)
+    else:
+        count = loaded.image_tokens_per_image
+        if count is None:
+            count = image_token_count(loaded, to_rgb(_first_image(tasks)))
+        geometry = ModelGeometry(depth, count, num_heads=heads)
     return resolve_budgets(method_classes(plan.budget_methods, "--methods"), plan.budgets, geometry, plan.sweep)
 
 
@@ -889,7 +893,7 @@ def _run_locked(
     choices = _budget_choices_before_loading(plan)
     if not plan.budget_methods:
         known: RunPlan | None = plan
-    else:  # None: LLaVA-NeXT's budgets need the loaded model to count the first image's tiles
+    else:  # None: the config could not be read before loading (an original-format checkpoint)
         known = None if choices is None else _with_budget_schedules(plan, choices)
     if world.size == 1 and known is not None and (previous := _finished_run_info(known, tasks)) is not None:
         _check_resume(plan.run_dir, _settings(plan, dtype, tasks), world)

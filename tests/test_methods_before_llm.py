@@ -313,21 +313,6 @@ def test_invalid_settings_give_one_clear_line(make, message):
     assert "\n" not in str(error.value)
 
 
-def test_downsample_on_anyres_features_is_refused_before_generating():
-    loaded = _loaded("tiny-llava-next")
-    batch = build_batch(loaded, PROMPTS[:1], _images()[1:2])
-    with pytest.raises(PdropEvalError, match="not a square"):
-        generate(
-            loaded.model,
-            batch.input_ids,
-            batch.attention_mask,
-            Downsample(grid=2),
-            pixel_values=batch.pixel_values,
-            image_sizes=batch.image_sizes,
-            max_new_tokens=1,
-        )
-
-
 def test_divprune_overhead_equals_flop_counter_exactly():
     """The selection alone, where its cost is not lost in the LLM's total: the N×N similarity product."""
     features = torch.randn(576, 64, generator=torch.Generator().manual_seed(3))

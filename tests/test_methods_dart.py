@@ -264,7 +264,7 @@ def test_exact_flops_equal_flop_counter():
         (lambda: DART(max_num_trunction=2.5), "DART max_num_trunction=2.5 must be a whole number >= 1"),
         (lambda: DART(pivot_text_tokens=True), "must be a whole number"),
         (lambda: DART(max_num_trunction=7), "below one token per pivot"),
-        (lambda: DART(max_num_trunction=640).keep_count(576, 0), "keeps 644 image tokens but a sample has only 576"),
+        (lambda: DART(max_num_trunction=64).keep_count(11, 0), "has only 11 image tokens: lower pivot_image_tokens"),
         (lambda: DART(positions="shifted"), "unknown position mode"),
     ],
 )

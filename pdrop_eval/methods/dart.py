@@ -1,10 +1,13 @@
 """DART (Wen et al., 2025, "Stop looking for important tokens... duplication matters more"): inside the LLM, keep
 the image tokens least similar to a few pivots, once, before layer K.
 
-Official code: ZichenWen1/DART (REFERENCE §7 cites @5a19452; that repository could not be fetched here, so this
-follows the copy VTC-Bench vendors, Chenfei-Liao/VTC-Bench@983e443 external/DART/llava/model/language_model/
-modeling_llama_self.py) — `LlamaModel.forward` (the drop just before layer K, `position_ids = keep_indexs`) and
-`get_retained_image_token` (the choice). Compare with @5a19452 when it can be read.
+Official code: ZichenWen1/DART (REFERENCE §7 cites @5a19452; neither `fetch` nor the search index holds more of
+that repository than its README, so this follows the copy VTC-Bench vendors — by DART's first author —,
+Chenfei-Liao/VTC-Bench@983e443 external/DART/llava/model/language_model/modeling_llama_self.py) — `LlamaModel.forward`
+(the drop just before layer K, `position_ids = keep_indexs`), `LlamaSdpaAttention.forward` (returns the keys after
+RoPE and `repeat_kv`, which the decoder layer passes on as `layer_outputs[-2]`) and `get_retained_image_token` (the
+choice); llava/eval/model_vqa_loader.py `configure_DART` and scripts/v1_{5,6}/eval/*.sh (the settings). The
+README's LLaVA-NeXT news (2025.03.19) points at those same v1_6 scripts. Compare with @5a19452 when it can be read.
 
 Exact semantics, per prompt of length L whose image span is [s, s + N), at the boundary after K layers:
 - keys = layer K−1's keys (input norm, k_proj, RoPE at the prompt's positions, repeated over query-head groups);
@@ -21,10 +24,16 @@ Exact semantics, per prompt of length L whose image span is [s, s + N), at the b
   layers below K cache all L tokens, later layers only the survivors (what the staged engine does with
   `positions="original"`).
 
+LLaVA-NeXT (`get_retained_image_token` when `config.text_length` is set, which llava/eval/model_vqa_loader.py does
+for '1.6' models, with scripts/v1_6/eval/*.sh): the image span is every image token of the packed features (base
+grid, unpadded tiles, newline tokens), N = prompt length − text length, and T = int(min(R, N − pivot_image_tokens)
+// pivots) with R = `retain_token_num_for_llava_next` (default 320; budgets 640/320/160 set it). We apply that cap
+on every model, with R = `max_num_trunction`: on LLaVA-1.5 it changes nothing below N − 4 (the budgets), and above
+it the official LLaVA-1.5 path has no cap and fails in `topk` (there we keep 4 + 8·⌊(N − 4)/8⌋ instead).
+
 Where we differ, and why: the official code asserts batch 1, fixes the image at position 35 with 576 tokens, and
 keeps the keys its attention already computed; we choose per sample from its own span (any batch, any padding) and
-recompute layer K−1's keys (counted in the overhead). LLaVA-NeXT's variant (`retain_token_num_for_llava_next`) is
-not implemented: T always comes from `max_num_trunction`. Cosine similarities and norms are elementwise work,
+recompute layer K−1's keys (counted in the overhead). Cosine similarities and norms are elementwise work,
 which the exact FLOPs convention leaves out as torch's FlopCounterMode does; the key projection is counted.
 """
 
@@ -103,12 +112,11 @@ class DART(PruningMethod):
 
     @classmethod
     def for_budget(cls, budget: float, geometry: ModelGeometry, sweep: SweepSettings) -> tuple[DART, ...]:
-        """`max_num_trunction` = K, as DART's scripts set it for "retain K tokens": after layer 2 a prompt keeps
+        """`max_num_trunction` = K, as DART's scripts set it for "retain K tokens" (on LLaVA-NeXT, where the
+        scripts set `retain_token_num_for_llava_next` = K instead, the same rule): after layer 2 a prompt keeps
         4 + 8 · (K // 8) image tokens (192 → 196, 128 → 132, 64 → 68); the first 2 layers see all N, so the
         average per layer is above K (the paper counts tokens after the drop)."""
-        method = cls(max_num_trunction=round(budget))
-        method.keep_count(geometry.image_tokens, 0)
-        return (method,)
+        return (cls(max_num_trunction=round(budget)),)
 
     @property
     def per_pivot(self) -> int:
@@ -125,14 +133,20 @@ class DART(PruningMethod):
     def stage_layers(self) -> tuple[int, ...]:
         return (self.layer,)
 
+    def sample_per_pivot(self, num_image_tokens: int) -> int:
+        """T for a sample of N image tokens: min(max_num_trunction, N − pivot_image_tokens) // pivots (the official
+        LLaVA-NeXT rule; the same as the LLaVA-1.5 rule wherever that one runs)."""
+        room = min(self.max_num_trunction, num_image_tokens - self.pivot_image_tokens)
+        return room // (self.pivot_image_tokens + self.pivot_text_tokens)
+
     def keep_count(self, num_image_tokens: int, stage: int) -> int:
-        kept = self.pivot_image_tokens + (self.pivot_image_tokens + self.pivot_text_tokens) * self.per_pivot
-        if kept > num_image_tokens:
+        if self.sample_per_pivot(num_image_tokens) < 1:
             raise PdropEvalError(
-                f"DART max_num_trunction={self.max_num_trunction} keeps {kept} image tokens but a sample has only "
-                f"{num_image_tokens}: lower max_num_trunction"
+                f"DART keeps {self.pivot_image_tokens} image pivots plus at least one token per pivot, but a sample "
+                f"has only {num_image_tokens} image tokens: lower pivot_image_tokens"
             )
-        return kept
+        pivots = self.pivot_image_tokens + self.pivot_text_tokens
+        return self.pivot_image_tokens + pivots * self.sample_per_pivot(num_image_tokens)
 
     def score(self, boundary: Boundary) -> torch.Tensor:
         """1 for the tokens DART keeps, 0 elsewhere: the engine's top-`keep_count` then keeps exactly them."""
@@ -161,7 +175,7 @@ class DART(PruningMethod):
                 count,
                 self.pivot_image_tokens,
                 self.pivot_text_tokens,
-                self.per_pivot,
+                self.sample_per_pivot(count),
             )
             scores[row, torch.as_tensor(kept, device=scores.device) + offset] = 1.0
         return scores

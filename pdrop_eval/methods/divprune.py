@@ -86,7 +86,7 @@ class DivPrune(PruningMethod):
     def label(self) -> str:
         return f"divprune_r{format_number(self.ratio)}"
 
-    def kept_features(self, num_features: int) -> int:
+    def kept_features(self, num_features: int, crops: int = 1) -> int:
         return max(1, round(self.ratio * num_features))
 
     def reduce_features(self, features: list[torch.Tensor]) -> ReducedFeatures:
