@@ -58,10 +58,25 @@ def _batch(model, lengths, offsets, seed=1):
     return embeds, mask, images
 
 
+def _official_token_topk(method: DART, image_tokens: int) -> int:
+    """TOKEN_TOPK as `get_retained_image_token` (VTC-Bench@983e443 external/DART, modeling_llama_self.py) sets it:
+    the LLaVA-1.5 branch `ceil(MAX_NUM_TRUNCTION // pivots)`, replaced when `config.text_length` is set (LLaVA-NeXT)
+    by `int(min(retain_token_num_for_llava_next, N − pivot_image_token) // pivots)`; the first branch is the second
+    wherever it runs (below N − pivot_image_token; above, its topk fails)."""
+    pivots = method.pivot_image_tokens + method.pivot_text_tokens
+    if method.max_num_trunction <= image_tokens - method.pivot_image_tokens:
+        return math.ceil(method.max_num_trunction // pivots)
+    return int(min(method.max_num_trunction, image_tokens - method.pivot_image_tokens) // pivots)
+
+
 def _naive_dart(model, embeds, start, method):
-    """The official `get_retained_image_token` for one unpadded prompt, with explicit float64 loops for the keys'
-    RoPE, their L1 norms and the cosine similarities; Python sets where the official code iterates sets. Returns
-    the kept ordinals among the image tokens and the smallest margin of any top-k decision."""
+    """The official `get_retained_image_token` for one unpadded prompt, loop by loop: the keys after RoPE and
+    repeat_kv (explicit float64 loops), their L1 norms, the top `pivot_image_token` image and `pivot_text_token`
+    text pivots, `indices_set = set(image_indices + query_indices)`, `valid_indices` = the image span minus the
+    image pivots, then `for item in list(indices_set)`: the TOKEN_TOPK valid tokens of largest negative cosine
+    similarity of the final-normed states, added to the set and removed from `valid_indices` (whose `list()` order
+    the official top-k indexes into), and finally the text pivots dropped. Returns the kept ordinals among the image
+    tokens and the smallest margin of any top-k decision."""
     k = method.layer
     with torch.no_grad():
         out = model(inputs_embeds=embeds, output_hidden_states=True)
@@ -105,7 +120,7 @@ def _naive_dart(model, embeds, start, method):
             return float(states[a] @ states[b]) / (float(states[a].norm()) * float(states[b].norm()))
 
         dissimilarity = {t: -cosine(pivot, t) for t in list(candidates)}
-        taken = top(dissimilarity, method.per_pivot)
+        taken = top(dissimilarity, _official_token_topk(method, IMAGE_TOKENS))
         chosen.update(taken)
         candidates.difference_update(taken)
     chosen.difference_update(text_pivots)
@@ -118,6 +133,7 @@ def _naive_dart(model, embeds, start, method):
     [
         DART(layer=2, max_num_trunction=8),
         DART(layer=3, max_num_trunction=12, pivot_image_tokens=2, pivot_text_tokens=2),
+        DART(layer=2, max_num_trunction=40),  # above N − 4 = 20: the NeXT branch's cap, T = 20 // 8 = 2
     ],
     ids=lambda m: m.label,
 )

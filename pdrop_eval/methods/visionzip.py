@@ -172,11 +172,16 @@ class VisionZip(PruningMethod):
 
     @classmethod
     def for_budget(cls, budget: float, geometry: ModelGeometry, sweep: SweepSettings) -> tuple[VisionZip, ...]:
-        """K tokens per crop (K / 5 on LLaVA-NeXT) split in the paper's LLaVA-1.5 proportion: dominant =
-        round(K · 54/64) (CLS included), contextual = K − dominant. The paper's Table 1 settings, which the official
-        repository states only for 64 (README: `visionzip(model, dominant=54, contextual=10)`; `visionzip()`'s own
-        defaults are 191 + 30 = 221, an off-by-one of the paper's 192 split since `dominant` counts CLS): 64 →
-        54 + 10, 128 → 108 + 20, 192 → 162 + 30 (the paper's Appendix table of dominant/contextual per budget)."""
+        """K tokens per crop (K / 5 on LLaVA-NeXT) split in the 54:10 proportion: dominant = round(K · 54/64) (CLS
+        included), contextual = K − dominant: 64 → 54 + 10, 128 → 108 + 20, 192 → 162 + 30.
+
+        Sources: the official repository (dvlab-research/VisionZip@3151f6d) states only the 64 split (README.md:
+        `visionzip(model, dominant=54, contextual=10)`); its visionzip/main.py `visionzip()` defaults to
+        dominant=191, contextual=30, which with `dominant` counting CLS is 221 tokens, not a budget of the paper.
+        128 → 108 + 20 is the default of Fanziyang-v's port of main.py (`visionzip(model, dominant=108,
+        contextual=20)`); 162 + 30 / 108 + 20 / 54 + 10 are the settings ModelTC/LightCompress lists for its VisionZip
+        (configs/sparsification/methods/VisionZip/visionzip.yml, read through deepwiki's summary: the file itself is
+        not in the index here). The paper's own table of splits could not be read here."""
         count = round(budget / geometry.crops)
         dominant = max(1, round(count * 54 / 64))
         return (cls(dominant=dominant, contextual=count - dominant),)
