@@ -328,6 +328,12 @@ def test_every_method_at_every_budget_in_one_sweep_with_one_tower_pass(tmp_path,
         ["| 192", name] for name in ("VisionZip", "DivPrune", "downsample", "FastV", "PDrop", "DART")
     ], "each budget's methods, cheapest paper TFLOPs first"
     assert len(table) == 18
+    shown = {"VisionZip", "DivPrune", "DART", "downsample", "FastV", "PDrop", "vanilla"}  # display names
+    for heading in ("### Schedules", "### Pareto front"):
+        block = markdown[markdown.index(heading) :].split("\n\n")[1].splitlines()[2:]
+        assert block and {line.split(" | ")[1] for line in block} <= shown, f"{heading} shows registry keys"
+    schedules = markdown[markdown.index("### Schedules") :].split("\n\n")[1].splitlines()[2:]
+    assert len({line.split(" | ")[1] for line in schedules}) == 7
 
     from openpyxl import load_workbook
 
@@ -338,6 +344,7 @@ def test_every_method_at_every_budget_in_one_sweep_with_one_tower_pass(tmp_path,
     assert by_label["dart_k2_t64"][header.index("Budget")] == 64
     assert by_label["fastv_k2_r0.711806"][header.index("Image tokens per layer")] == "576×2, 166×30"
     assert by_label["vanilla"][header.index("Budget")] is None
+    assert by_label["dart_k2_t64"][header.index("Method")] == "DART"
 
 
 @pytest.mark.engine

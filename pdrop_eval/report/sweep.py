@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from pdrop_eval.methods.registry import display_name
 from pdrop_eval.report.caveats import Caveat, incompatible_runs
 from pdrop_eval.report.document import (
     Block,
@@ -212,7 +213,7 @@ def _schedule_table(rows: pd.DataFrame, metric: str, several_runs: bool) -> Tabl
                "retained tokens", "prefill ms", "samples/s"]
     body = [
         [
-            r["schedule"], r["method"], fmt_lambda(r["lam"]), r["layers"] or "—", fmt(r["n"], 0), fmt(r["primary"]),
+            r["schedule"], display_name(r["method"]), fmt_lambda(r["lam"]), r["layers"] or "—", fmt(r["n"], 0), fmt(r["primary"]),
             fmt_interval(r["ci_low"], r["ci_high"]), fmt(r["delta_vs_vanilla"], signed=True),
             fmt_interval(r["delta_low"], r["delta_high"], signed=True), _p_text(r), _agreement_text(r),
             fmt_tflops(r["tflops_paper"]), fmt_tflops(r["tflops_exact"]), fmt(r["retained_tokens"], 1),
