@@ -571,19 +571,23 @@ def _file_hashes(source: ResolvedSource) -> dict[str, str]:
 
 
 def _save_sample_images(plan: RunPlan, loaded: LoadedVLM, data: TaskData) -> None:
-    """The first few images as the model saw them (LLaVA-1.5: the padded square at the tower's size), for kept-token
-    maps; nothing for families whose tokens have no single view (LLaVA-NeXT's tiles)."""
+    """The first few images as the model saw them (LLaVA-1.5: the padded square at the tower's size; NeXT: the base
+    view beside its tiles), each with the JSON layout of its tokens on that picture (`ModelFamily.token_layout`),
+    for kept-token maps; nothing for families that give no layout."""
     folder = plan.run_dir / "samples" / data.task.name
     for sample in data.samples[:SAMPLE_IMAGES_PER_TASK]:
         try:
             image = sample.load_image()
         except SampleError:
             continue  # recorded as a failed sample; it has no kept-token map to draw
-        view = loaded.family.model_view(loaded, image)
-        if view is None:
+        drawn = loaded.family.token_layout(loaded, image)
+        if drawn is None:
             return
+        view, layout = drawn
         folder.mkdir(parents=True, exist_ok=True)
-        with atomic_path(folder / f"{_safe_name(sample.id)}.png") as temporary:
+        stem = folder / _safe_name(sample.id)
+        write_json_atomic(stem.with_suffix(".json"), layout.to_json())
+        with atomic_path(stem.with_suffix(".png")) as temporary:
             view.save(temporary, format="PNG")
 
 

@@ -30,6 +30,7 @@ from transformers import (
 
 from pdrop_eval.errors import PdropEvalError
 from pdrop_eval.families.base import ModelFamily
+from pdrop_eval.families.layout import TokenLayout
 from pdrop_eval.families.positions import MultimodalPositions
 from pdrop_eval.models.batch import VLMBatch, check_prompt, left_padded
 from pdrop_eval.models.images import to_rgb
@@ -160,6 +161,14 @@ class Qwen25VLFamily(ModelFamily):
     @staticmethod
     def _merge(model: nn.Module) -> int:
         return int(model.config.vision_config.spatial_merge_size)
+
+    def token_layout(self, loaded: LoadedVLM, image: Image.Image) -> tuple[Image.Image, TokenLayout] | None:
+        """The image at the processor's resized size; its tokens are the merged patches, row-major over the
+        (h / merge) × (w / merge) grid (the merger's output order)."""
+        _, height, width = self._grids(loaded, [image])[1][0].tolist()
+        merge, patch = self._merge(loaded.model), loaded.model.config.vision_config.patch_size
+        view = to_rgb(image).resize((width * patch, height * patch))
+        return view, TokenLayout.single_grid(view.width, view.height, height // merge, width // merge)
 
     @staticmethod
     def _grids(loaded: LoadedVLM, images: Sequence[Image.Image]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -269,9 +269,11 @@ def _kept_map_blocks(task: str, rows: pd.DataFrame, runs: list[Run], files_dir: 
         Heading("Kept image tokens", 3),
         Paragraph(
             "For a few samples of each run: the question, the gold answer and every schedule's answer, then one row "
-            "per schedule that drops tokens with the image after each of its stages: bright patches are the image "
+            "per schedule that drops tokens with the image before the LLM (methods that choose there: the tower "
+            "features kept; VisionZip's dominant patches) or after each of its stages: bright patches are the image "
             "tokens kept (PDrop and FastV rank them by attention, random drops at random), dimmed ones were dropped "
-            "and no later layer sees them. Good pruning keeps the patches the question is about."
+            "and no later layer sees them. LLaVA-NeXT's base view is drawn beside its tiles. Good pruning keeps the "
+            "patches the question is about."
         ),
     ]
     drawn = 0
@@ -279,22 +281,20 @@ def _kept_map_blocks(task: str, rows: pd.DataFrame, runs: list[Run], files_dir: 
         run_rows = rows[rows["run"] == run.name]
         if run_rows.empty:
             continue
-        grid = run.image_grid
-        if grid is None:
-            model = (run.info.get("model") or {}).get("name", "this model")
-            blocks.append(Paragraph(
-                f"Run {run.name}: no kept-token maps, they need a fixed patch grid (run.model.image_grid) and "
-                f"{model} has none (LLaVA-NeXT tiles each image differently)."
-            ))
-            continue
         schedules = [
-            (readable_schedule(r), r["predictions"], tuple(int(v) for v in r["layers"].split("-")) if r["layers"] else ())
+            (
+                readable_schedule(r),
+                r["predictions"],
+                tuple(int(v) for v in r["layers"].split("-")) if r["layers"] else (),
+                r["method"],
+            )
             for _, r in run_rows.iterrows()
         ]
-        for view in find_sample_views(run.directory, run.name, task, schedules, KEPT_MAPS_PER_TASK):
+        views = find_sample_views(run.directory, run.name, task, schedules, KEPT_MAPS_PER_TASK, run.image_grid)
+        for view in views:
             if not view.dropping:
                 continue
-            problem = view_mismatch(view, grid)
+            problem = view_mismatch(view)
             image = None if problem else read_view_image(view)
             if image is None and not problem:
                 problem = f"its image {view.image} cannot be read"
@@ -302,7 +302,7 @@ def _kept_map_blocks(task: str, rows: pd.DataFrame, runs: list[Run], files_dir: 
                 blocks.append(Paragraph(f"Run {run.name}, sample {view.sample_id}: no map, {problem}."))
                 continue
             name = _UNSAFE_FILENAME.sub("_", f"{task}_kept_{run.name}_{view.sample_id}") + ".png"
-            path = draw_sample_view(view, grid, files_dir / name, image)
+            path = draw_sample_view(view, files_dir / name, image)
             answers = "; ".join(f"{s.name}: {s.prediction!r}" for s in view.schedules)
             blocks.append(Figure(path, (
                 f"{task}, sample {view.sample_id} (run {run.name}). Question: {view.question!r}. "
