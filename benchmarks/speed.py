@@ -1,5 +1,5 @@
-"""Speed benchmark: HF generate (how official evaluations run) against our engine, vanilla, PDrop and FastV, and the
-methods that prune before the LLM or once inside it (DivPrune, downsample, VisionZip, DART) at one token budget.
+"""Speed benchmark: HF generate (how official evaluations run) against our engine, vanilla, PDrop and FastV, and
+every registered method at the token budgets given (`--budget 192,128,64`), as `--methods … --budget` sets them.
 
 One run, side by side, on a GQA-shaped workload (576 image tokens, ~60 text tokens, a forced number of new tokens)
 with random weights: speed does not depend on what the weights are.
@@ -24,10 +24,9 @@ import torch
 import transformers
 
 from pdrop_eval.methods.base import PruningMethod
-from pdrop_eval.methods.dart import DART
-from pdrop_eval.methods.divprune import DivPrune
-from pdrop_eval.methods.downsample import Downsample, grid_for_budget
-from pdrop_eval.methods.visionzip import VisionZip
+from pdrop_eval.methods.budgets import ModelGeometry, SweepSettings, resolve_budgets
+from pdrop_eval.methods.registry import METHODS
+from pdrop_eval.methods.sparsevlm import SparseVLM
 from pdrop_eval.models.presets import preset_config
 from pdrop_eval.pyramid.engine import DecoderParts
 from pdrop_eval.pyramid.flops import ModelShape, sample_flops
@@ -57,17 +56,16 @@ def _scaled_layers(depth: int) -> tuple[int, ...]:
     return tuple(round(depth * fraction) for fraction in (0.25, 0.5, 0.75))
 
 
-def budget_methods(budget: int, image_tokens: int) -> list[PruningMethod]:
-    """The other methods at about `budget` image tokens: DivPrune's ratio K/N, the nearest square pooled grid,
-    VisionZip's README split of 64 (54 dominant incl. CLS + 10 contextual) scaled to the budget, and DART's
-    `max_num_trunction` (which keeps a few more: 128 → 132)."""
-    dominant = max(1, round(budget * 54 / 64))
-    return [
-        DivPrune(ratio=budget / image_tokens),
-        Downsample(grid=grid_for_budget(budget)),
-        VisionZip(dominant=dominant, contextual=max(0, budget - dominant)),
-        DART(max_num_trunction=budget),
-    ]
+def budget_methods(budgets: list[int], image_tokens: int, depth: int, heads: int) -> list[PruningMethod]:
+    """Every registered method at each budget, with the settings `--methods … --budget …` gives it (PDrop and
+    random at layers 2, 6, 12, which reach all three budgets); SparseVLM+ with at most the model's heads (it picks
+    14 of 32 on a 7B model; the small preset has fewer)."""
+    geometry = ModelGeometry(num_layers=depth, image_tokens=image_tokens, num_heads=heads)
+    sweep = SweepSettings(layer_lists=((2, 6, 12),))
+    names = [name for name, cls in METHODS.items() if cls.takes_budget and name != "sparsevlm"]
+    chosen = [choice.method for choice in resolve_budgets([METHODS[n] for n in names], budgets, geometry, sweep)]
+    chosen += [SparseVLM(retain_tokens=budget, heads=min(14, heads)) for budget in budgets]
+    return sorted(chosen, key=lambda method: list(METHODS).index(method.name))
 
 
 def _build_model(preset: str, device: torch.device, dtype: torch.dtype, attn: str):
@@ -194,7 +192,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--new-tokens", type=int, default=8, help="generated tokens, forced (default 8)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs after one warm-up; medians reported")
     parser.add_argument("--attn", default="sdpa", help="sdpa | eager | flash_attention_2")
-    parser.add_argument("--budget", type=int, default=128, help="image tokens for the other methods (default 128)")
+    parser.add_argument(
+        "--budget", default="128", help="image-token budgets for every method, e.g. 192,128,64 (default 128)"
+    )
     parser.add_argument("--out", default="results/bench", help="output folder for the JSON and markdown")
     args = parser.parse_args(argv)
 
@@ -216,7 +216,8 @@ def main(argv: list[str] | None = None) -> int:
             measured[(name, size)] = bench_engine(model, parts, schedule, size, *common)
     measured[(f"engine {fastv.label}", batch)] = bench_engine(model, parts, fastv, batch, *common)
     image_tokens = measured[("engine vanilla", 1)]["trace"].num_image_tokens
-    for method in budget_methods(args.budget, image_tokens):
+    budgets = [int(value) for value in args.budget.split(",")]
+    for method in budget_methods(budgets, image_tokens, depth, shape.text.heads):
         measured[(f"engine {method.label}", batch)] = bench_engine(model, parts, method, batch, *common)
 
     def prefill_flops(result) -> float:
