@@ -7,14 +7,14 @@ import math
 import pytest
 import torch
 from PIL import Image
-from torch.utils.flop_counter import FlopCounterMode
 
 from pdrop_eval.errors import PdropEvalError
-from pdrop_eval.methods.dart import DART
+from pdrop_eval.methods.dart import DART, ImageSpan, dart_choices
 from pdrop_eval.models import build_batch, load_vlm
 from pdrop_eval.pyramid.engine import generate_from_embeds
-from pdrop_eval.pyramid.flops import ModelShape, image_tokens_per_layer, sample_flops
+from pdrop_eval.pyramid.flops import image_tokens_per_layer
 from pdrop_eval.pyramid.vlm import generate
+from tests.flop_counting import count_generation
 from tests.numerics import ForcedChoice, assert_fp32_close, fp32_differs
 from tests.random_lm import random_lm
 
@@ -207,6 +207,41 @@ def test_batch_of_four_equals_four_single_runs_on_the_lm():
         assert_fp32_close(batched.step_logits[row], single.step_logits[0], exact.step_logits[0])
 
 
+def _one_prompt_at_a_time(key_norms, states, spans, per_pivot, pivots=(4, 4)):
+    """Each row's choice alone: its unpadded prompt as a batch of one (what the per-prompt loop computed)."""
+    chosen = []
+    for row, span in enumerate(spans):
+        alone = ImageSpan(0, span.start, span.count)
+        norms, own = key_norms[row : row + 1, span.offset :], states[row : row + 1, span.offset :]
+        chosen += dart_choices(norms, own, [alone], *pivots, [per_pivot[row]])
+    return chosen
+
+
+def test_batched_choice_equals_one_prompt_at_a_time_with_ties():
+    """Rows of different lengths, offsets and image spans, left padded, in one call against each row alone; ties
+    made on purpose (repeated states give equal similarities, repeated key norms equal pivot scores), which must
+    go to the same token in both. Checked by mutation against padding filled with +inf instead of −inf and each
+    row's T taken from the longest row."""
+    generator = torch.Generator().manual_seed(11)
+    layout = [(50, 4, 30, 3), (41, 2, 24, 2), (36, 7, 20, 1)]  # (prompt length, image start, image tokens, T)
+    width = max(length for length, *_ in layout)
+    key_norms = torch.rand(len(layout), width, generator=generator)
+    states = torch.randn(len(layout), width, 16, generator=generator)
+    spans = []
+    for row, (length, start, count, _) in enumerate(layout):
+        offset = width - length
+        spans.append(ImageSpan(offset, start, count))
+        first = offset + start
+        states[row, first + 10 : first + count : 4] = states[row, first + 1]  # equal similarity to every pivot
+        key_norms[row, first + 3] = key_norms[row, first + 5] = key_norms[row, first : first + count].max()
+        key_norms[row, :offset] = 1e9  # padding must never become a pivot
+    per_pivot = [t for *_, t in layout]
+    batched = dart_choices(key_norms, states, spans, 4, 4, per_pivot)
+    assert batched == _one_prompt_at_a_time(key_norms, states, spans, per_pivot)
+    assert [len(kept) for kept in batched] == [4 + 8 * t for t in per_pivot]
+    assert all(span.start <= min(kept) and max(kept) < span.start + span.count for span, kept in zip(spans, batched))
+
+
 @functools.cache
 def _tiny_llava(attn: str, dtype: torch.dtype = torch.float32):
     """float64 loads the same weights, cast exactly: the exact twin each fp32 comparison takes its tolerance from."""
@@ -252,25 +287,11 @@ def test_batch_of_four_equals_four_single_runs_on_tiny_llava():
 
 
 def test_exact_flops_equal_flop_counter():
-    loaded = _tiny_llava("eager")  # FlopCounterMode does not see CPU SDPA kernels; eager is plain matmuls
-    shape = ModelShape.from_config(loaded.model.config)
-    batch = build_batch(loaded, ["What is in the picture?"], [_noise_image(9)])
     method = DART(max_num_trunction=64)
-    counter = FlopCounterMode(display=False)
-    with counter:
-        result = generate(
-            loaded.model,
-            batch.input_ids,
-            batch.attention_mask,
-            method,
-            pixel_values=batch.pixel_values,
-            max_new_tokens=3,
-        )
-    trace = result.generations[0].trace
-    counted = sample_flops(shape, trace)
-    assert counted.exact == pytest.approx(counter.get_total_flops(), rel=0.02)
-    assert counted.exact_rank == 2 * trace.prompt_tokens * 64 * shape.text.kv_heads * shape.text.head_dim
-    assert trace.image_tokens_per_layer == image_tokens_per_layer(method, 32, 576)
+    run = count_generation(_tiny_llava("eager"), method, "What is in the picture?", _noise_image(9))
+    text = run.shape.text
+    assert run.ours.exact_rank == 2 * run.trace.prompt_tokens * 64 * text.kv_heads * text.head_dim
+    assert run.trace.image_tokens_per_layer == image_tokens_per_layer(method, 32, 576)
 
 
 @pytest.mark.parametrize(

@@ -19,7 +19,8 @@ Exact semantics, per prompt of length L whose image span is [s, s + N), at the b
   `list(set(image_pivots + text_pivots))` over absolute positions (the order changes the result, so we build that
   same set); for each, among the image tokens not yet taken (non-pivot image tokens, in `list(set)` order), the T
   with the smallest cosine similarity to the pivot's state (torch's `cosine_similarity`, top-k of its negation) are
-  taken; text pivots are never kept;
+  taken; text pivots are never kept. Top-k's order among exactly equal values is unspecified (it differs between
+  kernels); ours takes the earlier index (`first_largest`), so a choice never depends on the batch;
 - survivors keep their original positions (with gaps); every decode step is at position L + t in every layer;
   layers below K cache all L tokens, later layers only the survivors (what the staged engine does with
   `positions="original"`).
@@ -55,32 +56,81 @@ if TYPE_CHECKING:
     from pdrop_eval.pyramid.flops import ModelShape
 
 
-def dart_choice(
+@dataclass(frozen=True)
+class ImageSpan:
+    """Where one prompt sits in a left-padded batch row: `offset` padding columns, then the prompt, whose image
+    tokens are [start, start + count) in prompt positions (the official code's absolute positions)."""
+
+    offset: int
+    start: int
+    count: int
+
+
+def first_largest(values: torch.Tensor, count: int) -> torch.Tensor:
+    """Per row, the indices of the `count` largest values, ties to the earlier index (a stable descending sort):
+    top-k with its tie order made explicit, so a row's choice does not depend on the rows padded beside it."""
+    return values.sort(dim=-1, descending=True, stable=True).indices[..., :count]
+
+
+def _padded(values: torch.Tensor, ranges: list[tuple[int, int]]) -> torch.Tensor:
+    """Row b's columns [from, to) of `values` [B, L], left-aligned in a [B, longest] block padded with −inf."""
+    width = max(end - begin for begin, end in ranges)
+    block = values.new_full((values.shape[0], width), float("-inf"))
+    for row, (begin, end) in enumerate(ranges):
+        block[row, : end - begin] = values[row, begin:end]
+    return block
+
+
+def dart_choices(
     key_norms: torch.Tensor,
     states: torch.Tensor,
-    start: int,
-    count: int,
+    spans: list[ImageSpan],
     image_pivots: int,
     text_pivots: int,
-    per_pivot: int,
-) -> list[int]:
-    """Absolute positions of the image tokens DART keeps in one unpadded prompt, in ascending order.
+    per_pivot: list[int],
+) -> list[list[int]]:
+    """Per row, the prompt positions (ascending) of the image tokens DART keeps, for a whole batch at once.
 
-    key_norms: [L] L1 norms of the keys; states: [L, d] final-normed hidden states; the image is [start, start+count).
+    key_norms: [B, L] L1 norms of the keys; states: [B, L, d] final-normed hidden states; per_pivot[b]: T of row b.
+    The official loop runs per prompt in Python sets; here each pivot step serves every row at once (every row has
+    image_pivots + text_pivots distinct pivots): row b's j-th pivot in its `list(set(...))` order against its own
+    candidates in their `list(set)` order, padded with −inf to the longest row. The sets stay per row and hold the
+    official absolute positions, so the visiting order is the official one; a batch costs one similarity and one
+    sort per pivot instead of one per pivot and prompt.
     """
-    end = start + count
-    image_pivot_positions = (key_norms[start:end].topk(image_pivots).indices + start).tolist()
-    text_pivot_positions = (key_norms[end:].topk(text_pivots).indices + end).tolist()
-    chosen = set(image_pivot_positions + text_pivot_positions)
-    candidates = set(range(start, end)) - set(image_pivot_positions)
-    for pivot in list(chosen):  # the official visiting order: a set of Python ints, iterated once
-        order = list(candidates)
-        similarity = functional.cosine_similarity(states[pivot], states[order], dim=-1)
-        taken = [order[i] for i in (-similarity).topk(per_pivot).indices.tolist()]
-        chosen.update(taken)
-        candidates.difference_update(taken)
-    chosen.difference_update(text_pivot_positions)
-    return sorted(chosen)
+    rows = len(spans)
+    image = _padded(key_norms, [(s.offset + s.start, s.offset + s.start + s.count) for s in spans])
+    text = _padded(key_norms, [(s.offset + s.start + s.count, key_norms.shape[1]) for s in spans])
+    image_top, text_top = first_largest(image, image_pivots).tolist(), first_largest(text, text_pivots).tolist()
+    chosen, candidates, visits, text_positions = [], [], [], []
+    for span, image_picks, text_picks in zip(spans, image_top, text_top):
+        image_positions = [span.start + i for i in image_picks]
+        text_positions.append([span.start + span.count + i for i in text_picks])
+        chosen.append(set(image_positions + text_positions[-1]))
+        candidates.append(set(range(span.start, span.start + span.count)) - set(image_positions))
+        visits.append(list(chosen[-1]))  # the official visiting order: a set of Python ints, iterated once
+    device = states.device
+    row_index = torch.arange(rows, device=device)
+    offsets = torch.tensor([span.offset for span in spans], device=device)
+    for step in range(image_pivots + text_pivots):
+        orders = [list(row_candidates) for row_candidates in candidates]
+        width = max(len(order) for order in orders)
+        columns = torch.zeros(rows, width, dtype=torch.long)
+        valid = torch.zeros(rows, width, dtype=torch.bool)
+        for row, order in enumerate(orders):
+            columns[row, : len(order)] = torch.tensor(order, dtype=torch.long) + spans[row].offset
+            valid[row, : len(order)] = True
+        columns, valid = columns.to(device), valid.to(device)
+        pivots = torch.tensor([visit[step] for visit in visits], device=device) + offsets
+        similarity = functional.cosine_similarity(
+            states[row_index, pivots][:, None, :], states[row_index[:, None], columns], dim=-1
+        )
+        picks = first_largest((-similarity).masked_fill(~valid, float("-inf")), max(per_pivot)).tolist()
+        for row, order in enumerate(orders):
+            taken = [order[i] for i in picks[row][: per_pivot[row]]]
+            chosen[row].update(taken)
+            candidates[row].difference_update(taken)
+    return [sorted(row_chosen - set(text)) for row_chosen, text in zip(chosen, text_positions)]
 
 
 @dataclass(frozen=True)
@@ -156,8 +206,8 @@ class DART(PruningMethod):
         keys = keys.repeat_interleave(groups, dim=1)  # repeat_kv: each key head once per query head it serves
         key_norms = torch.norm(keys.permute(0, 2, 1, 3).flatten(2), p=1, dim=-1)  # [B, L]
         states = boundary.final_norm(boundary.hidden)
-        scores = torch.zeros(boundary.valid.shape, dtype=torch.float32, device=boundary.valid.device)
-        for row in range(scores.shape[0]):
+        spans = []
+        for row in range(key_norms.shape[0]):
             offset = int((~boundary.valid[row]).sum())
             columns = boundary.image_mask[row].nonzero().flatten()
             start, count = int(columns[0]) - offset, int(columns.numel())
@@ -168,16 +218,18 @@ class DART(PruningMethod):
                     f"DART takes {self.pivot_text_tokens} text pivots after the image, but a prompt has fewer tokens "
                     "there: lower pivot_text_tokens"
                 )
-            kept = dart_choice(
-                key_norms[row, offset:],
-                states[row, offset:],
-                start,
-                count,
-                self.pivot_image_tokens,
-                self.pivot_text_tokens,
-                self.sample_per_pivot(count),
-            )
-            scores[row, torch.as_tensor(kept, device=scores.device) + offset] = 1.0
+            spans.append(ImageSpan(offset, start, count))
+        kept = dart_choices(
+            key_norms,
+            states,
+            spans,
+            self.pivot_image_tokens,
+            self.pivot_text_tokens,
+            [self.sample_per_pivot(span.count) for span in spans],
+        )
+        scores = torch.zeros(boundary.valid.shape, dtype=torch.float32, device=boundary.valid.device)
+        for row, (span, positions) in enumerate(zip(spans, kept)):
+            scores[row, torch.as_tensor(positions, device=scores.device) + span.offset] = 1.0
         return scores
 
     def overhead_flops(self, shape: ModelShape, trace: SampleTrace) -> int:
