@@ -8,7 +8,6 @@ import math
 import pytest
 import torch
 from PIL import Image
-from torch.utils.flop_counter import FlopCounterMode
 
 from pdrop_eval.methods.dart import DART
 from pdrop_eval.methods.downsample import Downsample
@@ -18,6 +17,7 @@ from pdrop_eval.pyramid.engine import SampleTrace
 from pdrop_eval.pyramid.flops import ModelShape, vision_flops
 from pdrop_eval.pyramid.schedule import DropSchedule
 from pdrop_eval.pyramid.vlm import encode_images, generate
+from tests.flop_counting import flops_of
 from tests.numerics import ForcedChoice, assert_fp32_close
 from tests.test_methods_before_llm import _naive_pool
 
@@ -263,11 +263,9 @@ def test_tower_side_flops_on_next_equal_flop_counter_exactly(method):
     shape = ModelShape.from_config(loaded.model.config)
     batch = build_batch(loaded, PROMPTS[:1], _images()[3:4])
     crops = _crops(loaded.model, batch, 0)[0].shape[0]
-    counter = FlopCounterMode(display=False)
-    with counter:
-        reduced = method.encode_images(loaded.model, batch.pixel_values, batch.image_sizes)
+    reduced, measured = flops_of(lambda: method.encode_images(loaded.model, batch.pixel_values, batch.image_sizes))
     kept = reduced.features[0].shape[0]
     trace = SampleTrace(0, 0, method=method, image_tokens_per_layer=[kept], vision_crops=crops)
     projected = method.projected_tokens(trace)
     expected = vision_flops(shape.vision, shape.text.hidden, crops, projected) + method.overhead_flops(shape, trace)
-    assert counter.get_total_flops() == expected
+    assert measured == expected

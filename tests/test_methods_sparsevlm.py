@@ -9,15 +9,15 @@ from typing import ClassVar
 import pytest
 import torch
 from PIL import Image
-from torch.utils.flop_counter import FlopCounterMode
 
 from pdrop_eval.errors import PdropEvalError
 from pdrop_eval.methods import METHODS
 from pdrop_eval.methods.sparsevlm import KEEP_LISTS, SparseVLM, density_peak_merge
 from pdrop_eval.models import build_batch, load_vlm
 from pdrop_eval.pyramid.engine import generate_from_embeds
-from pdrop_eval.pyramid.flops import ModelShape, image_tokens_per_layer, sample_flops
+from pdrop_eval.pyramid.flops import image_tokens_per_layer
 from pdrop_eval.pyramid.vlm import generate
+from tests.flop_counting import count_generation, flops_of
 from tests.random_lm import random_lm
 
 pytestmark = pytest.mark.engine
@@ -331,40 +331,24 @@ class _Counted(SparseVLM):
     measured: ClassVar[list[int]] = []
 
     def prepare(self, inputs_embeds, valid, image_mask):
-        with FlopCounterMode(display=False) as counter:
-            prepared = super().prepare(inputs_embeds, valid, image_mask)
-        self.measured.append(counter.get_total_flops())
+        prepared, measured = flops_of(lambda: super(_Counted, self).prepare(inputs_embeds, valid, image_mask))
+        self.measured.append(measured)
         return prepared
 
     def score(self, boundary):
-        with FlopCounterMode(display=False) as counter:
-            scores = super().score(boundary)
-        self.measured.append(counter.get_total_flops())
+        scores, measured = flops_of(lambda: super(_Counted, self).score(boundary))
+        self.measured.append(measured)
         return scores
 
 
 @pytest.mark.parametrize("settings", [{"retain_tokens": 64, "heads": 3}, {"version": "1.5", "retain_tokens": 128}])
 def test_overhead_and_exact_flops_equal_flop_counter(settings):
-    loaded = _tiny_llava("eager")  # FlopCounterMode does not see CPU SDPA kernels; eager is plain matmuls
-    shape = ModelShape.from_config(loaded.model.config)
-    batch = build_batch(loaded, ["What is in the picture? Answer in one word."], [_noise_image(9)])
     method = _Counted(**settings)
     _Counted.measured.clear()
-    counter = FlopCounterMode(display=False)
-    with counter:
-        result = generate(
-            loaded.model,
-            batch.input_ids,
-            batch.attention_mask,
-            method,
-            pixel_values=batch.pixel_values,
-            max_new_tokens=3,
-        )
-    trace = result.generations[0].trace
-    counted = sample_flops(shape, trace)
-    assert len(_Counted.measured) == 4 and counted.exact_rank == sum(_Counted.measured)
-    assert counted.exact == pytest.approx(counter.get_total_flops(), rel=0.02)
-    assert trace.image_tokens_per_layer == image_tokens_per_layer(method, 32, 576)
+    prompt = "What is in the picture? Answer in one word."
+    run = count_generation(_tiny_llava("eager"), method, prompt, _noise_image(9))
+    assert len(_Counted.measured) == 4 and run.ours.exact_rank == sum(_Counted.measured)
+    assert run.trace.image_tokens_per_layer == image_tokens_per_layer(method, 32, 576)
 
 
 def test_registered_with_a_budget_setting():
