@@ -110,21 +110,23 @@ def dart_choices(
         candidates.append(set(range(span.start, span.start + span.count)) - set(image_positions))
         visits.append(list(chosen[-1]))  # the official visiting order: a set of Python ints, iterated once
     device = states.device
-    row_index = torch.arange(rows, device=device)
-    offsets = torch.tensor([span.offset for span in spans], device=device)
+    length = states.shape[1]
+    flat = states.reshape(rows * length, states.shape[2])  # token t of row b is row b·length + t
+    offsets = torch.tensor([row * length + span.offset for row, span in enumerate(spans)], device=device)
     for step in range(image_pivots + text_pivots):
         orders = [list(row_candidates) for row_candidates in candidates]
         width = max(len(order) for order in orders)
         columns = torch.zeros(rows, width, dtype=torch.long)
         valid = torch.zeros(rows, width, dtype=torch.bool)
         for row, order in enumerate(orders):
-            columns[row, : len(order)] = torch.tensor(order, dtype=torch.long) + spans[row].offset
+            columns[row, : len(order)] = torch.tensor(order, dtype=torch.long)
             valid[row, : len(order)] = True
-        columns, valid = columns.to(device), valid.to(device)
+        columns = columns.to(device) + offsets[:, None]
+        valid = valid.to(device)
         pivots = torch.tensor([visit[step] for visit in visits], device=device) + offsets
-        similarity = functional.cosine_similarity(
-            states[row_index, pivots][:, None, :], states[row_index[:, None], columns], dim=-1
-        )
+        # index_select on the flattened rows: advanced indexing gathers the same values far slower on CPU
+        candidates_states = flat.index_select(0, columns.flatten()).view(rows, width, -1)
+        similarity = functional.cosine_similarity(flat.index_select(0, pivots)[:, None, :], candidates_states, dim=-1)
         picks = first_largest((-similarity).masked_fill(~valid, float("-inf")), max(per_pivot)).tolist()
         for row, order in enumerate(orders):
             taken = [order[i] for i in picks[row][: per_pivot[row]]]

@@ -71,14 +71,15 @@ def max_min_diverse(images: list[torch.Tensor], keeps: list[int]) -> list[torch.
         distance[row, : sizes[row], : sizes[row]] = own
         nearest = own.kthvalue(2, dim=0).values if sizes[row] > 1 else own[0]  # each token's nearest other
         first[row] = nearest.argmax()
-    rows = torch.arange(count, device=device)
+    flat = distance.view(count * largest, largest)  # row r of image b is row b·largest + r
+    row_starts = torch.arange(count, device=device) * largest
     picked = torch.empty(count, steps, dtype=torch.long, device=device)
     picked[:, 0] = first
-    closest = distance[rows, first].clone()
+    closest = flat.index_select(0, row_starts + first)  # a copy: gathered rows (advanced indexing is far slower)
     for step in range(1, steps):
-        closest[rows, picked[:, step - 1]] = float("-inf")
+        closest.scatter_(1, picked[:, step - 1 : step], float("-inf"))
         picked[:, step] = closest.argmax(dim=1)
-        closest = torch.minimum(closest, distance[rows, picked[:, step]])
+        closest = torch.minimum(closest, flat.index_select(0, row_starts + picked[:, step]))
     return [picked[row, : keeps[row]].sort().values for row in range(count)]
 
 
