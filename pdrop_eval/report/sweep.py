@@ -294,10 +294,8 @@ def _kept_map_blocks(task: str, rows: pd.DataFrame, runs: list[Run], files_dir: 
         for view in views:
             if not view.dropping:
                 continue
-            problem = view_mismatch(view)
-            image = None if problem else read_view_image(view)
-            if image is None and not problem:
-                problem = f"its image {view.image} cannot be read"
+            image = read_view_image(view)
+            problem = f"its image {view.image} cannot be read" if image is None else view_mismatch(view)
             if problem:
                 blocks.append(Paragraph(f"Run {run.name}, sample {view.sample_id}: no map, {problem}."))
                 continue
