@@ -18,8 +18,8 @@ Exact semantics, per prompt of length L whose image span is [s, s + N), at the b
 - states = layer K−1's output through the model's FINAL norm; the pivots are visited in the order of Python's
   `list(set(image_pivots + text_pivots))` over absolute positions (the order changes the result, so we build that
   same set); for each, among the image tokens not yet taken (non-pivot image tokens, in `list(set)` order), the T
-  with the smallest cosine similarity to the pivot's state (torch's `cosine_similarity`, top-k of its negation) are
-  taken; text pivots are never kept. Top-k's order among exactly equal values is unspecified (it differs between
+  with the smallest cosine similarity to the pivot's state (torch's `cosine_similarity` formula, top-k of its
+  negation) are taken; text pivots are never kept. Top-k's order among exactly equal values is unspecified (it differs between
   kernels); ours takes the earlier index (`first_largest`), so a choice never depends on the batch;
 - survivors keep their original positions (with gaps); every decode step is at position L + t in every layer;
   layers below K cache all L tokens, later layers only the survivors (what the staged engine does with
@@ -44,7 +44,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
 import torch
-from torch.nn import functional
 
 from pdrop_eval.errors import PdropEvalError
 from pdrop_eval.methods.base import Boundary, PositionMode, PruningMethod
@@ -112,6 +111,9 @@ def dart_choices(
     device = states.device
     length = states.shape[1]
     flat = states.reshape(rows * length, states.shape[2])  # token t of row b is row b·length + t
+    # torch.cosine_similarity's own formula (ATen: each side divided by its norm clamped at 1e-8, then the product
+    # summed), with every state normalised once instead of once per pivot and candidate
+    unit = flat / flat.norm(dim=-1, keepdim=True).clamp_min(1e-8)
     offsets = torch.tensor([row * length + span.offset for row, span in enumerate(spans)], device=device)
     for step in range(image_pivots + text_pivots):
         orders = [list(row_candidates) for row_candidates in candidates]
@@ -125,8 +127,8 @@ def dart_choices(
         valid = valid.to(device)
         pivots = torch.tensor([visit[step] for visit in visits], device=device) + offsets
         # index_select on the flattened rows: advanced indexing gathers the same values far slower on CPU
-        candidates_states = flat.index_select(0, columns.flatten()).view(rows, width, -1)
-        similarity = functional.cosine_similarity(flat.index_select(0, pivots)[:, None, :], candidates_states, dim=-1)
+        candidate_units = unit.index_select(0, columns.flatten()).view(rows, width, -1)
+        similarity = (candidate_units * unit.index_select(0, pivots)[:, None, :]).sum(dim=-1)
         picks = first_largest((-similarity).masked_fill(~valid, float("-inf")), max(per_pivot)).tolist()
         for row, order in enumerate(orders):
             taken = [order[i] for i in picks[row][: per_pivot[row]]]
