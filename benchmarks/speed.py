@@ -1,5 +1,5 @@
-"""Speed benchmark: HF generate (how official evaluations run) against our engine, vanilla, PDrop and FastV, and the
-methods that prune before the LLM or once inside it (DivPrune, downsample, VisionZip, DART) at one token budget.
+"""Speed benchmark: HF generate (how official evaluations run) against our engine, vanilla, PDrop and FastV, and
+every registered method at the token budgets given (`--budget 192,128,64`), as `--methods … --budget` sets them.
 
 One run, side by side, on a GQA-shaped workload (576 image tokens, ~60 text tokens, a forced number of new tokens)
 with random weights: speed does not depend on what the weights are. Models that tile their images (LLaVA-NeXT,
@@ -19,6 +19,7 @@ Writes `<out>/speed_<preset>.json` and `.md` and prints the table and whether ea
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import statistics
@@ -32,11 +33,10 @@ import transformers
 from pdrop_eval.errors import PdropEvalError
 from pdrop_eval.families.registry import family_of
 from pdrop_eval.methods.base import PruningMethod
-from pdrop_eval.methods.budgets import ModelGeometry
-from pdrop_eval.methods.dart import DART
-from pdrop_eval.methods.divprune import DivPrune
-from pdrop_eval.methods.downsample import Downsample, grid_for_budget
-from pdrop_eval.methods.visionzip import VisionZip
+from pdrop_eval.methods.budgets import ModelGeometry, SweepSettings, resolve_budgets
+from pdrop_eval.methods.registry import METHODS
+from pdrop_eval.methods.sparsevlm import SparseVLM
+from pdrop_eval.model_geometry import llava_geometry
 from pdrop_eval.models.presets import preset_config
 from pdrop_eval.pyramid.engine import DecoderParts
 from pdrop_eval.pyramid.flops import sample_flops
@@ -68,28 +68,26 @@ def _scaled_layers(depth: int) -> tuple[int, ...]:
     return tuple(round(depth * fraction) for fraction in (0.25, 0.5, 0.75))
 
 
-def budget_methods(budget: int, image_tokens: int, geometry: ModelGeometry | None = None) -> list[PruningMethod]:
-    """The other methods at about `budget` image tokens: DivPrune's ratio K/N, the nearest square pooled grid,
-    VisionZip's README split of 64 (54 dominant incl. CLS + 10 contextual) scaled to the budget, and DART's
-    `max_num_trunction` (which keeps a few more: 128 → 132); those whose `check_model` refuses `geometry` are left
-    out, with a note on stderr."""
-    dominant = max(1, round(budget * 54 / 64))
-    methods = [
-        DivPrune(ratio=budget / image_tokens),
-        Downsample(grid=grid_for_budget(budget)),
-        VisionZip(dominant=dominant, contextual=max(0, budget - dominant)),
-        DART(max_num_trunction=budget),
-    ]
-    runnable = []
-    for method in methods:
-        try:
-            if geometry is not None:
-                type(method).check_model(geometry)
-        except PdropEvalError as error:
-            print(f"note: {method.label} left out: {error}", file=sys.stderr)
+def budget_methods(budgets: list[int], geometry: ModelGeometry) -> list[PruningMethod]:
+    """Every registered method at each budget, with the settings `--methods … --budget …` gives it (PDrop and
+    random at layers 2, 6, 12, which reach all three budgets); SparseVLM+ with at most the model's heads (it picks
+    14 of 32 on a 7B model; the small preset has fewer). A method whose `check_model` refuses the model is left out,
+    with a note on stderr."""
+    sweep = SweepSettings(layer_lists=((2, 6, 12),))
+    chosen = []
+    for name, cls in METHODS.items():
+        if not cls.takes_budget:
             continue
-        runnable.append(method)
-    return runnable
+        try:
+            if name == "sparsevlm":
+                cls.check_model(geometry)
+                heads = min(14, geometry.num_heads)
+                chosen += [SparseVLM(retain_tokens=budget, heads=heads) for budget in budgets]
+            else:
+                chosen += [choice.method for choice in resolve_budgets([cls], budgets, geometry, sweep)]
+        except PdropEvalError as error:
+            print(f"note: {name} left out: {error}", file=sys.stderr)
+    return chosen
 
 
 def _build_model(preset: str, device: torch.device, dtype: torch.dtype, attn: str):
@@ -260,7 +258,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--new-tokens", type=int, default=8, help="generated tokens, forced (default 8)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs after one warm-up; medians reported")
     parser.add_argument("--attn", default="sdpa", help="sdpa | eager | flash_attention_2")
-    parser.add_argument("--budget", type=int, default=128, help="image tokens for the other methods (default 128)")
+    parser.add_argument(
+        "--budget", default="128", help="image-token budgets for every method, e.g. 192,128,64 (default 128)"
+    )
     parser.add_argument("--out", default="results/bench", help="output folder for the JSON and markdown")
     args = parser.parse_args(argv)
 
@@ -283,14 +283,20 @@ def main(argv: list[str] | None = None) -> int:
             measured[(name, size)] = bench_engine(model, parts, schedule, size, *common)
     measured[(f"engine {fastv.label}", batch)] = bench_engine(model, parts, fastv, batch, *common)
     image_tokens = measured[("engine vanilla", 1)]["trace"].num_image_tokens
-    geometry = ModelGeometry(
-        depth,
-        image_tokens,
-        anyres=model.config.model_type in family.anyres_kinds,
-        num_heads=shape.text.heads,
-        cls_token=family.vision_cls_token,
-    )
-    for method in budget_methods(args.budget, image_tokens, geometry):
+    if model.config.model_type in ("llava", "llava_next"):  # budgets as the runner sets them (NeXT: 5 × 576)
+        geometry = dataclasses.replace(llava_geometry(model.config), num_layers=depth)
+    else:
+        anyres = model.config.model_type in family.anyres_kinds
+        geometry = ModelGeometry(
+            depth,
+            image_tokens,
+            anyres=anyres,
+            num_heads=shape.text.heads,
+            cls_token=family.vision_cls_token,
+            tiling=model.config.model_type if anyres else None,
+        )
+    budgets = [int(value) for value in args.budget.split(",")]
+    for method in budget_methods(budgets, geometry):
         try:
             measured[(f"engine {method.label}", batch)] = bench_engine(model, parts, method, batch, *common)
         except PdropEvalError as error:  # refused only once it runs (Qwen2.5-VL: shortening the image span)

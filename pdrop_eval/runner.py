@@ -42,7 +42,7 @@ from pdrop_eval.methods.base import PruningMethod
 from pdrop_eval.methods.budgets import BudgetChoice, ModelGeometry, resolve_budgets
 from pdrop_eval.methods.registry import describe_record
 from pdrop_eval.metrics import ScoredRecord, get_metric
-from pdrop_eval.model_geometry import read_model_geometry
+from pdrop_eval.model_geometry import llava_geometry, read_model_geometry
 from pdrop_eval.models import LoadedVLM, decode, image_token_count, load_vlm
 from pdrop_eval.models.images import to_rgb
 from pdrop_eval.pipeline import BatchPipeline, PreparedBatch, default_workers, varies_in_length
@@ -428,7 +428,8 @@ class TaskEvaluator:
             index = torch.tensor(rows, device=device)
             input_ids, attention_mask = _trim_left_padding(inputs.input_ids[index], inputs.attention_mask[index])
             own_tower_pass = {}  # a method that reads the tower's internals runs it on the pixels itself
-            if schedule.reads_tower:
+            own_tower = schedule.runs_tower(loaded.model)
+            if own_tower:
                 own_tower_pass["pixel_values"] = inputs.pixel_values[index]
             result = generate(
                 loaded.model,
@@ -447,7 +448,7 @@ class TaskEvaluator:
                 parts=self.parts,
             )
             timings = result.timings
-            share = timings.vision_s if schedule.reads_tower else vision_s * len(rows) / len(batch)
+            share = timings.vision_s if own_tower else vision_s * len(rows) / len(batch)
             steps = max(max(g.trace.generated_tokens for g in result.generations) - 1, 1)
             timing = {
                 "warmup": (task.name, label) not in self.warmed_up,
@@ -591,19 +592,23 @@ def _file_hashes(source: ResolvedSource) -> dict[str, str]:
 
 
 def _save_sample_images(plan: RunPlan, loaded: LoadedVLM, data: TaskData) -> None:
-    """The first few images as the model saw them (LLaVA-1.5: the padded square at the tower's size), for kept-token
-    maps; nothing for families whose tokens have no single view (LLaVA-NeXT's tiles)."""
+    """The first few images as the model saw them (LLaVA-1.5: the padded square at the tower's size; NeXT: the base
+    view beside its tiles), each with the JSON layout of its tokens on that picture (`ModelFamily.token_layout`),
+    for kept-token maps; nothing for families that give no layout."""
     folder = plan.run_dir / "samples" / data.task.name
     for sample in data.samples[:SAMPLE_IMAGES_PER_TASK]:
         try:
             image = sample.load_image()
         except SampleError:
             continue  # recorded as a failed sample; it has no kept-token map to draw
-        view = loaded.family.model_view(loaded, image)
-        if view is None:
+        drawn = loaded.family.token_layout(loaded, image)
+        if drawn is None:
             return
+        view, layout = drawn
         folder.mkdir(parents=True, exist_ok=True)
-        with atomic_path(folder / f"{_safe_name(sample.id)}.png") as temporary:
+        stem = folder / _safe_name(sample.id)
+        write_json_atomic(stem.with_suffix(".json"), layout.to_json())
+        with atomic_path(stem.with_suffix(".png")) as temporary:
             view.save(temporary, format="PNG")
 
 
@@ -763,10 +768,10 @@ def format_table(results: list[dict[str, Any]]) -> str:
 
 
 def _budget_choices_before_loading(plan: RunPlan) -> list[BudgetChoice] | None:
-    """Each --methods × --budget setting from the model's config.json alone, so a method that cannot run on the
-    model or reach a budget costs seconds, not a model load; None where the image-token count needs the loaded
-    model (LLaVA-NeXT counts the first image's tiles) or the config cannot be read before loading. The flags' own
-    schedules (--baselines, --lambda) are checked against the model here too."""
+    """Each --methods × --budget setting from the model's config.json alone (LLaVA-NeXT included: its budgets are
+    a share of crops × patches), so a method that cannot run on the model or reach a budget costs seconds, not a
+    model load; None where the config cannot be read before loading or the count depends on each image. The flags'
+    own schedules (--baselines, --lambda) are checked against the model here too."""
     geometry = read_model_geometry(plan.model)
     if geometry is not None:
         for cls in dict.fromkeys(type(schedule) for schedule in plan.schedules):
@@ -784,14 +789,23 @@ def _budget_choices_before_loading(plan: RunPlan) -> list[BudgetChoice] | None:
 
 
 def _budget_choices_after_loading(plan: RunPlan, loaded: LoadedVLM, tasks: list[TaskData], depth: int):
-    count = loaded.image_tokens_per_image
-    if count is None:
-        count = image_token_count(loaded, to_rgb(_first_image(tasks)))
     heads = int(loaded.model.config.text_config.num_attention_heads)
     family = loaded.family
-    geometry = ModelGeometry(
-        depth, count, anyres=loaded.kind in family.anyres_kinds, num_heads=heads, cls_token=family.vision_cls_token
-    )
+    if loaded.kind in ("llava", "llava_next"):
+        geometry = dataclasses.replace(llava_geometry(loaded.model.config), num_layers=depth)
+    else:
+        count = loaded.image_tokens_per_image
+        if count is None:
+            count = image_token_count(loaded, to_rgb(_first_image(tasks)))
+        anyres = loaded.kind in family.anyres_kinds
+        geometry = ModelGeometry(
+            depth,
+            count,
+            anyres=anyres,
+            num_heads=heads,
+            cls_token=family.vision_cls_token,
+            tiling=loaded.kind if anyres else None,
+        )
     return resolve_budgets(method_classes(plan.budget_methods, "--methods"), plan.budgets, geometry, plan.sweep)
 
 
@@ -971,7 +985,7 @@ def _run_locked(
     choices = _budget_choices_before_loading(plan)
     if not plan.budget_methods:
         known: RunPlan | None = plan
-    else:  # None: LLaVA-NeXT's budgets need the loaded model to count the first image's tiles
+    else:  # None: the config could not be read before loading (an original-format checkpoint)
         known = None if choices is None else _with_budget_schedules(plan, choices)
     if (
         world.size == 1

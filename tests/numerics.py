@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from pdrop_eval.methods.base import Boundary, PruningMethod, ReducedFeatures
 from pdrop_eval.pyramid.engine import Generation
@@ -103,8 +104,17 @@ class ForcedChoice(PruningMethod):
     def stage_layers(self) -> tuple[int, ...]:
         return self.method.stage_layers
 
-    def kept_features(self, num_features: int) -> int:
-        return self.method.kept_features(num_features)
+    def kept_features(self, num_features: int, crops: int = 1) -> int:
+        return self.method.kept_features(num_features, crops)
+
+    def runs_tower(self, model: nn.Module) -> bool:
+        """Downsample on LLaVA-NeXT pools each crop from the pixels: no integer choice to force there."""
+        return self.method.runs_tower(model)
+
+    def encode_images(
+        self, model: nn.Module, pixel_values: torch.Tensor, image_sizes: torch.Tensor | None
+    ) -> ReducedFeatures:
+        return self.method.encode_images(model, pixel_values, image_sizes)
 
     def reduce_features(self, features: list[torch.Tensor]) -> ReducedFeatures:
         if self.feature_indices is None:

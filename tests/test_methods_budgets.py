@@ -23,7 +23,7 @@ from pdrop_eval.report.reference import match_method, paper_method, reference_fr
 from pdrop_eval.report.table import results_frame
 
 LLAVA = ModelGeometry(num_layers=32, image_tokens=576)
-NEXT = ModelGeometry(num_layers=32, image_tokens=None, anyres=True)
+NEXT = ModelGeometry(num_layers=32, image_tokens=2880, anyres=True, crops=5)
 SWEEP = SweepSettings(layer_lists=((2, 6, 12),))
 BUDGETS = (192, 128, 64)
 
@@ -105,10 +105,23 @@ def test_two_budgets_giving_one_setting_are_refused():
         resolve_budgets([METHODS["downsample"]], (128, 121), LLAVA, SWEEP)
 
 
-@pytest.mark.parametrize("name", ["visionzip", "downsample"])
-def test_methods_that_need_one_square_grid_refuse_llava_next(name):
-    with pytest.raises(PdropEvalError, match="LLaVA-NeXT"):
-        resolve_budgets([METHODS[name]], (160,), NEXT, SWEEP)
+def test_llava_next_budgets_count_five_crops_of_576():
+    # 640/320/160 of 2880: VisionZip and downsample per crop (128/64/32), DART's retain count = the budget.
+    next_budgets = (640, 320, 160)
+
+    def chosen(name):
+        return resolve_budgets([METHODS[name]], next_budgets, NEXT, SWEEP)
+
+    assert [c.method.label for c in chosen("visionzip")] == [
+        "visionzip_d108_c20",
+        "visionzip_d54_c10",
+        "visionzip_d27_c5",
+    ]
+    assert [c.method.label for c in chosen("downsample")] == ["downsample_g11", "downsample_g8", "downsample_g6"]
+    assert [c.method.label for c in chosen("dart")] == ["dart_k2_t640", "dart_k2_t320", "dart_k2_t160"]
+    assert [c.retained for c in chosen("visionzip")] == [640, 320, 160]
+    assert [c.retained for c in chosen("downsample")] == [5 * 121, 5 * 64, 5 * 36]
+    assert [c.method.keep_count(2880, 0) for c in chosen("dart")] == [4 + 8 * 80, 4 + 8 * 40, 4 + 8 * 20]
 
 
 @dataclass(frozen=True)
@@ -218,7 +231,8 @@ def _error(stderr: str) -> str:
         (["--methods", "fastv", "--budget", "30"], "below FastV's floor"),
         (["--methods", "dart", "--budget", "600"], "more than the 576 image tokens"),
         (["--methods", "pdrop", "--budget", "64"], "cannot be reached with --layers 8,16,24"),
-        (["--model", "tiny-llava-next", "--methods", "visionzip", "--budget", "160"], "not LLaVA-NeXT's anyres"),
+        (["--model", "tiny-llava-next", "--methods", "dart", "--budget", "400"], "more than the 320 image tokens"),
+        (["--model", "tiny-llava-next", "--methods", "downsample", "--budget", "320,300"], "give downsample the same"),
         (["--methods", "sparsevlm", "--budget", "64"], "this model has 4"),
     ],
 )
@@ -314,6 +328,12 @@ def test_every_method_at_every_budget_in_one_sweep_with_one_tower_pass(tmp_path,
         ["| 192", name] for name in ("VisionZip", "DivPrune", "downsample", "FastV", "PDrop", "DART")
     ], "each budget's methods, cheapest paper TFLOPs first"
     assert len(table) == 18
+    shown = {"VisionZip", "DivPrune", "DART", "downsample", "FastV", "PDrop", "vanilla"}  # display names
+    for heading in ("### Schedules", "### Pareto front"):
+        block = markdown[markdown.index(heading) :].split("\n\n")[1].splitlines()[2:]
+        assert block and {line.split(" | ")[1] for line in block} <= shown, f"{heading} shows registry keys"
+    schedules = markdown[markdown.index("### Schedules") :].split("\n\n")[1].splitlines()[2:]
+    assert len({line.split(" | ")[1] for line in schedules}) == 7
 
     from openpyxl import load_workbook
 
@@ -324,6 +344,7 @@ def test_every_method_at_every_budget_in_one_sweep_with_one_tower_pass(tmp_path,
     assert by_label["dart_k2_t64"][header.index("Budget")] == 64
     assert by_label["fastv_k2_r0.711806"][header.index("Image tokens per layer")] == "576×2, 166×30"
     assert by_label["vanilla"][header.index("Budget")] is None
+    assert by_label["dart_k2_t64"][header.index("Method")] == "DART"
 
 
 @pytest.mark.engine

@@ -7,15 +7,14 @@ import math
 import pytest
 import torch
 from PIL import Image
-from torch.utils.flop_counter import FlopCounterMode
 
 from pdrop_eval.errors import PdropEvalError
-from pdrop_eval.methods.dart import DART
+from pdrop_eval.methods.dart import DART, ImageSpan, dart_choices
 from pdrop_eval.models import build_batch, load_vlm
 from pdrop_eval.pyramid.engine import generate_from_embeds
-from pdrop_eval.pyramid.flops import ModelShape, image_tokens_per_layer, sample_flops
+from pdrop_eval.pyramid.flops import image_tokens_per_layer
 from pdrop_eval.pyramid.vlm import generate
-from tests.flop_counting import counted_matmul_flops
+from tests.flop_counting import count_generation
 from tests.numerics import ForcedChoice, assert_fp32_close, fp32_differs
 from tests.random_lm import random_lm
 
@@ -59,10 +58,25 @@ def _batch(model, lengths, offsets, seed=1):
     return embeds, mask, images
 
 
+def _official_token_topk(method: DART, image_tokens: int) -> int:
+    """TOKEN_TOPK as `get_retained_image_token` (VTC-Bench@983e443 external/DART, modeling_llama_self.py) sets it:
+    the LLaVA-1.5 branch `ceil(MAX_NUM_TRUNCTION // pivots)`, replaced when `config.text_length` is set (LLaVA-NeXT)
+    by `int(min(retain_token_num_for_llava_next, N − pivot_image_token) // pivots)`; the first branch is the second
+    wherever it runs (below N − pivot_image_token; above, its topk fails)."""
+    pivots = method.pivot_image_tokens + method.pivot_text_tokens
+    if method.max_num_trunction <= image_tokens - method.pivot_image_tokens:
+        return math.ceil(method.max_num_trunction // pivots)
+    return int(min(method.max_num_trunction, image_tokens - method.pivot_image_tokens) // pivots)
+
+
 def _naive_dart(model, embeds, start, method):
-    """The official `get_retained_image_token` for one unpadded prompt, with explicit float64 loops for the keys'
-    RoPE, their L1 norms and the cosine similarities; Python sets where the official code iterates sets. Returns
-    the kept ordinals among the image tokens and the smallest margin of any top-k decision."""
+    """The official `get_retained_image_token` for one unpadded prompt, loop by loop: the keys after RoPE and
+    repeat_kv (explicit float64 loops), their L1 norms, the top `pivot_image_token` image and `pivot_text_token`
+    text pivots, `indices_set = set(image_indices + query_indices)`, `valid_indices` = the image span minus the
+    image pivots, then `for item in list(indices_set)`: the TOKEN_TOPK valid tokens of largest negative cosine
+    similarity of the final-normed states, added to the set and removed from `valid_indices` (whose `list()` order
+    the official top-k indexes into), and finally the text pivots dropped. Returns the kept ordinals among the image
+    tokens and the smallest margin of any top-k decision."""
     k = method.layer
     with torch.no_grad():
         out = model(inputs_embeds=embeds, output_hidden_states=True)
@@ -106,7 +120,7 @@ def _naive_dart(model, embeds, start, method):
             return float(states[a] @ states[b]) / (float(states[a].norm()) * float(states[b].norm()))
 
         dissimilarity = {t: -cosine(pivot, t) for t in list(candidates)}
-        taken = top(dissimilarity, method.per_pivot)
+        taken = top(dissimilarity, _official_token_topk(method, IMAGE_TOKENS))
         chosen.update(taken)
         candidates.difference_update(taken)
     chosen.difference_update(text_pivots)
@@ -119,6 +133,7 @@ def _naive_dart(model, embeds, start, method):
     [
         DART(layer=2, max_num_trunction=8),
         DART(layer=3, max_num_trunction=12, pivot_image_tokens=2, pivot_text_tokens=2),
+        DART(layer=2, max_num_trunction=40),  # above N − 4 = 20: the NeXT branch's cap, T = 20 // 8 = 2
     ],
     ids=lambda m: m.label,
 )
@@ -192,6 +207,41 @@ def test_batch_of_four_equals_four_single_runs_on_the_lm():
         assert_fp32_close(batched.step_logits[row], single.step_logits[0], exact.step_logits[0])
 
 
+def _one_prompt_at_a_time(key_norms, states, spans, per_pivot, pivots=(4, 4)):
+    """Each row's choice alone: its unpadded prompt as a batch of one (what the per-prompt loop computed)."""
+    chosen = []
+    for row, span in enumerate(spans):
+        alone = ImageSpan(0, span.start, span.count)
+        norms, own = key_norms[row : row + 1, span.offset :], states[row : row + 1, span.offset :]
+        chosen += dart_choices(norms, own, [alone], *pivots, [per_pivot[row]])
+    return chosen
+
+
+def test_batched_choice_equals_one_prompt_at_a_time_with_ties():
+    """Rows of different lengths, offsets and image spans, left padded, in one call against each row alone; ties
+    made on purpose (repeated states give equal similarities, repeated key norms equal pivot scores), which must
+    go to the same token in both. Checked by mutation against padding filled with +inf instead of −inf and each
+    row's T taken from the longest row."""
+    generator = torch.Generator().manual_seed(11)
+    layout = [(50, 4, 30, 3), (41, 2, 24, 2), (36, 7, 20, 1)]  # (prompt length, image start, image tokens, T)
+    width = max(length for length, *_ in layout)
+    key_norms = torch.rand(len(layout), width, generator=generator)
+    states = torch.randn(len(layout), width, 16, generator=generator)
+    spans = []
+    for row, (length, start, count, _) in enumerate(layout):
+        offset = width - length
+        spans.append(ImageSpan(offset, start, count))
+        first = offset + start
+        states[row, first + 10 : first + count : 4] = states[row, first + 1]  # equal similarity to every pivot
+        key_norms[row, first + 3] = key_norms[row, first + 5] = key_norms[row, first : first + count].max()
+        key_norms[row, :offset] = 1e9  # padding must never become a pivot
+    per_pivot = [t for *_, t in layout]
+    batched = dart_choices(key_norms, states, spans, 4, 4, per_pivot)
+    assert batched == _one_prompt_at_a_time(key_norms, states, spans, per_pivot)
+    assert [len(kept) for kept in batched] == [4 + 8 * t for t in per_pivot]
+    assert all(span.start <= min(kept) and max(kept) < span.start + span.count for span, kept in zip(spans, batched))
+
+
 @functools.cache
 def _tiny_llava(attn: str, dtype: torch.dtype = torch.float32):
     """float64 loads the same weights, cast exactly: the exact twin each fp32 comparison takes its tolerance from."""
@@ -237,25 +287,11 @@ def test_batch_of_four_equals_four_single_runs_on_tiny_llava():
 
 
 def test_exact_flops_equal_flop_counter():
-    loaded = _tiny_llava("eager")  # FlopCounterMode does not see CPU SDPA kernels; eager is plain matmuls
-    shape = ModelShape.from_config(loaded.model.config)
-    batch = build_batch(loaded, ["What is in the picture?"], [_noise_image(9)])
     method = DART(max_num_trunction=64)
-    counter = FlopCounterMode(display=False)
-    with counter:
-        result = generate(
-            loaded.model,
-            batch.input_ids,
-            batch.attention_mask,
-            method,
-            pixel_values=batch.pixel_values,
-            max_new_tokens=3,
-        )
-    trace = result.generations[0].trace
-    counted = sample_flops(shape, trace)
-    assert counted.exact == counted_matmul_flops(counter)
-    assert counted.exact_rank == 2 * trace.prompt_tokens * 64 * shape.text.kv_heads * shape.text.head_dim
-    assert trace.image_tokens_per_layer == image_tokens_per_layer(method, 32, 576)
+    run = count_generation(_tiny_llava("eager"), method, "What is in the picture?", _noise_image(9))
+    text = run.shape.text
+    assert run.ours.exact_rank == 2 * run.trace.prompt_tokens * 64 * text.kv_heads * text.head_dim
+    assert run.trace.image_tokens_per_layer == image_tokens_per_layer(method, 32, 576)
 
 
 @pytest.mark.parametrize(
@@ -265,7 +301,7 @@ def test_exact_flops_equal_flop_counter():
         (lambda: DART(max_num_trunction=2.5), "DART max_num_trunction=2.5 must be a whole number >= 1"),
         (lambda: DART(pivot_text_tokens=True), "must be a whole number"),
         (lambda: DART(max_num_trunction=7), "below one token per pivot"),
-        (lambda: DART(max_num_trunction=640).keep_count(576, 0), "keeps 644 image tokens but a sample has only 576"),
+        (lambda: DART(max_num_trunction=64).keep_count(11, 0), "has only 11 image tokens: lower pivot_image_tokens"),
         (lambda: DART(positions="shifted"), "unknown position mode"),
     ],
 )

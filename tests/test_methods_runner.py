@@ -67,4 +67,4 @@ def test_before_and_inside_the_llm_methods_in_one_sweep(tmp_path, monkeypatch):
                 assert selected is None
     paths = build_reports([run_dir])
     table = paths.markdown.read_text()
-    assert "| divprune |" in table and "| downsample |" in table
+    assert "| DivPrune |" in table and "| downsample |" in table

@@ -9,16 +9,15 @@ from typing import ClassVar
 import pytest
 import torch
 from PIL import Image
-from torch.utils.flop_counter import FlopCounterMode
 
 from pdrop_eval.errors import PdropEvalError
 from pdrop_eval.methods import METHODS
 from pdrop_eval.methods.sparsevlm import KEEP_LISTS, SparseVLM, density_peak_merge
 from pdrop_eval.models import build_batch, load_vlm
 from pdrop_eval.pyramid.engine import generate_from_embeds
-from pdrop_eval.pyramid.flops import ModelShape, image_tokens_per_layer, sample_flops
+from pdrop_eval.pyramid.flops import image_tokens_per_layer
 from pdrop_eval.pyramid.vlm import generate
-from tests.flop_counting import counted_matmul_flops
+from tests.flop_counting import count_generation, flops_of
 from tests.numerics import assert_fp32_close, fp32_differs
 from tests.random_lm import random_lm
 
@@ -107,16 +106,26 @@ def _naive_merge(tokens: list[list[float]], clusters: int, margin: _Margin) -> l
     return [[sum(tokens[i][k] for i in members[c]) / (len(members[c]) + 1e-6) for k in range(dim)] for c in members]
 
 
-def _naive_sparsevlm(model, embeds, start, method, image_tokens=IMAGE_TOKENS):
+def _naive_sparsevlm(model, embeds, start, method, image_tokens=IMAGE_TOKENS, decoded=None):
     """The official prefill of one unpadded prompt: layers driven one at a time with the layers' own eager attention
     weights (the official `attn_logits`); after each layer in `pruning_loc`, its output is pruned by the rater scores
     computed in float64 loops (2.0: RoPE bias and head sums; 1.5: every head, then the merge of the best 30% + 1
     deleted tokens inserted after the kept ones and positions re-indexed). Returns the raters, the kept original
     ordinals per sparse layer, the image tokens present after each, the last-token logits and the smallest margin of
-    any decision."""
+    any decision.
+
+    `decoded` [1, 1, d], the embedding of the first generated token, gives the official first decode step instead
+    of the prefill's last logits: the sparse layers skip a one-token input (`hidden_states.shape[1] != 1`), so the
+    token is pruned nowhere, recycles nothing and attends, in every layer, to that layer's cached prompt tokens; its
+    position is the layer's cache length under 1.5 (`get_usable_length`) and L under 2.0 (`position_ids.max() + 1`
+    carried on). Appended to the prompt here, it meets exactly those keys (attention is causal), and the positions
+    follow by themselves: re-indexed survivors put it at the survivor count, kept positions at L."""
     margin = _Margin()
     raters = _naive_raters(embeds, start, image_tokens, margin)
     text_after = embeds.shape[1] - start - image_tokens
+    if decoded is not None:
+        embeds = torch.cat([embeds, decoded], dim=1)
+    appended = 0 if decoded is None else 1
     hidden, positions = embeds, torch.arange(embeds.shape[1])[None]
     ordinals = list(range(image_tokens))  # None for a merged token
     image_columns = list(range(start, start + image_tokens))
@@ -140,7 +149,7 @@ def _naive_sparsevlm(model, embeds, start, method, image_tokens=IMAGE_TOKENS):
         def rotated_ones(i, cos=cos, sin=sin, half=half, head_dim=head_dim):
             return [float(cos[i, d] + (-sin[i, d] if d < half else sin[i, d])) for d in range(head_dim)]
 
-        rater_columns = [length - text_after + r for r in raters]
+        rater_columns = [length - appended - text_after + r for r in raters]
         corrected = {}
         for i in rater_columns:
             a = rotated_ones(i)
@@ -217,6 +226,29 @@ def test_choice_and_prefill_equal_naive_official_loop(arch, method, image_tokens
         exact = _naive_sparsevlm(random_lm(arch, torch.float64), one.double(), offset, method, image_tokens)
         assert exact[1] == expected
         assert_fp32_close(result.step_logits[row, 0], logits, exact[3])
+
+
+@pytest.mark.parametrize(("method", "seed"), [(SMALL, 2), (V15, 5)], ids=["2.0", "1.5"])  # seeds without near-ties
+def test_decode_step_equals_the_official_one(method, seed):
+    """No pruning or recycling while decoding; 1.5 decodes each layer at its own cache length, 2.0 at L. Checked by
+    mutation against 1.5 decoding at L (the 2.0 rule) and 2.0 decoding at the first layers' cache length."""
+    model = random_lm("llama")
+    lengths, offsets = [84, 79], [3, 6]
+    embeds, mask, images = _batch(model, lengths, offsets, seed=seed, image_tokens=64)
+    result = generate_from_embeds(model, embeds, mask, images, method, max_new_tokens=2, return_logits=True)
+    for row, (length, offset) in enumerate(zip(lengths, offsets)):
+        generation = result.generations[row]
+        first = torch.tensor([[generation.token_ids[0]]])
+        with torch.no_grad():
+            decoded = model.get_input_embeddings()(first)
+        one = embeds[row : row + 1, -length:]
+        *_, logits, margin = _naive_sparsevlm(model, one, offset, method, 64, decoded=decoded)
+        assert margin > 1e-5, "test data has a near-tie that float32 could break either way"
+        assert generation.trace.tokens_per_layer[-1] < length  # the prompt was pruned before decoding
+        exact = _naive_sparsevlm(
+            random_lm("llama", torch.float64), one.double(), offset, method, 64, decoded=decoded.double()
+        )
+        assert_fp32_close(result.step_logits[row, 1], logits, exact[3])
 
 
 def test_density_peak_merge_equals_naive_loop_and_breaks_exact_ties_by_position():
@@ -354,40 +386,24 @@ class _Counted(SparseVLM):
     measured: ClassVar[list[int]] = []
 
     def prepare(self, inputs_embeds, valid, image_mask):
-        with FlopCounterMode(display=False) as counter:
-            prepared = super().prepare(inputs_embeds, valid, image_mask)
-        self.measured.append(counter.get_total_flops())
+        prepared, measured = flops_of(lambda: super(_Counted, self).prepare(inputs_embeds, valid, image_mask))
+        self.measured.append(measured)
         return prepared
 
     def score(self, boundary):
-        with FlopCounterMode(display=False) as counter:
-            scores = super().score(boundary)
-        self.measured.append(counter.get_total_flops())
+        scores, measured = flops_of(lambda: super(_Counted, self).score(boundary))
+        self.measured.append(measured)
         return scores
 
 
 @pytest.mark.parametrize("settings", [{"retain_tokens": 64, "heads": 3}, {"version": "1.5", "retain_tokens": 128}])
 def test_overhead_and_exact_flops_equal_flop_counter(settings):
-    loaded = _tiny_llava("eager")  # FlopCounterMode does not see CPU SDPA kernels; eager is plain matmuls
-    shape = ModelShape.from_config(loaded.model.config)
-    batch = build_batch(loaded, ["What is in the picture? Answer in one word."], [_noise_image(9)])
     method = _Counted(**settings)
     _Counted.measured.clear()
-    counter = FlopCounterMode(display=False)
-    with counter:
-        result = generate(
-            loaded.model,
-            batch.input_ids,
-            batch.attention_mask,
-            method,
-            pixel_values=batch.pixel_values,
-            max_new_tokens=3,
-        )
-    trace = result.generations[0].trace
-    counted = sample_flops(shape, trace)
-    assert len(_Counted.measured) == 4 and counted.exact_rank == sum(_Counted.measured)
-    assert counted.exact == counted_matmul_flops(counter)
-    assert trace.image_tokens_per_layer == image_tokens_per_layer(method, 32, 576)
+    prompt = "What is in the picture? Answer in one word."
+    run = count_generation(_tiny_llava("eager"), method, prompt, _noise_image(9))
+    assert len(_Counted.measured) == 4 and run.ours.exact_rank == sum(_Counted.measured)
+    assert run.trace.image_tokens_per_layer == image_tokens_per_layer(method, 32, 576)
 
 
 def test_registered_with_a_budget_setting():

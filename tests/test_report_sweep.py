@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from pdrop_eval.errors import PdropEvalError
+from pdrop_eval.families.layout import TokenLayout
 from pdrop_eval.report import ReportPaths, build_reports
 from pdrop_eval.report.kept_maps import DIM_ALPHA, dim_dropped
 from pdrop_eval.report.table import pareto_front
@@ -49,12 +50,14 @@ def test_plots_and_kept_maps_are_valid_pngs(built):
 
 def test_kept_map_dims_exactly_the_dropped_patches():
     image = np.full((336, 336, 3), 200, dtype=np.uint8)
-    shaded = dim_dropped(image, [0, 25, 575], (24, 24))
+    layout = TokenLayout.single_grid(336, 336, 24, 24)
+    shaded = dim_dropped(image, layout.cells_of([0, 25, 575]), layout)
     dim = int(200 * (1 - DIM_ALPHA))
     assert shaded[0, 0, 0] == shaded[13, 13, 0] == 200
     assert shaded[14, 0, 0] == shaded[0, 14, 0] == dim
     assert shaded[14:28, 14:28].min() == 200 and shaded[335, 335, 0] == 200 and shaded[200, 100, 2] == dim
-    odd = dim_dropped(np.full((50, 70, 3), 100, dtype=np.uint8), [1], (2, 2))
+    odd_layout = TokenLayout.single_grid(70, 50, 2, 2)
+    odd = dim_dropped(np.full((50, 70, 3), 100, dtype=np.uint8), odd_layout.cells_of([1]), odd_layout)
     assert odd[0, 35, 0] == 100 and odd[0, 34, 0] == odd[25, 35, 0] == int(100 * (1 - DIM_ALPHA))
 
 
@@ -99,12 +102,12 @@ def test_pareto_front_keeps_ties_out_and_drops_dominated():
     assert list(pareto_front(frame)["schedule"]) == ["c", "b"]
 
 
-def test_grid_less_model_says_maps_need_a_fixed_grid(tmp_path):
+def test_run_without_sample_images_draws_no_maps(tmp_path):
     run_dir = write_run_dir(tmp_path, "next", image_grid=None, tasks=("shapes",))
     paths = build_reports([run_dir], tflops="exact")
     assert [p.name for p in paths.figures] == ["shapes_tflops.png"]
     markdown = paths.markdown.read_text(encoding="utf-8")
-    assert "need a fixed patch grid" in markdown
+    assert "No sample images with kept image tokens were saved" in markdown
     assert "exact convention" in markdown
 
 

@@ -79,7 +79,8 @@ def test_sweep_writes_scored_predictions_and_metrics(tmp_path, count_encoded, ca
     assert by_label["vanilla"]["tflops_exact"] > by_label["pdrop_lam0.5_8-16-24"]["tflops_exact"]
     kept = _lines(run_dir / by_label["pdrop_lam0.3_8-16-24"]["predictions"])[0]["kept_image_indices"]
     assert [len(stage) for stage in kept] == [int(576 * 0.3), int(576 * 0.09), int(576 * 0.3**3)]
-    assert sorted(p.name for p in (run_dir / "samples" / "shapes").iterdir()) == ["0.png", "1.png", "2.png", "3.png"]
+    saved = sorted(p.name for p in (run_dir / "samples" / "shapes").iterdir())
+    assert saved == sorted([f"{i}.{kind}" for i in range(4) for kind in ("png", "json")]), "images and their layouts"
     out = capsys.readouterr().out
     assert "pdrop_lam0.5_8-16-24" in out and "TFLOPs paper" in out
 

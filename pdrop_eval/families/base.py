@@ -4,8 +4,8 @@ an architecture.
 A family is what differs between VLMs on either side of the engine's layer loop (issue 12): how a checkpoint loads,
 how a batch is built as the family's official evaluation builds it, how images become projected features and how
 those enter the prompt, the position scheme (positions of a prompt, how they follow a drop, how decoding continues,
-the rotary rule ranking must use), the FLOPs shapes, and the image as the model saw it with its patch grid for
-kept-token maps. It meets the pruning-method interface (pdrop_eval.methods.base) in the engine: the family numbers
+the rotary rule ranking must use), the FLOPs shapes, and the image as the model saw it with where each token lies
+on it, for kept-token maps (`token_layout`). It meets the pruning-method interface (pdrop_eval.methods.base) in the engine: the family numbers
 the tokens and rotates them, the method chooses which survive; neither names the other.
 
 Families are stateless singletons (registry.py); everything about one loaded checkpoint lives on `LoadedVLM`.
@@ -22,6 +22,7 @@ from PIL import Image
 from torch import nn
 from transformers import BaseImageProcessor, PretrainedConfig, PreTrainedModel
 
+from pdrop_eval.families.layout import TokenLayout
 from pdrop_eval.families.positions import LinearPositions
 
 if TYPE_CHECKING:
@@ -121,3 +122,12 @@ class ModelFamily:
     def image_grid(self, loaded: LoadedVLM) -> tuple[int, int] | None:
         """(rows, columns) of the patch grid the image tokens fill row-major, when it is the same for every image."""
         return None
+
+    def token_layout(self, loaded: LoadedVLM, image: Image.Image) -> tuple[Image.Image, TokenLayout] | None:
+        """The picture a kept-token map draws for `image` and where each of its tokens lies on it: by default the
+        `model_view` cut by the fixed `image_grid`; None where the family gives neither."""
+        view = self.model_view(loaded, image)
+        grid = self.image_grid(loaded)
+        if view is None or grid is None:
+            return None
+        return view, TokenLayout.single_grid(view.width, view.height, *grid)

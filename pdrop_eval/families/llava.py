@@ -9,6 +9,7 @@ original LLaVA repository format are converted to HF format on the way in (pdrop
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -28,7 +29,8 @@ from transformers.models.llava_next.modeling_llava_next import image_size_to_num
 
 from pdrop_eval.errors import PdropEvalError
 from pdrop_eval.families.base import ModelFamily
-from pdrop_eval.models.anyres import anyres_token_count
+from pdrop_eval.families.layout import Tile, TokenLayout
+from pdrop_eval.models.anyres import anyres_grid, anyres_token_count
 from pdrop_eval.models.batch import VLMBatch, check_prompt, left_padded
 from pdrop_eval.models.converted_cache import hf_format_dir
 from pdrop_eval.models.images import expand_to_square, mean_color, preprocess_anyres, preprocess_padded, to_rgb
@@ -173,6 +175,46 @@ class LlavaFamily(ModelFamily):
             return None
         size = loaded.model.config.vision_config.image_size
         return expand_to_square(to_rgb(image), loaded.pad_color).resize((size, size))
+
+    def token_layout(self, loaded: LoadedVLM, image: Image.Image) -> tuple[Image.Image, TokenLayout] | None:
+        """LLaVA-1.5: the padded square and its patch grid. NeXT: the base view (the image squashed to one tile)
+        beside the anyres tiles (the image fitted into the best pinpoint and centred on black, as the processor's
+        resize-for-patching and pad do), each tile its own S×S grid; tokens: the base grid, then the stitched tile
+        grid row by row within what unpadding keeps, a newline token (no cell) after each row."""
+        if loaded.kind != "llava_next":
+            return super().token_layout(loaded, image)
+        config = loaded.model.config
+        if config.vision_feature_select_strategy == "full":
+            return None  # each crop's CLS token has no cell to draw
+        tile = config.vision_config.image_size
+        image = to_rgb(image)
+        grid = anyres_grid(
+            image.height,
+            image.width,
+            tile_size=tile,
+            patch_size=config.vision_config.patch_size,
+            grid_pinpoints=config.image_grid_pinpoints,
+        )
+        side, columns = grid.side, grid.tile_columns
+        best_width, best_height = columns * tile, grid.tile_rows * tile
+        scale = min(best_width / image.width, best_height / image.height)
+        fit = (min(best_width, math.ceil(image.width * scale)), min(best_height, math.ceil(image.height * scale)))
+        tiles_view = Image.new("RGB", (best_width, best_height))
+        tiles_view.paste(image.resize(fit), ((best_width - fit[0]) // 2, (best_height - fit[1]) // 2))
+        left = tile + max(1, tile // 8)
+        view = Image.new("RGB", (left + best_width, max(tile, best_height)), (255, 255, 255))
+        view.paste(image.resize((tile, tile)), (0, 0))
+        view.paste(tiles_view, (left, 0))
+        tiles = [Tile((0, 0, tile, tile), side, side)] + [
+            Tile((left + c * tile, r * tile, left + (c + 1) * tile, (r + 1) * tile), side, side)
+            for r in range(grid.tile_rows)
+            for c in range(columns)
+        ]
+        tokens: list[tuple[int, int] | None] = [(0, cell) for cell in range(side * side)]
+        for row in grid.kept_rows:
+            tokens += [(1 + row // side * columns + c // side, row % side * side + c % side) for c in grid.kept_columns]
+            tokens.append(None)
+        return view, TokenLayout(tiles=tuple(tiles), tokens=tuple(tokens))
 
     def image_grid(self, loaded: LoadedVLM) -> tuple[int, int] | None:
         """LLaVA-1.5's square patch grid (24×24 at 336/14) when the tokens are exactly its patches."""

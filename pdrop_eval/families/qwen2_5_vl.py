@@ -41,6 +41,7 @@ from transformers import (
 
 from pdrop_eval.errors import PdropEvalError
 from pdrop_eval.families.base import ModelFamily
+from pdrop_eval.families.layout import TokenLayout
 from pdrop_eval.families.positions import MultimodalPositions
 from pdrop_eval.models.batch import VLMBatch, check_prompt, left_padded
 from pdrop_eval.models.images import to_rgb
@@ -236,6 +237,13 @@ class Qwen25VLFamily(ModelFamily):
     def model_view(self, loaded: LoadedVLM, image: Image.Image) -> Image.Image | None:
         """The JPEG-round-tripped image at its resized size: each image token covers a 28×28 px cell of it."""
         return self._eval_views(loaded, [image])[0]
+
+    def token_layout(self, loaded: LoadedVLM, image: Image.Image) -> tuple[Image.Image, TokenLayout] | None:
+        """The image as the model saw it (`model_view`); its tokens are the merged patches, row-major over its
+        (h / 28) × (w / 28) grid (the merger's output order)."""
+        view = self.model_view(loaded, image)
+        factor = loaded.image_processor.patch_size * loaded.image_processor.merge_size
+        return view, TokenLayout.single_grid(view.width, view.height, view.height // factor, view.width // factor)
 
     @staticmethod
     def _eval_views(loaded: LoadedVLM, images: Sequence[Image.Image]) -> list[Image.Image]:

@@ -7,7 +7,8 @@ default that leaves the tokens alone:
 - before the LLM, `reduce_features` maps each image's projected features [N_i, d] to [K_i, d]; the prompt then
   holds K_i image tokens (pdrop_eval.pyramid.vlm resizes the placeholder span). A method that must read the
   tower's internals (VisionZip) sets `reads_tower` and implements `encode_images` instead: it then gets the
-  pixels, not the features the rest of a sweep shares;
+  pixels, not the features the rest of a sweep shares (`runs_tower` says so per model: downsample needs the pixels
+  only on LLaVA-NeXT, whose packed features no longer hold each tile's grid);
 - inside the LLM, after each layer count in `stage_layers`, `score` rates every token of the current sequence and
   the engine keeps each sample's top `keep_count` image tokens (ties broken as the official top-k does).
 
@@ -83,8 +84,9 @@ class Prepared:
 
 @dataclass(frozen=True)
 class ReducedFeatures:
-    """Per image, the features that enter the LLM and, where a method selects tower features, which ones (ascending
-    ordinals into the image's patches; VisionZip lists its dominant patches, its contextual tokens being merges)."""
+    """Per image, the features that enter the LLM and, where a method selects tower features, which ones: ascending
+    ordinals in the method's `kept_index_space` (VisionZip lists its dominant patches, its contextual tokens being
+    merges)."""
 
     features: list[torch.Tensor]
     kept_indices: list[list[int]] | None = None
@@ -100,6 +102,10 @@ class PruningMethod:
     reads_tower: ClassVar[bool] = False  # True: `encode_images` replaces the shared tower pass
     takes_budget: ClassVar[bool] = True  # False: a budget does not apply (the unpruned model runs once)
     marker: ClassVar[str] = "s"  # matplotlib marker of its points in the report
+    # what `kept_feature_indices` count: "tokens", the image's tokens as the family packs them (LLaVA-NeXT: base
+    # grid, unpadded tiles, newline tokens), or "crops", the tower's patches crop by crop (`crop · P + patch`, base
+    # view first), for a method that selects inside each crop; the two agree where an image is one crop of patches
+    kept_index_space: ClassVar[str] = "tokens"
 
     positions: PositionMode = "compact"
 
@@ -124,18 +130,23 @@ class PruningMethod:
         """Layer counts after which `score` runs and tokens are dropped ("8" = after 8 decoder layers); () if none."""
         return ()
 
-    def kept_features(self, num_features: int) -> int:
-        """Image tokens entering the LLM for an image whose tower gives `num_features` (before-the-LLM methods)."""
+    def kept_features(self, num_features: int, crops: int = 1) -> int:
+        """Image tokens entering the LLM for an image whose tower gives `num_features` (before-the-LLM methods), over
+        `crops` equal crops for a method that reduces each crop on its own (LLaVA-NeXT's budgets count 5 × 576)."""
         return num_features
 
     def reduce_features(self, features: list[torch.Tensor]) -> ReducedFeatures:
         """Before the LLM: per image, its projected features [N_i, d] → [K_i, d]. Default: unchanged."""
         return ReducedFeatures(features=list(features))
 
+    def runs_tower(self, model: nn.Module) -> bool:
+        """Whether `encode_images` replaces the shared tower pass on this model (default: `reads_tower`)."""
+        return self.reads_tower
+
     def encode_images(
         self, model: nn.Module, pixel_values: torch.Tensor, image_sizes: torch.Tensor | None
     ) -> ReducedFeatures:
-        """For `reads_tower` methods: the tower, the method's choice and the projector, from the pixels."""
+        """For methods whose `runs_tower` is true: the tower, the method's choice and the projector, from the pixels."""
         raise NotImplementedError(f"{type(self).__name__} sets reads_tower but has no encode_images()")
 
     def projected_tokens(self, trace: SampleTrace) -> int | None:

@@ -18,14 +18,18 @@ from pdrop_eval.methods.base import PruningMethod
 
 @dataclass(frozen=True)
 class ModelGeometry:
-    """What a budget mapping needs to know of the model; `image_tokens` is None until it can be counted (LLaVA-NeXT
-    counts the first sample image's anyres tiles once the model is loaded)."""
+    """What a budget mapping needs to know of the model. `image_tokens` is what the papers' budgets are a share of:
+    LLaVA-1.5's 576, LLaVA-NeXT's `crops` × the patches of one crop (5 × 576 = 2880: the base view and the largest
+    grid pinpoint's tiles, newline tokens and unpadding left out, as the papers count it); None where it cannot be
+    known (a family whose count depends on each image)."""
 
     num_layers: int
     image_tokens: int | None
     anyres: bool = False
+    tiling: str | None = None  # model_type of a tiling model: methods that pack tiles support only some layouts
     num_heads: int | None = None  # attention heads of the language model, where a method picks among them
     cls_token: bool = True  # the vision tower has a CLS token (SigLIP, in LLaVA-OneVision, has none)
+    crops: int = 1  # tower crops per image that `image_tokens` counts
 
 
 @dataclass(frozen=True)
@@ -89,6 +93,6 @@ def resolve_budgets(
                         f"({method.label}): give budgets further apart"
                     )
                 seen[method.label] = budget
-                counts = image_tokens_per_layer(method, geometry.num_layers, geometry.image_tokens)
+                counts = image_tokens_per_layer(method, geometry.num_layers, geometry.image_tokens, geometry.crops)
                 chosen.append(BudgetChoice(budget, method, average_retained_tokens(counts)))
     return chosen

@@ -21,7 +21,8 @@ Where we differ, and why:
 - the official loop does not exclude tokens already picked: it can pick one again only when every remaining token
   is at a distance no larger than a picked token's distance to itself (exact duplicates), and would then keep that
   token twice; we exclude picked tokens, which gives the same set whenever the official one has no repeat.
-Cost: the N×N similarity matmul, 2·N²·d FLOPs; the greedy loop is elementwise.
+Cost: the N×N similarity matmul, 2·N²·d FLOPs; the greedy loop is elementwise, and runs once per batch
+(`max_min_diverse`), not once per image.
 """
 
 from __future__ import annotations
@@ -41,19 +42,45 @@ if TYPE_CHECKING:
     from pdrop_eval.pyramid.flops import ModelShape
 
 
-def max_min_diverse(features: torch.Tensor, keep: int) -> torch.Tensor:
-    """Indices (ascending) of `keep` rows of `features` [N, d] chosen greedily by max–min cosine distance."""
+def cosine_distances(features: torch.Tensor) -> torch.Tensor:
+    """[N, N] 1 − cosine similarity of the rows of `features` [N, d], rows normalised with no epsilon."""
     unit = features / features.norm(dim=1, keepdim=True)
-    distance = 1.0 - unit @ unit.T
-    nearest = distance.kthvalue(2, dim=0).values if distance.shape[0] > 1 else distance[0]
-    picked = torch.empty(keep, dtype=torch.long, device=features.device)
-    picked[0] = nearest.argmax()
-    closest = distance[picked[0]].clone()
-    for step in range(1, keep):
-        closest[picked[:step]] = float("-inf")
-        picked[step] = closest.argmax()
-        closest = torch.minimum(closest, distance[picked[step]])
-    return picked.sort().values
+    return 1.0 - unit @ unit.T
+
+
+def max_min_diverse(images: list[torch.Tensor], keeps: list[int]) -> list[torch.Tensor]:
+    """Per image, the indices (ascending) of `keeps[i]` rows of `images[i]` [N_i, d] chosen greedily by max–min
+    cosine distance, for a whole batch at once.
+
+    Each image's distance matrix is its own product (so its numbers do not depend on the batch); the greedy steps
+    run on the matrices padded to the largest N, every image one row of each step, so a batch costs max(K_i) steps
+    instead of ΣK_i. Padding columns hold −inf and are never picked; an image whose K_i is reached keeps stepping
+    but its further picks are discarded. Every step is a min, an argmax (first index on ties) or a gather, so the
+    picks equal a loop over the images one by one exactly.
+    """
+    count = len(images)
+    if count == 0:
+        return []
+    sizes = [image.shape[0] for image in images]
+    largest, steps = max(sizes), max(keeps)
+    device = images[0].device
+    distance = torch.full((count, largest, largest), float("-inf"), dtype=images[0].dtype, device=device)
+    first = torch.empty(count, dtype=torch.long, device=device)
+    for row, image in enumerate(images):
+        own = cosine_distances(image)
+        distance[row, : sizes[row], : sizes[row]] = own
+        nearest = own.kthvalue(2, dim=0).values if sizes[row] > 1 else own[0]  # each token's nearest other
+        first[row] = nearest.argmax()
+    flat = distance.view(count * largest, largest)  # row r of image b is row b·largest + r
+    row_starts = torch.arange(count, device=device) * largest
+    picked = torch.empty(count, steps, dtype=torch.long, device=device)
+    picked[:, 0] = first
+    closest = flat.index_select(0, row_starts + first)  # a copy: gathered rows (advanced indexing is far slower)
+    for step in range(1, steps):
+        closest.scatter_(1, picked[:, step - 1 : step], float("-inf"))
+        picked[:, step] = closest.argmax(dim=1)
+        closest = torch.minimum(closest, flat.index_select(0, row_starts + picked[:, step]))
+    return [picked[row, : keeps[row]].sort().values for row in range(count)]
 
 
 @dataclass(frozen=True)
@@ -86,16 +113,13 @@ class DivPrune(PruningMethod):
     def label(self) -> str:
         return f"divprune_r{format_number(self.ratio)}"
 
-    def kept_features(self, num_features: int) -> int:
+    def kept_features(self, num_features: int, crops: int = 1) -> int:
         return max(1, round(self.ratio * num_features))
 
     def reduce_features(self, features: list[torch.Tensor]) -> ReducedFeatures:
-        kept, indices = [], []
-        for image in features:
-            chosen = max_min_diverse(image, self.kept_features(image.shape[0]))
-            kept.append(image[chosen])
-            indices.append(chosen.tolist())
-        return ReducedFeatures(features=kept, kept_indices=indices)
+        chosen = max_min_diverse(features, [self.kept_features(image.shape[0]) for image in features])
+        kept = [image[indices] for image, indices in zip(features, chosen)]
+        return ReducedFeatures(features=kept, kept_indices=[indices.tolist() for indices in chosen])
 
     def overhead_flops(self, shape: ModelShape, trace: SampleTrace) -> int:
         """The cosine-similarity matrix over the image's projected features."""

@@ -28,7 +28,9 @@ Exact semantics, per prompt whose image span is [s, s + N) followed by T text to
   cluster over (size + 1e-6), as the official `index_add_` computes it;
 - positions: 2.0 keeps original positions (`batch_index_select(position_ids, …)`) and decodes at L + t in every
   layer; 1.5 re-indexes the survivors 0..n−1 (`position_ids[:, :n]`) and decodes each layer at its own cache
-  length + t (`get_usable_length`). The engine's `positions="original"` / `"compact"` are exactly these.
+  length + t (`get_usable_length`). The engine's `positions="original"` / `"compact"` are exactly these;
+- decoding: neither version prunes or recycles (the sparse branch needs `hidden_states.shape[1] != 1`); the new
+  token attends to each layer's cache as prefill left it.
 
 Keep lists (score.py): RETAIN_TOKN 192 → 2.0 (300, 200, 118), 1.5 (300, 200, 110); 128 → (238, 108, 60),
 (303, 110, 36); 96 → (246, 54, 28), (238, 48, 26); 64 → (66, 34, 20), (66, 30, 17). A budget maps to

@@ -24,8 +24,18 @@ Where we differ, and why:
 - only the CLS query row of layer f's attention is computed (the official code materialises every row through
   `output_attentions`); the row is the same, and the tower runs unmodified (any attention kernel);
 - `contextual = 0` keeps no contextual token (the official code divides by it and stops);
-- LLaVA-NeXT's anyres path (the official `restore_image_features_sorted`, hard-wired to 24×24 crops) is not
-  implemented: such inputs are refused with one line.
+- the official NeXT path hard-wires 24×24 crops; we read the grid side from the tower.
+
+LLaVA-NeXT (the official visionzip/llava_arch.py `prepare_inputs_labels_for_multimodal_visionzip` under
+`spatial_unpad`, and `restore_image_features_sorted`): every crop (base view, then the tiles row-major) is zipped on
+its own as above, with the same dominant/contextual, in one tower batch, and projected; the image then enters the
+LLM as: the base crop's tokens as zipped (CLS, dominant patches, contextual); the tiles' dominant patches (CLS
+excluded) in row-major order of the stitched (rows·S)×(columns·S) tile grid — no unpadding, no newline tokens —;
+each tile's CLS token, tiles in order; each tile's contextual tokens, tiles in order. So an image of c crops enters
+with c·(dominant + contextual) tokens. Budgets count crops as the papers do (640/320/160 of 2880 = 5 crops): K/5 per
+crop split as on LLaVA-1.5 (128 → 108 + 20, 64 → 54 + 10, 32 → 27 + 5). Kept indices are crop-major tower patches
+(`kept_index_space` "crops"). The official `raw_img_feature_merge = image_feature[:, -num_extra:]` with
+contextual = 0 would append every token again (−0 slices all); we append none.
 Because the CLS token always enters the LLM, no setting reproduces the unpruned model (which drops CLS); keeping
 every token gives the unpruned prompt plus the projected CLS token first.
 """
@@ -39,6 +49,7 @@ import torch
 from torch import nn
 
 from pdrop_eval.errors import PdropEvalError
+from pdrop_eval.methods.anyres_tiles import crop_grid, is_anyres, split_crops
 from pdrop_eval.methods.base import PruningMethod, ReducedFeatures
 
 if TYPE_CHECKING:
@@ -117,6 +128,25 @@ def zip_tokens(view: TowerLayerView, row: int, dominant: int, contextual: int) -
     return torch.cat(kept), is_dominant.nonzero().flatten().tolist()
 
 
+def arrange_anyres(crops: list[tuple[torch.Tensor, list[int]]], columns: int, side: int) -> torch.Tensor:
+    """One LLaVA-NeXT image from its zipped crops (projected tokens [dominant + contextual, d] with CLS first, and
+    the dominant patches' indices), as `restore_image_features_sorted` orders them: the base crop's tokens; the
+    tiles' dominant patches in row-major order of the stitched tile grid; the tiles' CLS tokens; their contextual
+    tokens."""
+    (base, _), tiles = crops[0], crops[1:]
+    placed = []
+    for tile, (tokens, kept) in enumerate(tiles):
+        tile_row, tile_column = divmod(tile, columns)
+        for order, patch in enumerate(kept):
+            row, column = divmod(patch, side)
+            cell = (tile_row * side + row) * columns * side + tile_column * side + column
+            placed.append((cell, tokens[1 + order]))
+    stitched = [token for _, token in sorted(placed, key=lambda item: item[0])]
+    cls_tokens = [tokens[0] for tokens, _ in tiles]
+    contextual = [tokens[1 + len(kept) :] for tokens, kept in tiles]
+    return torch.cat([base, torch.stack(stitched + cls_tokens), *contextual])
+
+
 @dataclass(frozen=True)
 class VisionZip(PruningMethod):
     """`dominant` counts the CLS token, as the official `visionzip(model, dominant, contextual)` does."""
@@ -125,6 +155,7 @@ class VisionZip(PruningMethod):
     display_name = "VisionZip"
     reads_tower: ClassVar[bool] = True
     marker: ClassVar[str] = "^"
+    kept_index_space: ClassVar[str] = "crops"
 
     dominant: int = 54
     contextual: int = 10
@@ -146,18 +177,20 @@ class VisionZip(PruningMethod):
                 "VisionZip ranks patches by the vision tower's CLS attention, and this model's tower (SigLIP, "
                 "LLaVA-OneVision) has no CLS token: leave visionzip out of --methods and --baselines for this model"
             )
-        if geometry.anyres:
-            raise PdropEvalError(
-                "VisionZip is implemented for LLaVA-1.5-style models (one 24×24 crop per image), not LLaVA-NeXT's "
-                "anyres crops: drop visionzip from --methods for this model"
-            )
 
     @classmethod
     def for_budget(cls, budget: float, geometry: ModelGeometry, sweep: SweepSettings) -> tuple[VisionZip, ...]:
-        """K tokens split as the paper's LLaVA-1.5 settings: dominant = round(K · 54/64) (CLS included),
-        contextual = K − dominant: 64 → 54 + 10 (the official README's `visionzip(model, 54, 10)`), 128 → 108 + 20
-        (the default of Fanziyang-v's port of visionzip/main.py), 192 → 162 + 30."""
-        count = round(budget)
+        """K tokens per crop (K / 5 on LLaVA-NeXT) split in the 54:10 proportion: dominant = round(K · 54/64) (CLS
+        included), contextual = K − dominant: 64 → 54 + 10, 128 → 108 + 20, 192 → 162 + 30.
+
+        Sources: the official repository (dvlab-research/VisionZip@3151f6d) states only the 64 split (README.md:
+        `visionzip(model, dominant=54, contextual=10)`); its visionzip/main.py `visionzip()` defaults to
+        dominant=191, contextual=30, which with `dominant` counting CLS is 221 tokens, not a budget of the paper.
+        128 → 108 + 20 is the default of Fanziyang-v's port of main.py (`visionzip(model, dominant=108,
+        contextual=20)`); 162 + 30 / 108 + 20 / 54 + 10 are the settings ModelTC/LightCompress lists for its VisionZip
+        (configs/sparsification/methods/VisionZip/visionzip.yml, read through deepwiki's summary: the file itself is
+        not in the index here). The paper's own table of splits could not be read here."""
+        count = round(budget / geometry.crops)
         dominant = max(1, round(count * 54 / 64))
         return (cls(dominant=dominant, contextual=count - dominant),)
 
@@ -165,40 +198,53 @@ class VisionZip(PruningMethod):
     def label(self) -> str:
         return f"visionzip_d{self.dominant}_c{self.contextual}"
 
-    def kept_features(self, num_features: int) -> int:
-        if self.dominant - 1 > num_features:
+    def kept_features(self, num_features: int, crops: int = 1) -> int:
+        patches = num_features // crops
+        if self.dominant - 1 > patches:
             raise PdropEvalError(
-                f"VisionZip dominant={self.dominant} keeps more patches than the image's {num_features} "
-                f"(plus CLS): choose dominant of at most {num_features + 1}"
+                f"VisionZip dominant={self.dominant} keeps more patches than the image's {patches} "
+                f"(plus CLS): choose dominant of at most {patches + 1}"
             )
-        remaining = num_features + 1 - self.dominant
-        return self.dominant + min(self.contextual, remaining)
+        remaining = patches + 1 - self.dominant
+        return crops * (self.dominant + min(self.contextual, remaining))
 
     def encode_images(
         self, model: nn.Module, pixel_values: torch.Tensor, image_sizes: torch.Tensor | None
     ) -> ReducedFeatures:
-        if image_sizes is not None:
-            raise PdropEvalError(
-                "VisionZip is implemented for LLaVA-1.5-style models (one 24×24 CLIP crop per image); anyres crops are "
-                "not supported (LLaVA-NeXT, and LLaVA-OneVision, whose SigLIP tower has no CLS token either)"
-            )
         config = model.config
-        view = read_tower_layer(model.model.vision_tower, pixel_values, config.vision_feature_layer)
-        self.kept_features(view.features.shape[1] - 1)
+        tower = model.model.vision_tower
+        if is_anyres(model):
+            images = split_crops(model, pixel_values, image_sizes)
+            pixel_values = torch.cat([image.crops for image in images])
+        elif image_sizes is not None:
+            raise PdropEvalError(
+                "VisionZip reads a CLIP tower's CLS attention per crop (LLaVA-1.5, LLaVA-NeXT); this model's "
+                "images come with their own grids and no CLS token: drop visionzip for it"
+            )
+        view = read_tower_layer(tower, pixel_values, config.vision_feature_layer)
+        patches = view.features.shape[1] - 1
+        self.kept_features(patches)
         projector = model.model.multi_modal_projector
-        features, indices = [], []
-        for row in range(view.features.shape[0]):
-            tokens, dominant_positions = zip_tokens(view, row, self.dominant, self.contextual)
-            features.append(projector(tokens))
-            indices.append([position - 1 for position in dominant_positions[1:]])
+        zipped = [zip_tokens(view, row, self.dominant, self.contextual) for row in range(view.features.shape[0])]
+        crops = [projector(tokens) for tokens, _ in zipped]
+        patch_lists = [[position - 1 for position in positions[1:]] for _, positions in zipped]
+        if not is_anyres(model):
+            return ReducedFeatures(features=crops, kept_indices=patch_lists)
+        features, indices, start = [], [], 0
+        for image in images:
+            count = image.crops.shape[0]
+            tiles = [(crops[i], patch_lists[i]) for i in range(start, start + count)]
+            features.append(arrange_anyres(tiles, image.columns, crop_grid(view.features[0, 1:])))
+            indices.append([crop * patches + patch for crop, (_, kept) in enumerate(tiles) for patch in kept])
+            start += count
         return ReducedFeatures(features=features, kept_indices=indices)
 
     def projected_tokens(self, trace: SampleTrace) -> int | None:
         return trace.image_tokens_per_layer[0]
 
     def overhead_flops(self, shape: ModelShape, trace: SampleTrace) -> int:
-        """Layer f re-read for the CLS query row and all keys, the CLS score row, the cosine similarities of the
-        merged tokens to the targets, and the one-hot sum that merges them."""
+        """Per crop: layer f re-read for the CLS query row and all keys, the CLS score row, the cosine similarities
+        of the merged tokens to the targets, and the one-hot sum that merges them."""
         vision = shape.vision
         length, width = vision.tokens, vision.hidden
         head_dim = width // vision.heads
@@ -206,7 +252,7 @@ class VisionZip(PruningMethod):
         targets = min(self.contextual, remaining)
         merged = remaining - targets
         read = 2 * width * width + 2 * length * width * width + 2 * length * width
-        return read + 2 * merged * targets * head_dim + 2 * targets * merged * width
+        return trace.vision_crops * (read + 2 * merged * targets * head_dim + 2 * targets * merged * width)
 
     def record(self) -> dict:
         return {**super().record(), "dominant": self.dominant, "contextual": self.contextual}

@@ -152,10 +152,10 @@ class ModelShape:
         return cls(text=text, vision=vision, projector_hidden=text.hidden)
 
 
-def image_tokens_per_layer(method: PruningMethod, num_layers: int, num_image_tokens: int) -> list[int]:
-    """Image tokens entering each layer under `method` for an image of `num_image_tokens` tower features, from the
-    method alone (what the engine will keep)."""
-    entering = method.kept_features(num_image_tokens)
+def image_tokens_per_layer(method: PruningMethod, num_layers: int, num_image_tokens: int, crops: int = 1) -> list[int]:
+    """Image tokens entering each layer under `method` for an image of `num_image_tokens` tower features over
+    `crops` crops, from the method alone (what the engine will keep)."""
+    entering = method.kept_features(num_image_tokens, crops)
     counts = []
     for stage, (start, end) in enumerate(method.stage_ranges(num_layers)):
         kept = entering

@@ -121,7 +121,7 @@ def generate(
     """Greedy generation for a LLaVA / LLaVA-NeXT batch (left padded, one image per prompt), pruned per `method`.
 
     Pass `pixel_values` (and `image_sizes` for NeXT), or `image_features` from `encode_images` to reuse them (a
-    method that reads the tower itself, `method.reads_tower`, needs the pixels). The method first reduces each
+    method that runs the tower itself, `method.runs_tower(model)`, needs the pixels). The method first reduces each
     image's features (before the LLM; most methods leave them alone), the prompt's image span is shortened to
     match (`resize_image_spans`), then the engine drops inside the LLM.
     Each trace records the vision-tower passes its image needs (`vision_crops`, derived from `image_sizes` unless
@@ -133,9 +133,9 @@ def generate(
     tower_counts = ((input_ids == placeholder) & attention_mask.bool()).sum(-1).tolist()
     seeds = sample_seeds if sample_seeds is not None else prompt_seeds(input_ids, attention_mask)
     vision_s = reduce_s = 0.0
-    if method.reads_tower:
+    if method.runs_tower(model):
         if pixel_values is None:
-            raise PdropEvalError(f"{method.label} reads the vision tower itself: pass pixel_values to generate")
+            raise PdropEvalError(f"{method.label} runs the vision tower itself: pass pixel_values to generate")
         with Stopwatch(device) as watch:
             reduced = method.encode_images(model, pixel_values, image_sizes)
         vision_s = watch.seconds

@@ -23,6 +23,7 @@ from openpyxl.styles import Font, PatternFill
 from openpyxl.utils import get_column_letter
 from openpyxl.worksheet.worksheet import Worksheet
 
+from pdrop_eval.methods.registry import display_name
 from pdrop_eval.report.caveats import Caveat
 from pdrop_eval.report.load import Run
 from pdrop_eval.report.table import headline_keys, is_count_key, metric_keys
@@ -75,7 +76,7 @@ def _schedule_columns(with_run: bool) -> list[Column]:
     columns = [Column("Run", _field("run"))] if with_run else []
     return columns + [
         Column("Schedule", _field("schedule")),
-        Column("Method", _field("method")),
+        Column("Method", lambda row: display_name(row["method"])),
         Column("λ", _field("lam")),
         Column("Layers", _field("layers"), TEXT),
         Column("Positions", _field("positions")),

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from pdrop_eval.methods.registry import display_name
 from pdrop_eval.report.batch_effect import batch_effect_blocks
 from pdrop_eval.report.caveats import Caveat, incompatible_runs
 from pdrop_eval.report.document import (
@@ -240,7 +241,7 @@ def _schedule_table(rows: pd.DataFrame, metric: str, several_runs: bool) -> Tabl
                "retained tokens", "prefill ms", "samples/s"]
     body = [
         [
-            r["schedule"], r["method"], fmt_lambda(r["lam"]), r["layers"] or "—", fmt(r["n"], 0), fmt(r["primary"]),
+            r["schedule"], display_name(r["method"]), fmt_lambda(r["lam"]), r["layers"] or "—", fmt(r["n"], 0), fmt(r["primary"]),
             fmt_interval(r["ci_low"], r["ci_high"]), fmt(r["delta_vs_vanilla"], signed=True),
             fmt_interval(r["delta_low"], r["delta_high"], signed=True), _p_text(r), _agreement_text(r),
             fmt_tflops(r["tflops_paper"]), fmt_tflops(r["tflops_exact"]), fmt(r["retained_tokens"], 1),
@@ -296,9 +297,11 @@ def _kept_map_blocks(task: str, rows: pd.DataFrame, runs: list[Run], files_dir: 
         Heading("Kept image tokens", 3),
         Paragraph(
             "For a few samples of each run: the question, the gold answer and every schedule's answer, then one row "
-            "per schedule that drops tokens with the image after each of its stages: bright patches are the image "
+            "per schedule that drops tokens with the image before the LLM (methods that choose there: the tower "
+            "features kept; VisionZip's dominant patches) or after each of its stages: bright patches are the image "
             "tokens kept (PDrop and FastV rank them by attention, random drops at random), dimmed ones were dropped "
-            "and no later layer sees them. Good pruning keeps the patches the question is about."
+            "and no later layer sees them. LLaVA-NeXT's base view is drawn beside its tiles. Good pruning keeps the "
+            "patches the question is about."
         ),
     ]
     drawn = 0
@@ -306,30 +309,26 @@ def _kept_map_blocks(task: str, rows: pd.DataFrame, runs: list[Run], files_dir: 
         run_rows = rows[rows["run"] == run.name]
         if run_rows.empty:
             continue
-        grid = run.image_grid
-        if grid is None:
-            model = (run.info.get("model") or {}).get("name", "this model")
-            blocks.append(Paragraph(
-                f"Run {run.name}: no kept-token maps, they need a fixed patch grid (run.model.image_grid) and "
-                f"{model} has none (LLaVA-NeXT tiles each image differently)."
-            ))
-            continue
         schedules = [
-            (readable_schedule(r), r["predictions"], tuple(int(v) for v in r["layers"].split("-")) if r["layers"] else ())
+            (
+                readable_schedule(r),
+                r["predictions"],
+                tuple(int(v) for v in r["layers"].split("-")) if r["layers"] else (),
+                r["method"],
+            )
             for _, r in run_rows.iterrows()
         ]
-        for view in find_sample_views(run.directory, run.name, task, schedules, KEPT_MAPS_PER_TASK):
+        views = find_sample_views(run.directory, run.name, task, schedules, KEPT_MAPS_PER_TASK, run.image_grid)
+        for view in views:
             if not view.dropping:
                 continue
-            problem = view_mismatch(view, grid)
-            image = None if problem else read_view_image(view)
-            if image is None and not problem:
-                problem = f"its image {view.image} cannot be read"
+            image = read_view_image(view)
+            problem = f"its image {view.image} cannot be read" if image is None else view_mismatch(view)
             if problem:
                 blocks.append(Paragraph(f"Run {run.name}, sample {view.sample_id}: no map, {problem}."))
                 continue
             name = _UNSAFE_FILENAME.sub("_", f"{task}_kept_{run.name}_{view.sample_id}") + ".png"
-            path = draw_sample_view(view, grid, files_dir / name, image)
+            path = draw_sample_view(view, files_dir / name, image)
             answers = "; ".join(f"{s.name}: {s.prediction!r}" for s in view.schedules)
             blocks.append(Figure(path, (
                 f"{task}, sample {view.sample_id} (run {run.name}). Question: {view.question!r}. "
