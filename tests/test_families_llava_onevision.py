@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 from transformers import LlavaOnevisionProcessor
+from transformers.models.llava_onevision.modeling_llava_onevision import get_anyres_image_grid_shape
 
 from pdrop_eval import cli
 from pdrop_eval.families.llava_onevision import LlavaOnevisionFamily, chat_prompt
@@ -247,8 +248,8 @@ def test_cls_rankers_are_refused_before_the_model_loads(tmp_path, monkeypatch, c
 
 def test_runner_scores_gqa_and_mmstar_on_onevision(tmp_path, monkeypatch):
     """The fixture GQA (LLaVA's folder) and MMStar (its TSV) through run_eval: every record holds the image's
-    token count and crops as the family counts them, FLOPs include the tower, no kept-token map or sample view is
-    claimed for tiled images, and the report is built all the same."""
+    token count and crops as the family counts them, FLOPs include the tower, and each sample image is saved with its
+    token layout so the report draws kept-token maps on the base view and the tiles."""
     data = tmp_path / "data"
     write_llava_gqa(data)
     write_mmstar_authors_tsv(tmp_path / "lmu" / "MMStar.tsv")
@@ -270,9 +271,11 @@ def test_runner_scores_gqa_and_mmstar_on_onevision(tmp_path, monkeypatch):
         records = [json.loads(line) for line in (tmp_path / "ov" / result["predictions"]).read_text().splitlines()]
         assert records and all(r["num_image_tokens"] == expected and r["vision_crops"] == 2 for r in records)
         assert all(r["flops_exact"] > 0 for r in records)
-    assert not (tmp_path / "ov" / "samples").exists()
+    saved = sorted((tmp_path / "ov" / "samples" / "gqa").iterdir())
+    assert saved and {p.suffix for p in saved} == {".json", ".png"} and len(saved) % 2 == 0
     report = (tmp_path / "ov" / "report.html").read_text(encoding="utf-8")
     assert "gqa" in report and "mmstar" in report
+    assert "gqa_kept_ov_" in (tmp_path / "ov" / "report.md").read_text()  # maps on the base view and tiles
 
 
 @pytest.mark.parametrize("task", sorted(TASK_FIXTURE_WRITERS))
@@ -291,3 +294,54 @@ def test_every_task_prompt_builds_for_onevision(task, tmp_path):
         assert batch.image_token_counts[row] == count
         ids = batch.input_ids[row][batch.attention_mask[row].bool()]
         assert loaded.tokenizer.decode(ids) == chat_prompt(sample.prompt).replace("<image>", "<image>" * count)
+
+
+def _packed_places(model, size, aspect_ratio):
+    """The model's own `pack_image_features` on tile features that hold their (row, column) in the stitched tiles:
+    each packed tile token's place, [-1, -1] for a newline (blended places where anyres_max downsized)."""
+    config, vision = model.config, model.config.vision_config
+    side = vision.image_size // vision.patch_size
+    rows, columns = get_anyres_image_grid_shape((size[1], size[0]), config.image_grid_pinpoints, vision.image_size)
+    grid = torch.stack(torch.meshgrid(torch.arange(rows * side), torch.arange(columns * side), indexing="ij"), -1)
+    tiles = grid.view(rows, side, columns, side, 2).permute(0, 2, 1, 3, 4).reshape(rows * columns, side * side, 2)
+    features = torch.cat([torch.zeros(1, side * side, 2), tiles.float()])
+    sizes = torch.tensor([[size[1], size[0]]])
+    packed = model.model.pack_image_features([features], sizes, torch.full((2,), -1.0), aspect_ratio)[0][0]
+    return packed[side * side :].tolist(), columns * vision.image_size
+
+
+@pytest.mark.parametrize("size", [*SIZES, (37, 500)], ids=str)
+def test_kept_map_layout_places_each_token_where_the_model_packs_it(size):
+    """Newline tokens have no cell exactly where the model packs them; the tile grid has the packed shape; without
+    downsizing each tile token's cell centre is its own patch's centre on the drawn tiles (within a pixel of
+    rounding), and where anyres_max_9 downsized (300 × 300: 16 × 16 → 12 × 12) the grid spans the unpadded area.
+    Checked by mutation against the tile grid cut column-major."""
+    loaded = _loaded()
+    model = loaded.model
+    side = model.config.vision_config.image_size // model.config.vision_config.patch_size
+    pixel = model.config.vision_config.image_size / side
+    image = Image.new("RGB", size, (90, 40, 200))
+    view, layout = loaded.family.token_layout(loaded, image)
+    packed, tiles_width = _packed_places(model, size, model.config.vision_aspect_ratio)
+    assert len(layout.tokens) == image_token_count(loaded, image) == side * side + len(packed)
+    newlines = [i for i, (row, _) in enumerate(packed) if row == -1]
+    assert [i for i, place in enumerate(layout.tokens[side * side :]) if place is None] == newlines
+    grid = layout.tiles[1]
+    assert (grid.rows, grid.columns) == (len(newlines), len(packed) // len(newlines) - 1)
+    left, (x0, y0, x1, y1) = view.width - tiles_width, grid.box
+    unpadded = [place for place in _packed_places(model, size, "anyres_max_100000")[0] if place[0] >= 0]
+    assert (
+        abs(x0 - (left + min(c for _, c in unpadded) * pixel)) <= 1
+        and abs(x1 - (left + (max(c for _, c in unpadded) + 1) * pixel)) <= 1
+    )
+    assert (
+        abs(y0 - min(r for r, _ in unpadded) * pixel) <= 1 and abs(y1 - (max(r for r, _ in unpadded) + 1) * pixel) <= 1
+    )
+    if size == (300, 300):
+        assert (grid.rows, grid.columns) == (12, 12)
+        return
+    for place, (row, column) in zip(layout.tokens[side * side :], packed):
+        if place is not None:
+            cell_row, cell_column = divmod(place[1], grid.columns)
+            assert abs(x0 + (cell_column + 0.5) * (x1 - x0) / grid.columns - (left + (column + 0.5) * pixel)) <= 1
+            assert abs(y0 + (cell_row + 0.5) * (y1 - y0) / grid.rows - (row + 0.5) * pixel) <= 1

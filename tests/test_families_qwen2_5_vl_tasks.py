@@ -46,8 +46,8 @@ def test_runner_end_to_end_on_qwen_from_published_file_formats(tmp_path, monkeyp
     """GQA from LLaVA's folder and MMStar from VLMEvalKit's TSV through the whole CLI with vanilla, FastV and PDrop:
     each prediction records its image's own patch grid and token count (images of different sizes give different
     counts), FLOPs count the windowed tower from that grid, the position mode is the family's `original` and is
-    recorded as such, sample images are the resized views lmms-eval feeds the model, and the report skips
-    kept-token maps (Qwen has no fixed grid) instead of failing."""
+    recorded as such, sample images are the resized views lmms-eval feeds the model, and the report draws
+    kept-token maps on them."""
     data = tmp_path / "data"
     write_llava_gqa(data)
     _textured((300, 500), "RGB").save(data / "gqa/data/images/n288870.jpg")  # a larger image than the fixtures'
@@ -82,7 +82,7 @@ def test_runner_end_to_end_on_qwen_from_published_file_formats(tmp_path, monkeyp
     assert len(counts) > 1
     views = sorted((run / "samples" / "gqa").glob("*.png"))
     assert views and all(Image.open(v).size[0] % 28 == 0 == Image.open(v).size[1] % 28 for v in views)
-    assert "no kept-token maps" in (run / "report.md").read_text()
+    assert "gqa_kept_q_" in (run / "report.md").read_text()  # maps drawn on Qwen's merged grid
     assert "Traceback" not in capsys.readouterr().err
 
 

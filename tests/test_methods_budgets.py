@@ -23,7 +23,7 @@ from pdrop_eval.report.reference import match_method, paper_method, reference_fr
 from pdrop_eval.report.table import results_frame
 
 LLAVA = ModelGeometry(num_layers=32, image_tokens=576)
-NEXT = ModelGeometry(num_layers=32, image_tokens=2880, anyres=True, crops=5)
+NEXT = ModelGeometry(num_layers=32, image_tokens=2880, anyres=True, crops=5, tiling="llava_next")
 SWEEP = SweepSettings(layer_lists=((2, 6, 12),))
 BUDGETS = (192, 128, 64)
 

@@ -43,6 +43,22 @@ _MODEL_CLASSES = {"llava": LlavaForConditionalGeneration, "llava_next": LlavaNex
 _IMAGE_PROCESSORS = {"llava": CLIPImageProcessorPil, "llava_next": LlavaNextImageProcessorPil}
 
 
+def tiled_view(image: Image.Image, tile: int, tile_rows: int, tile_columns: int) -> tuple[Image.Image, int]:
+    """The base view (the image squashed to one tile) beside the anyres tiles (the image fitted into the
+    tile_rows × tile_columns pinpoint and centred on black, as the processor's resize-for-patching and pad do), and
+    the x offset where the tiles start."""
+    best_width, best_height = tile_columns * tile, tile_rows * tile
+    scale = min(best_width / image.width, best_height / image.height)
+    fit = (min(best_width, math.ceil(image.width * scale)), min(best_height, math.ceil(image.height * scale)))
+    tiles_view = Image.new("RGB", (best_width, best_height))
+    tiles_view.paste(image.resize(fit), ((best_width - fit[0]) // 2, (best_height - fit[1]) // 2))
+    left = tile + max(1, tile // 8)
+    view = Image.new("RGB", (left + best_width, max(tile, best_height)), (255, 255, 255))
+    view.paste(image.resize((tile, tile)), (0, 0))
+    view.paste(tiles_view, (left, 0))
+    return view, left
+
+
 class LlavaFamily(ModelFamily):
     name = "llava"
     model_types = tuple(_MODEL_CLASSES)
@@ -196,15 +212,7 @@ class LlavaFamily(ModelFamily):
             grid_pinpoints=config.image_grid_pinpoints,
         )
         side, columns = grid.side, grid.tile_columns
-        best_width, best_height = columns * tile, grid.tile_rows * tile
-        scale = min(best_width / image.width, best_height / image.height)
-        fit = (min(best_width, math.ceil(image.width * scale)), min(best_height, math.ceil(image.height * scale)))
-        tiles_view = Image.new("RGB", (best_width, best_height))
-        tiles_view.paste(image.resize(fit), ((best_width - fit[0]) // 2, (best_height - fit[1]) // 2))
-        left = tile + max(1, tile // 8)
-        view = Image.new("RGB", (left + best_width, max(tile, best_height)), (255, 255, 255))
-        view.paste(image.resize((tile, tile)), (0, 0))
-        view.paste(tiles_view, (left, 0))
+        view, left = tiled_view(image, tile, grid.tile_rows, columns)
         tiles = [Tile((0, 0, tile, tile), side, side)] + [
             Tile((left + c * tile, r * tile, left + (c + 1) * tile, (r + 1) * tile), side, side)
             for r in range(grid.tile_rows)

@@ -25,8 +25,9 @@ same string is what transformers' conversion script checks the llava-hf checkpoi
 
 SigLIP has no CLS token, so methods that rank patches by the tower's CLS attention (VisionZip) refuse this family
 (`ModelGeometry.cls_token`): VisionZip's code supports only CLIP towers, and we found no agreed substitute to use in
-its place. There is no single view or grid of the image that the tokens fill (base view, tiles, newlines), so
-`model_view` and `image_grid` keep the base class's None.
+its place. Kept-token maps (`token_layout`) draw the base view beside the tiles: the base tokens on its 27 × 27 grid, the
+tile tokens on the unpadded part of the stitched tiles, cut into the grid the model packs there (coarser than the
+patches once anyres_max_9 has downsized it), newline tokens nowhere.
 """
 
 from __future__ import annotations
@@ -45,11 +46,15 @@ from transformers import (
     PretrainedConfig,
     PreTrainedModel,
 )
-from transformers.models.llava_onevision.modeling_llava_onevision import image_size_to_num_patches
+from transformers.models.llava_onevision.modeling_llava_onevision import (
+    get_anyres_image_grid_shape,
+    image_size_to_num_patches,
+)
 
 from pdrop_eval.errors import PdropEvalError
 from pdrop_eval.families.base import ModelFamily
-from pdrop_eval.families.llava import LlavaFamily
+from pdrop_eval.families.layout import Tile, TokenLayout
+from pdrop_eval.families.llava import LlavaFamily, tiled_view
 from pdrop_eval.models.batch import VLMBatch, check_prompt, left_padded
 from pdrop_eval.models.images import preprocess_anyres, to_rgb
 from pdrop_eval.models.loaded import LoadedVLM
@@ -86,6 +91,33 @@ class LlavaOnevisionFamily(ModelFamily):
 
     def default_template(self, config: PretrainedConfig) -> str:
         return TEMPLATE
+
+    def token_layout(self, loaded: LoadedVLM, image: Image.Image) -> tuple[Image.Image, TokenLayout] | None:
+        """The base view beside the tiles (as LLaVA-NeXT's maps draw them); the tile tokens cut the unpadded part of
+        the stitched tiles into the grid the model packs there, read from the model's own packing: once without
+        downsizing for the unpadded rows and columns, once as configured for the grid's shape."""
+        model = loaded.model
+        vision = model.config.vision_config
+        tile, side = vision.image_size, vision.image_size // vision.patch_size
+        image = to_rgb(image)
+        rows, columns = get_anyres_image_grid_shape(
+            (image.height, image.width), model.config.image_grid_pinpoints, tile
+        )
+        view, left = tiled_view(image, tile, rows, columns)
+        unpadded = _packed_coordinates(model, image.height, image.width, "anyres_max_1000000")
+        unpadded = unpadded[unpadded[:, 0] >= 0]
+        packed = _packed_coordinates(model, image.height, image.width, model.config.vision_aspect_ratio)
+        grid_rows = int((packed[:, 0] == -1).sum())
+        grid_columns = packed.shape[0] // grid_rows - 1
+        pixel = tile / side
+        top, first = (int(value) for value in unpadded.amin(0))
+        bottom, last = (int(value) + 1 for value in unpadded.amax(0))
+        box = (left + round(first * pixel), round(top * pixel), left + round(last * pixel), round(bottom * pixel))
+        tokens: list[tuple[int, int] | None] = [(0, cell) for cell in range(side * side)]
+        for row in range(grid_rows):
+            tokens += [(1, row * grid_columns + column) for column in range(grid_columns)] + [None]
+        tiles = (Tile((0, 0, tile, tile), side, side), Tile(box, grid_rows, grid_columns))
+        return view, TokenLayout(tiles=tiles, tokens=tuple(tokens))
 
     def image_token_count(self, loaded: LoadedVLM, image: Image.Image) -> int:
         width, height = image.size
@@ -149,6 +181,28 @@ class LlavaOnevisionFamily(ModelFamily):
 
 
 @torch.no_grad()
+def _packed_coordinates(model: nn.Module, height: int, width: int, aspect_ratio: str) -> torch.Tensor:
+    """[tokens, 2]: each packed tile token's (row, column) in the stitched tile grid, (-1, -1) for a newline, from
+    the model's own `pack_image_features` run on features that hold their coordinates (bilinear downsizing blends
+    them, so only their count per row is read after it)."""
+    config = model.config
+    vision = config.vision_config
+    side = vision.image_size // vision.patch_size
+    rows, columns = get_anyres_image_grid_shape((height, width), config.image_grid_pinpoints, vision.image_size)
+    stitched = torch.stack(
+        torch.meshgrid(torch.arange(rows * side), torch.arange(columns * side), indexing="ij"), dim=-1
+    ).float()
+    tiles = stitched.view(rows, side, columns, side, 2).permute(0, 2, 1, 3, 4).reshape(rows * columns, side * side, 2)
+    features = torch.cat([torch.zeros(1, side * side, 2), tiles])
+    packed, _ = model.model.pack_image_features(
+        [features],
+        torch.tensor([[height, width]]),
+        image_newline=torch.full((2,), -1.0),
+        vision_aspect_ratio=aspect_ratio,
+    )
+    return packed[0][side * side :]
+
+
 def packed_length(model: nn.Module, height: int, width: int) -> int:
     """Image tokens the model packs for an image of `height` × `width` px: its `pack_image_features` run on zero
     features of width 1 (the crop count and tile grid come from the config's pinpoints, as in `get_image_features`),
