@@ -18,7 +18,7 @@ from pdrop_eval.models import build_batch, image_token_count, load_vlm
 from pdrop_eval.pyramid.engine import DecoderParts, prefill
 from pdrop_eval.pyramid.schedule import DropSchedule
 from pdrop_eval.pyramid.vlm import embed_with_images, encode_images, generate
-from tests.fixtures_data import TASK_FIXTURE_WRITERS, load_fixture_task, write_llava_gqa, write_mmstar_authors_tsv
+from tests.fixtures_data import write_llava_gqa, write_mmstar_authors_tsv
 from tests.numerics import assert_fp32_close
 
 pytestmark = pytest.mark.engine  # also run on the oldest supported transformers (make test-compat)
@@ -276,24 +276,6 @@ def test_runner_scores_gqa_and_mmstar_on_onevision(tmp_path, monkeypatch):
     report = (tmp_path / "ov" / "report.html").read_text(encoding="utf-8")
     assert "gqa" in report and "mmstar" in report
     assert "gqa_kept_ov_" in (tmp_path / "ov" / "report.md").read_text()  # maps on the base view and tiles
-
-
-@pytest.mark.parametrize("task", sorted(TASK_FIXTURE_WRITERS))
-def test_every_task_prompt_builds_for_onevision(task, tmp_path):
-    """Every registered task (tests/fixtures_data.py has one official-format fixture per task) builds on OneVision:
-    the task's own prompt inside the qwen_1_5 turn, the image's run as long as the model packs it, ids that decode
-    back to exactly that text."""
-    TASK_FIXTURE_WRITERS[task](tmp_path)
-    samples = load_fixture_task(task, tmp_path, limit=2)
-    assert samples
-    loaded = _loaded()
-    images = [sample.load_image() for sample in samples]
-    batch = build_batch(loaded, [sample.prompt for sample in samples], images)
-    for row, (sample, image) in enumerate(zip(samples, images)):
-        count = image_token_count(loaded, image)
-        assert batch.image_token_counts[row] == count
-        ids = batch.input_ids[row][batch.attention_mask[row].bool()]
-        assert loaded.tokenizer.decode(ids) == chat_prompt(sample.prompt).replace("<image>", "<image>" * count)
 
 
 def _packed_places(model, size, aspect_ratio):

@@ -1,5 +1,6 @@
 """Every task runs on Qwen2.5-VL (issue 12 item 5): the runner end to end on tiny-qwen2.5-vl from real-format fixture
-files, every registered task's prompt built for it, the family's position-mode default, and the images prepared
+files (every task's prompt: tests/test_families_every_task.py), the family's position-mode default, and the images
+prepared
 exactly as lmms-eval 0.7.3's Qwen2.5-VL path prepares them."""
 
 import ast
@@ -16,12 +17,10 @@ import torch
 from PIL import Image
 
 from pdrop_eval import cli
-from pdrop_eval.families.qwen2_5_vl import EVAL_JPEG_QUALITY, EVAL_MAX_PIXELS, EVAL_MIN_PIXELS, chat_prompt
+from pdrop_eval.families.qwen2_5_vl import EVAL_JPEG_QUALITY, EVAL_MAX_PIXELS, EVAL_MIN_PIXELS
 from pdrop_eval.models import build_batch, image_token_count, load_vlm
 from pdrop_eval.plan import resolve_position_mode
-from pdrop_eval.registry import available_tasks
 from tests.fixtures_data import (
-    TASK_FIXTURE_WRITERS,
     load_fixture_task,
     write_llava_gqa,
     write_mmstar_tsv,
@@ -99,28 +98,6 @@ def test_position_mode_auto_is_the_family_default_and_an_explicit_mode_wins():
     assert plan.position_mode_from == "model family default"
     args = cli.build_parser().parse_args(["--model", "tiny-llava", "--tasks", "shapes", "--lambda", "0.5"])
     assert [s.label for s in cli.plan_from_args(args, []).schedules] == ["pdrop_lam0.5_8-16-24"]
-
-
-def test_every_registered_task_has_a_fixture_here():
-    assert set(TASK_FIXTURE_WRITERS) == set(available_tasks())
-
-
-@engine
-@pytest.mark.parametrize("task", sorted(TASK_FIXTURE_WRITERS))
-def test_every_task_prompt_builds_for_qwen(task, tmp_path):
-    """The task's own prompt (question + the card's suffix) inside Qwen's chat turn, each image expanded to its
-    own token count, ids that decode back to exactly that text."""
-    TASK_FIXTURE_WRITERS[task](tmp_path)
-    samples = load_fixture_task(task, tmp_path, limit=2)
-    assert samples
-    loaded = _loaded()
-    images = [sample.load_image() for sample in samples]
-    batch = build_batch(loaded, [sample.prompt for sample in samples], images)
-    for row, (sample, image) in enumerate(zip(samples, images)):
-        count = image_token_count(loaded, image)
-        assert batch.image_token_counts[row] == count
-        ids = batch.input_ids[row][batch.attention_mask[row].bool()]
-        assert loaded.tokenizer.decode(ids) == chat_prompt(sample.prompt, count)
 
 
 def _lmms_eval_model_source() -> ast.Module:
