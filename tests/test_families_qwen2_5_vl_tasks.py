@@ -1,7 +1,6 @@
 """Every task runs on Qwen2.5-VL (issue 12 item 5): the runner end to end on tiny-qwen2.5-vl from real-format fixture
 files (every task's prompt: tests/test_families_every_task.py), the family's position-mode default, and the images
-prepared
-exactly as lmms-eval 0.7.3's Qwen2.5-VL path prepares them."""
+prepared exactly as lmms-eval 0.7.3's Qwen2.5-VL path prepares them."""
 
 import ast
 import base64
