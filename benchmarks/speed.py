@@ -79,8 +79,8 @@ def budget_methods(budgets: list[int], geometry: ModelGeometry) -> list[PruningM
         if not cls.takes_budget:
             continue
         try:
-            if name == "sparsevlm":
-                cls.check_model(geometry)
+            if name == "sparsevlm":  # run with the heads the model has, so only its other limits apply
+                cls.check_model(dataclasses.replace(geometry, num_heads=None))
                 heads = min(14, geometry.num_heads)
                 chosen += [SparseVLM(retain_tokens=budget, heads=heads) for budget in budgets]
             else:
