@@ -16,7 +16,7 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from pdrop_eval.errors import PdropEvalError, PdropEvalWarning
+from pdrop_eval.errors import PdropEvalError, PdropEvalWarning, RefusedOnEveryRank
 
 EXAMPLES = """examples:
   python run_eval.py --model llava-hf/llava-1.5-7b-hf --tasks gqa,mmstar --lambda 0.5
@@ -320,6 +320,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         warnings.showwarning = _show_warning
         try:
             return _run(argv)
+        except RefusedOnEveryRank as err:
+            from pdrop_eval.distributed import barrier, current_world
+
+            status = _fail(str(err), 2)
+            sys.stderr.flush()
+            barrier(current_world())  # every rank raised it together: none exits before all have printed
+            return status
         except PdropEvalError as err:
             return _fail(str(err), 2)
         except ModuleNotFoundError as err:

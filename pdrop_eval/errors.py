@@ -19,3 +19,9 @@ class SampleError(PdropEvalError):
     """One sample's input cannot be given to the model (its image is missing, corrupt or too large; its prompt
     holds a literal `<image>`). The runner records that sample as failed and goes on: one odd sample among
     thousands must not end a run. Outside a run (a notebook calling the loaders) it is an ordinary error."""
+
+
+class RefusedOnEveryRank(PdropEvalError):
+    """Raised by every rank of a torchrun together, from a decision rank 0 broadcast (another command holds the run
+    folder). Each rank prints its line and then waits for the others before exiting: torchrun ends the remaining
+    ranks as soon as one exits, which would cut off a rank that had not printed yet."""

@@ -36,7 +36,7 @@ from pdrop_eval.batch_size import choose_batch_size
 from pdrop_eval.data.hf import HFTable
 from pdrop_eval.data.sample import Sample
 from pdrop_eval.distributed import World, barrier, broadcast_from_main, current_world, device_for, finish, init, shard
-from pdrop_eval.errors import PdropEvalError, SampleError
+from pdrop_eval.errors import PdropEvalError, RefusedOnEveryRank, SampleError
 from pdrop_eval.lock import FolderLock
 from pdrop_eval.methods.base import PruningMethod
 from pdrop_eval.methods.budgets import BudgetChoice, ModelGeometry, resolve_budgets
@@ -902,7 +902,7 @@ def _run_folder_lock(plan: RunPlan, world: World) -> Iterator[None]:
             refusal = str(error)
     refusal = broadcast_from_main(refusal, world)
     if refusal is not None:
-        raise PdropEvalError(refusal)
+        raise RefusedOnEveryRank(refusal)
     try:
         if lock is not None:
             remove_stale_temporaries(plan.run_dir)
