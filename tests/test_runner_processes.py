@@ -184,6 +184,10 @@ def test_torchrun_ranks_all_refuse_a_run_another_process_holds(tmp_path):
             "2",
             "--master_port",
             str(_free_port()),
+            "--log-dir",
+            str(tmp_path / "logs"),
+            "--redirects",
+            "2",  # each rank's stderr in its own file: two ranks writing one pipe may interleave
             "run_eval.py",
             *ARGS,
             "--output-dir",
@@ -198,6 +202,9 @@ def test_torchrun_ranks_all_refuse_a_run_another_process_holds(tmp_path):
     finally:
         holder.release()
     assert finished.returncode != 0
-    refusals = [line for line in finished.stderr.splitlines() if line.startswith("error: ")]
-    assert len(refusals) == 2 and all(f"is in use by pid {os.getpid()} " in line for line in refusals), refusals
+    logs = sorted((tmp_path / "logs").rglob("stderr.log"))
+    assert len(logs) == 2, finished.stderr
+    for log in logs:
+        refusals = [line for line in log.read_text().splitlines() if line.startswith("error: ")]
+        assert len(refusals) == 1 and f"is in use by pid {os.getpid()} " in refusals[0], log.read_text()
     assert not (run_dir / "predictions").exists() and not (run_dir / "run.json").exists()
